@@ -1,0 +1,3 @@
+from dfkd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""The Python API: distil a student from a teacher, from modules or from checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from dfkd.checkpoint import load_model_checkpoint, safe_load
+from dfkd.config import load_config, merge
+from dfkd.data import dataset_info, load_split
+from dfkd.engine import CHECKPOINT, METRICS, SUMMARY, EvalData, ImageSpec, Trainer
+from dfkd.errors import ConfigError, DfkdError
+from dfkd.methods import get_method
+from dfkd.models import create_model
+
+
+def prepare_out_dir(out: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> Path:
+    """Check the output folder before any work: writable, and not someone else's run."""
+    out = Path(out)
+    if resume:
+        if not (out / CHECKPOINT).is_file():
+            raise DfkdError(f"cannot resume: '{out / CHECKPOINT}' does not exist")
+        return out
+    existing = [n for n in (CHECKPOINT, METRICS, SUMMARY) if (out / n).exists()]
+    if existing and not overwrite:
+        raise DfkdError(f"'{out}' already holds a run ({', '.join(existing)}); pass "
+                        f"--resume {out} to continue it or --overwrite to replace it")
+    if existing:
+        for name in (CHECKPOINT, METRICS, SUMMARY, "config.yaml"):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "samples", ignore_errors=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".dfkd-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise DfkdError(f"output folder '{out}' is not writable: {exc.strerror or exc}") from exc
+    return out
+
+
+def _split_settings(method: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Route flat keyword settings to the run config or to the method's section."""
+    from dfkd.config import RunConfig
+
+    run_keys = {f.name for f in dataclasses.fields(RunConfig)} - {"method_settings"}
+    method_keys = {f.name for f in dataclasses.fields(get_method(method).Settings)}
+    raw: dict[str, Any] = {"method": method}
+    for key, value in settings.items():
+        if key in run_keys:
+            raw[key] = value
+        elif key in method_keys:
+            raw.setdefault(method, {})[key] = value
+        elif key == method and isinstance(value, dict):
+            raw[method] = merge(raw.get(method, {}), value)
+        else:
+            close = difflib.get_close_matches(key, run_keys | method_keys, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown setting '{key}' for method '{method}'.{hint}")
+    return raw
+
+
+def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
+            image_shape: tuple[int, int, int], mean: tuple[float, ...], std: tuple[float, ...],
+            method: str = "cudfkd",
+            test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+            out_dir: str | os.PathLike | None = None, resume: bool = False,
+            overwrite: bool = False, progress: bool | None = None,
+            **settings: Any) -> tuple[dict[str, Any], nn.Module]:
+    """Distil ``student`` from ``teacher`` with no training data.
+
+    ``settings`` are run keys (``epochs``, ``rounds``, ``batch_size``, ``device``...)
+    or the method's own keys (``tau``, ``curriculum``...). ``test_data`` is an
+    optional ``(images, labels)`` pair used only to measure the student: uint8
+    images are scaled and normalised with ``mean``/``std``, float images are
+    taken as model inputs. Returns the run summary and the trained student.
+    """
+    cfg = load_config(_split_settings(method, settings))
+    out = prepare_out_dir(out_dir, resume, overwrite) if out_dir is not None else None
+    spec = ImageSpec(num_classes, tuple(image_shape), tuple(mean), tuple(std))
+    eval_data = EvalData(*test_data) if test_data is not None else None
+    trainer = Trainer(cfg, teacher, student, spec, eval_data, out, progress=progress)
+    if resume:
+        trainer.resume()
+    return trainer.fit(), trainer.student
+
+
+def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool = False,
+                  overwrite: bool = False, progress: bool | None = None) -> Trainer:
+    """Everything ``dfkd distill`` checks and builds, in the order that fails fastest."""
+    cfg = load_config(raw)
+    if not cfg.teacher:
+        raise ConfigError("no teacher given: pass --teacher CHECKPOINT (or set 'teacher' in "
+                          "the config)")
+    info_hint = dataset_info(cfg.dataset) if cfg.dataset else None
+    teacher, meta = load_model_checkpoint(
+        cfg.teacher, arch=cfg.teacher_model,
+        num_classes=info_hint.num_classes if info_hint else None,
+        in_channels=info_hint.image_shape[0] if info_hint else None)
+    dataset = cfg.dataset or meta.get("dataset")
+    if dataset is None:
+        raise ConfigError(f"the teacher '{cfg.teacher}' does not name its dataset; pass "
+                          "--dataset NAME")
+    info = dataset_info(dataset)
+    if meta["num_classes"] != info.num_classes:
+        raise DfkdError(f"the teacher has {meta['num_classes']} classes but {info.name} has "
+                        f"{info.num_classes}")
+    images, labels = load_split(info.name, "test", cfg.data_root)
+    student = create_model(cfg.student, info.num_classes, info.image_shape[0])
+    out = prepare_out_dir(out_dir, resume, overwrite)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    spec = ImageSpec(info.num_classes, info.image_shape, info.mean, info.std)
+    trainer = Trainer(cfg, teacher, student, spec, EvalData(images, labels), out,
+                      teacher_acc1=meta.get("test_acc1"), progress=progress)
+    if resume:
+        trainer.resume()
+    return trainer
+
+
+def resume_config(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """The resolved config stored in a run's checkpoint."""
+    path = Path(out_dir) / CHECKPOINT
+    if not path.is_file():
+        raise DfkdError(f"cannot resume: '{path}' does not exist")
+    return safe_load(path)["config"]

@@ -1,0 +1,130 @@
+"""Checkpoints that a crash cannot corrupt and that never run a stranger's code.
+
+Writes go to a temporary file in the same folder, are fsync'ed, then renamed
+over the target, so the previous checkpoint stays loadable at every moment.
+Reads use ``torch.load(weights_only=True)``: tensors and plain containers
+only, so a crafted pickle is refused instead of executed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfkd.errors import CheckpointError
+from dfkd.models import create_model
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # Make the rename itself durable.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def safe_load(path: str | os.PathLike) -> dict:
+    """Load a checkpoint with the weights-only unpickler; anything else is a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"refusing to load '{path}': it holds objects other than tensors and plain "
+            f"containers, which could run code when unpickled ({first}). Re-save it as a "
+            "state_dict, or only trust it if you made it yourself."
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"'{path}' is not a readable PyTorch checkpoint (truncated or corrupt?): {exc}"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"'{path}' holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def load_state_dict_strict(model: nn.Module, state: dict, source: str) -> None:
+    """Load weights, naming the first layers whose shapes or names do not fit."""
+    own = model.state_dict()
+    mismatched = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    problems = []
+    if mismatched:
+        problems.append("shape mismatch in " + ", ".join(mismatched[:3]))
+    if missing:
+        problems.append("missing " + ", ".join(missing[:3]))
+    if unexpected:
+        problems.append("unexpected " + ", ".join(unexpected[:3]))
+    if problems:
+        raise CheckpointError(
+            f"the weights in '{source}' do not fit the {type(model).__name__} architecture: "
+            + "; ".join(problems)
+            + ". Check the model name (and class count) given for this checkpoint."
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def save_model_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> None:
+    """A model checkpoint: ``state_dict`` plus the metadata that rebuilds it."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_save({"state_dict": state, "meta": meta}, path)
+
+
+def load_model_checkpoint(
+    path: str | os.PathLike, arch: str | None = None, num_classes: int | None = None,
+    in_channels: int | None = None,
+) -> tuple[nn.Module, dict]:
+    """Rebuild a model from a dfkd checkpoint, or from a zoo file given its architecture.
+
+    Zoo checkpoints (a bare state_dict, or one under ``'state_dict'``) carry no
+    metadata, so ``arch`` and ``num_classes`` must then be given.
+    """
+    ckpt = safe_load(path)
+    meta = dict(ckpt.get("meta", {}))
+    state = ckpt.get("state_dict", ckpt)
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"'{path}' has no state_dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # DDP-saved zoo files
+    arch = arch or meta.get("arch")
+    num_classes = num_classes or meta.get("num_classes")
+    if arch is None or num_classes is None:
+        raise CheckpointError(
+            f"'{path}' carries no dfkd metadata; name its architecture and dataset "
+            "(--teacher-model NAME --dataset NAME) so it can be rebuilt"
+        )
+    if in_channels is None:
+        in_channels = meta.get("image_shape", [None])[0]
+    if in_channels is None:
+        first_conv = next((v for v in state.values() if v.dim() == 4), None)
+        in_channels = first_conv.shape[1] if first_conv is not None else 3
+    model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+    load_state_dict_strict(model, state, str(path))
+    meta.setdefault("arch", arch)
+    meta.setdefault("num_classes", num_classes)
+    return model, meta

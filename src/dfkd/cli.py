@@ -1,0 +1,184 @@
+"""The ``dfkd`` command. It stays thin: parse, build the config, call the API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+
+from dfkd.errors import DfkdError
+
+EPILOG = """examples:
+  dfkd train-teacher --dataset fashion_mnist --model lenet5 --epochs 10 --out runs/teacher.pt
+  dfkd evaluate --checkpoint runs/teacher.pt
+  dfkd distill --teacher runs/teacher.pt --student lenet5_half --method cudfkd --out runs/cudfkd
+  dfkd distill --config configs/fashion_mnist/cudfkd_lenet5.yaml --set epochs=1 --out runs/smoke
+  dfkd distill --resume runs/cudfkd
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from dfkd.data import DATASETS
+    from dfkd.methods import list_methods
+    from dfkd.models import list_models
+
+    p = argparse.ArgumentParser(
+        prog="dfkd", description="Data-free knowledge distillation: train a student to imitate "
+        "a teacher with no real training data (CuDFKD and baselines).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                        help="where to run (default: auto = cuda if available)")
+        sp.add_argument("--data-root", metavar="DIR", default=None,
+                        help="folder holding the dataset files (searched before standard places)")
+        sp.add_argument("--no-progress", action="store_true",
+                        help="no progress bar; print one line per epoch instead")
+        sp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    t = sub.add_parser("train-teacher", help="train a model on real data (teacher or reference)",
+                       description="Supervised training with SGD (Nesterov) and a one-cycle "
+                       "cosine schedule. Saves state_dict + metadata (architecture, dataset, "
+                       "normalisation, test accuracy, settings), so 'dfkd distill' needs only "
+                       "the checkpoint. With a student architecture this is the 'from scratch' "
+                       "reference; with --kd-from it is the 'KD with data' reference.")
+    t.add_argument("--dataset", default="fashion_mnist", help=f"one of {', '.join(DATASETS)}")
+    t.add_argument("--model", default="lenet5", help=f"one of {', '.join(list_models())}")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
+    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--label-noise", type=float, default=0.0, metavar="P",
+                   help="flip a fraction P of the training labels at random (robustness study)")
+    t.add_argument("--kd-from", metavar="CKPT", default=None,
+                   help="train by KD from this teacher on the real data (the data-driven ceiling)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--download", action="store_true",
+                   help="download the dataset from its official source if it is missing")
+    t.add_argument("--out", required=True, metavar="FILE", help="checkpoint to write")
+    common(t)
+
+    e = sub.add_parser("evaluate", help="test accuracy of a checkpoint",
+                       description="Acc@1 (and Acc@5 with more than 5 classes) on the test set.")
+    e.add_argument("--checkpoint", required=True, metavar="FILE")
+    e.add_argument("--dataset", default=None, help="needed only if the checkpoint does not say")
+    e.add_argument("--model", default=None, help="architecture, for zoo checkpoints only")
+    e.add_argument("--json", action="store_true", help="print JSON instead of text")
+    common(e)
+
+    d = sub.add_parser(
+        "distill", help="data-free distillation of a student from a teacher checkpoint",
+        description="Run a data-free distillation. Settings come from the defaults, then "
+        "--config FILE, then the flags below, then each --set key=value (dotted keys, "
+        "e.g. --set cudfkd.tau=4 --set student_optim.lr=0.05). Writes DIR/metrics.jsonl "
+        "(one line per epoch), DIR/samples/epoch_NNN.png, DIR/checkpoint.pt (each epoch) "
+        "and DIR/summary.json. Ctrl-C saves a checkpoint; --resume DIR continues exactly.",
+        epilog=f"methods: {', '.join(list_methods())}\nmodels: {', '.join(list_models())}",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--config", metavar="FILE", help="YAML recipe (see configs/)")
+    d.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint")
+    d.add_argument("--teacher-model", metavar="NAME",
+                   help="teacher architecture, only for zoo checkpoints without dfkd metadata")
+    d.add_argument("--student", metavar="NAME", help="student architecture")
+    d.add_argument("--method", metavar="NAME", help="distillation method (default cudfkd)")
+    d.add_argument("--dataset", metavar="NAME",
+                   help="test data for evaluation (default: the teacher's dataset)")
+    d.add_argument("--epochs", type=int)
+    d.add_argument("--seed", type=int)
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key (repeatable)")
+    d.add_argument("--out", metavar="DIR", help="output folder")
+    d.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
+    d.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    common(d)
+    return p
+
+
+def _progress(args) -> bool | None:
+    return False if args.no_progress else None
+
+
+def _cmd_train_teacher(args) -> int:
+    from dfkd.teacher import SupervisedSettings, train_supervised
+
+    settings = SupervisedSettings(
+        dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, label_noise=args.label_noise,
+        seed=args.seed, device=args.device or "auto", data_root=args.data_root,
+        download=args.download, kd_from=args.kd_from)
+    from dfkd.data import dataset_info
+    from dfkd.models import create_model
+    dataset_info(args.dataset)          # fail on bad names before loading anything
+    create_model(args.model, 10, 1)
+    _, meta = train_supervised(settings, out=args.out, progress=not args.no_progress)
+    print(f"{meta['arch']} on {meta['dataset']}: test Acc@1 {meta['test_acc1']:.2f}% "
+          f"({meta['train_seconds']:.0f} s) -> {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from dfkd.teacher import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_root=args.data_root,
+                                 device=args.device or "auto", model=args.model)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        extra = f"  Acc@5 {result['acc5']:.2f}%" if "acc5" in result else ""
+        print(f"{result['arch']} on {result['dataset']}: Acc@1 {result['acc1']:.2f}%{extra}")
+    return 0
+
+
+def _cmd_distill(args) -> int:
+    from dfkd.api import build_trainer, resume_config
+    from dfkd.config import merge, parse_overrides, read_yaml
+    from dfkd.errors import ConfigError
+    from dfkd.report import result_table
+
+    if args.resume:
+        if args.out and args.out != args.resume:
+            raise ConfigError("--resume DIR continues the run in DIR; do not also give --out")
+        raw = resume_config(args.resume)
+        if args.device:
+            raw["device"] = args.device
+        out, resume = args.resume, True
+    else:
+        if not args.out:
+            raise ConfigError("--out DIR is required (or --resume DIR)")
+        raw = read_yaml(args.config) if args.config else {}
+        flags = {"teacher": args.teacher, "teacher_model": args.teacher_model,
+                 "student": args.student, "method": args.method, "dataset": args.dataset,
+                 "epochs": args.epochs, "seed": args.seed, "device": args.device,
+                 "data_root": args.data_root}
+        raw = merge(raw, {k: v for k, v in flags.items() if v is not None})
+        raw = merge(raw, parse_overrides(args.set))
+        out, resume = args.out, False
+    trainer = build_trainer(raw, out, resume=resume, overwrite=args.overwrite,
+                            progress=_progress(args))
+    summary = trainer.fit()
+    print(result_table(summary))
+    print(f"results in {out}/ (summary.json, metrics.jsonl, samples/, checkpoint.pt)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handler = {"train-teacher": _cmd_train_teacher, "evaluate": _cmd_evaluate,
+               "distill": _cmd_distill}[args.command]
+    try:
+        return handler(args)
+    except DfkdError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"dfkd: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("dfkd: interrupted", file=sys.stderr)
+        return 130

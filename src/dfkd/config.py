@@ -1,0 +1,222 @@
+"""The run configuration: typed dataclasses, YAML recipes and dotted ``--set`` overrides.
+
+Every key is checked before any work starts: unknown keys get a "did you mean",
+wrong types and out-of-range values name the key. Method settings live in a
+section named after the method (``cudfkd: {tau: 20}``), validated against the
+method's own ``Settings`` dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dfkd.errors import ConfigError
+
+
+@dataclass
+class StudentOptimConfig:
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class GeneratorConfig:
+    nz: int | None = None   # None: sized from the image shape (see generators.py)
+    ngf: int | None = None
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+
+
+@dataclass
+class RunConfig:
+    method: str = "cudfkd"
+    teacher: str | None = None        # checkpoint path
+    teacher_model: str | None = None  # only for zoo checkpoints without dfkd metadata
+    dataset: str | None = None        # evaluation data; default: the teacher's dataset
+    data_root: str | None = None
+    student: str = "lenet5_half"
+    epochs: int = 40
+    rounds: int = 40                  # rounds per epoch
+    g_steps: int = 1                  # generator steps per round
+    kd_steps: int = 10                # student steps per round
+    batch_size: int = 256             # global synthetic batch
+    eval_batch_size: int = 1024
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True                  # bf16 autocast, CUDA only
+    channels_last: bool = True        # CUDA only
+    sample_grid: int = 64             # synthetic images saved per epoch (0: none)
+    student_optim: StudentOptimConfig = field(default_factory=StudentOptimConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    method_settings: Any = None       # the method's Settings instance (filled by load_config)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "method_settings"}
+        out["student_optim"] = dataclasses.asdict(self.student_optim)
+        out["generator"] = dataclasses.asdict(self.generator)
+        out["generator"]["betas"] = list(self.generator.betas)
+        if self.method_settings is not None:
+            out[self.method] = dataclasses.asdict(self.method_settings)
+        return out
+
+
+_RANGES: dict[str, tuple[float, float | None]] = {
+    "epochs": (1, None), "rounds": (1, None), "g_steps": (0, None), "kd_steps": (1, None),
+    "batch_size": (1, None), "eval_batch_size": (1, None), "seed": (0, None),
+    "sample_grid": (0, None), "lr": (0, None), "momentum": (0, 1), "weight_decay": (0, None),
+    "nz": (1, None), "ngf": (1, None),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {"device": ("auto", "cpu", "cuda")}
+
+
+def _suggest(key: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a type hint, allowing int -> float and list -> tuple."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"'{key}' must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{key}' must be a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{key}' must be an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"'{key}' must be true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"'{key}' must be a string, got {value!r}")
+        return value
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(
+                f"'{key}' must be one of {', '.join(map(str, choices))}, got {value!r}"
+                + (_suggest(value, choices) if isinstance(value, str) else "")
+            )
+        return value
+    return value
+
+
+def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from ``data`` with full key, type and range checks."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "method_settings"]
+    kwargs = {}
+    for key, value in data.items():
+        full = prefix + key
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}'.{_suggest(key, names)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = build_dataclass(hint, value, full + ".")
+            continue
+        value = _coerce(value, hint, full)
+        if key in _RANGES and isinstance(value, (int, float)):
+            lo, hi = _RANGES[key]
+            if value < lo or (hi is not None and value > hi):
+                bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+                raise ConfigError(f"'{full}' must be {bound}, got {value}")
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ConfigError(f"'{full}' must be one of {', '.join(_CHOICES[key])}, got {value!r}")
+        kwargs[key] = value
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        check()
+    return obj
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> nested dict; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got '{pair}'")
+        key, raw = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot parse the value of --set {key}: {exc}") from exc
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: '{part}' is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys")
+    return data
+
+
+def load_config(raw: dict[str, Any]) -> RunConfig:
+    """Validate a raw dict (recipe merged with overrides) into a :class:`RunConfig`."""
+    from dfkd.methods import get_method, list_methods
+
+    raw = dict(raw)
+    method_name = raw.get("method", RunConfig.method)
+    method_cls = get_method(method_name)
+    sections = {name: raw.pop(name) for name in list(raw) if name in list_methods()}
+    cfg = build_dataclass(RunConfig, raw)
+    cfg.method_settings = build_dataclass(
+        method_cls.Settings, sections.get(method_name) or {}, method_name + "."
+    )
+    return cfg

@@ -1,0 +1,99 @@
+"""CuDFKD's easy-to-hard machinery (Li et al., Information Sciences 2023).
+
+Self-paced learning picks weights v in [0, 1] for losses l by minimising
+``v * l + g(v; lambda)``. Each regulariser g has a closed-form minimiser v*
+and a "latent objective" ``F_lambda(l) = min_v [v l + g(v; lambda)]`` that is
+concave in l with derivative v*(l). Alternating the v-step (closed form) with a
+descent step on ``sum_i v_i l_i`` therefore minimises a majoriser of
+``sum_i F_lambda(l_i)`` (majorisation-minimisation): for a fixed lambda the
+surrogate never increases.
+
+* hard: v* = 1[l < lam],                 g = -lam v
+* soft: v* = 1[l < lam] (1 - l/lam),     g = lam (v^2/2 - v)
+* log:  v* = (1+e^-lam) / (1+e^(l-lam)), g = mu ln mu + v ln v - lam v,
+        mu = 1 + e^-lam - v; F saturates for large l, which bounds the pull of
+        hard or noisy samples (the robustness argument).
+
+The pace ``lambda_k = lambda_0 + a k`` grows with the student step k, admitting
+harder samples over time; the generator's adversarial weight grows by
+``grad_adv`` after each epoch in ``[floor(E begin), floor(E end))``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+REGULARISERS = ("hard", "soft", "log")
+
+
+def _check(kind: str) -> None:
+    if kind not in REGULARISERS:
+        raise ValueError(f"unknown self-paced regulariser '{kind}', expected one of {REGULARISERS}")
+
+
+def v_star(loss: torch.Tensor, lam: float, kind: str = "log") -> torch.Tensor:
+    """Closed-form self-paced weight minimising v*l + g(v; lam) over [0, 1]."""
+    _check(kind)
+    if kind == "hard":
+        return (loss < lam).to(loss.dtype)
+    if kind == "soft":
+        return torch.where(loss < lam, 1.0 - loss / lam, torch.zeros_like(loss))
+    # (1 + e^-lam) * sigmoid(lam - l), stable for any l
+    return (1.0 + math.exp(-lam)) * torch.sigmoid(lam - loss)
+
+
+def regulariser(v: torch.Tensor, lam: float, kind: str = "log") -> torch.Tensor:
+    """g(v; lam), defined for v in [0, 1]."""
+    _check(kind)
+    if kind == "hard":
+        return -lam * v
+    if kind == "soft":
+        return lam * (0.5 * v**2 - v)
+    mu = 1.0 + math.exp(-lam) - v
+    return torch.special.xlogy(mu, mu) + torch.special.xlogy(v, v) - lam * v
+
+
+def latent_objective(loss: torch.Tensor, lam: float, kind: str = "log") -> torch.Tensor:
+    """F_lambda(l) = min_v [v l + g(v; lam)], in closed form."""
+    _check(kind)
+    if kind == "hard":
+        return torch.clamp(loss - lam, max=0.0)
+    if kind == "soft":
+        return torch.where(loss < lam, -0.5 * lam * (1.0 - loss / lam) ** 2,
+                           torch.zeros_like(loss))
+    # Substituting v* gives (1 + e^-lam) ln((1 + e^-lam) sigmoid(l - lam)).
+    c = 1.0 + math.exp(-lam)
+    return c * (math.log(c) + F.logsigmoid(loss - lam))
+
+
+@dataclass
+class Pace:
+    """lambda_k = lambda_0 + a * k, with k the number of student steps taken."""
+
+    lambda_0: float
+    a: float
+
+    def __call__(self, step: int) -> float:
+        return self.lambda_0 + self.a * step
+
+
+@dataclass
+class AdversarialRamp:
+    """The generator's adversarial weight w_adv(e): w_adv0, then +grad_adv after each
+    epoch e (0-based) with floor(E*begin) <= e < floor(E*end), then constant."""
+
+    w_adv0: float
+    grad_adv: float
+    begin: float
+    end: float
+    epochs: int
+
+    def __call__(self, epoch: int) -> float:
+        """The weight in effect during 0-based epoch ``epoch``."""
+        start, stop = math.floor(self.epochs * self.begin), math.floor(self.epochs * self.end)
+        grown = max(0, min(epoch, stop) - start)
+        return self.w_adv0 + self.grad_adv * grown

@@ -1,0 +1,405 @@
+"""The distillation loop shared by every method.
+
+One epoch = ``rounds`` x (``g_steps`` generator steps, then ``kd_steps`` student
+steps). After each epoch: cosine LR step, evaluation on the real test set, one
+line in ``metrics.jsonl``, a sample grid and an atomic ``checkpoint.pt`` holding
+everything needed for an exact resume (student, method state, both optimisers,
+scheduler, metric history and every RNG). SIGINT/SIGTERM finish the current
+round, checkpoint it and stop; the run resumes from that round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import resource
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dfkd.checkpoint import atomic_save, safe_load
+from dfkd.config import RunConfig
+from dfkd.errors import DfkdError
+from dfkd.methods import MethodContext, get_method
+from dfkd.metrics import fidelity_metrics, predict, run_summary
+from dfkd.report import save_image_grid
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+
+
+@dataclass
+class ImageSpec:
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass
+class EvalData:
+    """The real test set: uint8 images (scaled and normalised here) or float model inputs."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+class Interrupted(DfkdError):
+    """Raised after a signal-triggered checkpoint; carries the conventional exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DfkdError("--device cuda was asked for, but PyTorch sees no CUDA GPU "
+                        "(use --device cpu or auto)")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class _StopFlag:
+    """First SIGINT/SIGTERM asks the loop to stop after the current round; a second
+    SIGINT restores the default handler's behaviour and quits at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: finishing the current round and "
+              "saving a checkpoint (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _freeze(teacher: nn.Module) -> nn.Module:
+    teacher.eval()
+    teacher.requires_grad_(False)
+    # Whatever .train() is called with, the teacher's BN statistics must never drift
+    # on synthetic data: pin its mode.
+    teacher.train = lambda mode=True: teacher  # type: ignore[method-assign]
+    return teacher
+
+
+class Trainer:
+    """Owns one run: models, optimisers, method, output folder and the loop."""
+
+    def __init__(self, cfg: RunConfig, teacher: nn.Module, student: nn.Module,
+                 spec: ImageSpec, eval_data: EvalData | None, out_dir: Path | None,
+                 teacher_acc1: float | None = None, progress: bool | None = None) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.spec = spec
+        self.out_dir = out_dir
+        self.teacher_acc1 = teacher_acc1
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        cuda = self.device.type == "cuda"
+        self.channels_last = cuda and cfg.channels_last
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+        seed_everything(cfg.seed)
+        self.teacher = _freeze(teacher.to(self.device, memory_format=memory_format))
+        self.student = student.to(self.device, memory_format=memory_format)
+        self.student.train()
+        method_cls = get_method(cfg.method)
+        if method_cls.needs_bn and not any(
+                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in teacher.modules()):
+            raise DfkdError(f"method '{cfg.method}' matches the teacher's BatchNorm statistics, "
+                            "but the teacher has no BatchNorm layer; pick a method that does "
+                            "not need them (e.g. dfad, zskt) or a teacher with BatchNorm")
+        mean = torch.tensor(spec.mean, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std, device=self.device).view(1, -1, 1, 1)
+        use_amp = cuda and cfg.amp
+        ctx = MethodContext(
+            teacher=self.teacher, student=self.student, num_classes=spec.num_classes,
+            image_shape=tuple(spec.image_shape), mean=mean, std=std, device=self.device,
+            batch_size=cfg.batch_size, epochs=cfg.epochs, generator=cfg.generator,
+            autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp
+            else contextlib.nullcontext,
+            channels_last=self.channels_last,
+        )
+        self.method = method_cls(ctx, cfg.method_settings)
+        opt = cfg.student_optim
+        self.opt_s = torch.optim.SGD(self.student.parameters(), lr=opt.lr, momentum=opt.momentum,
+                                     weight_decay=opt.weight_decay,
+                                     foreach=None if not cuda else True)
+        self.sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt_s, T_max=cfg.epochs)
+
+        self.eval_data = eval_data
+        self.teacher_test_logits: torch.Tensor | None = None
+        if eval_data is not None:
+            self._eval_transform = self._make_eval_transform(eval_data, mean, std)
+            # The teacher's test predictions are computed once, not every epoch.
+            self.teacher_test_logits = predict(self.teacher, eval_data.images,
+                                               cfg.eval_batch_size, self._eval_transform,
+                                               self.device)
+            if self.teacher_acc1 is None:
+                self.teacher_acc1 = 100.0 * (self.teacher_test_logits.argmax(1)
+                                             == eval_data.labels).float().mean().item()
+
+        # Loop position and accumulators: all of it is checkpointed.
+        self.epoch = 0
+        self.round = 0
+        self.history: list[dict[str, Any]] = []
+        self.sums: dict[str, float] = {}
+        self.timers = {"synthesis_seconds": 0.0, "student_seconds": 0.0, "elapsed_seconds": 0.0}
+
+    def _make_eval_transform(self, data: EvalData, mean, std):
+        if data.images.dtype == torch.uint8:
+            def transform(x):
+                x = (x.float() / 255.0 - mean) / std
+                return x.contiguous(memory_format=torch.channels_last) if self.channels_last \
+                    else x
+            return transform
+        return lambda x: x.float()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": "dfkd-run-1",
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "round": self.round,
+            "student": self.student.state_dict(),
+            "opt_s": self.opt_s.state_dict(),
+            "sched_s": self.sched_s.state_dict(),
+            "method": self.method.state_dict(),
+            "history": self.history,
+            "sums": self.sums,
+            "timers": self.timers,
+            "teacher_acc1": self.teacher_acc1,
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.student.load_state_dict(state["student"])
+        self.opt_s.load_state_dict(state["opt_s"])
+        self.sched_s.load_state_dict(state["sched_s"])
+        self.method.load_state_dict(state["method"])
+        self.epoch, self.round = int(state["epoch"]), int(state["round"])
+        self.history = list(state["history"])
+        self.sums = dict(state["sums"])
+        self.timers = dict(state["timers"])
+        set_rng_state(state["rng"])
+
+    def save_checkpoint(self) -> None:
+        if self.out_dir is not None:
+            atomic_save(self.state_dict(), self.out_dir / CHECKPOINT)
+
+    def resume(self) -> None:
+        assert self.out_dir is not None
+        self.load_state_dict(safe_load(self.out_dir / CHECKPOINT))
+        # The metrics file continues exactly the checkpoint's history: lines written
+        # after the checkpoint (by a run that was then killed) are dropped.
+        lines = "".join(json.dumps(row) + "\n" for row in self.history)
+        tmp = self.out_dir / (METRICS + ".tmp")
+        tmp.write_text(lines)
+        os.replace(tmp, self.out_dir / METRICS)
+
+    # ------------------------------------------------------------------- loop
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _run_round(self) -> dict[str, float]:
+        cfg = self.cfg
+        terms: dict[str, torch.Tensor] = {}
+
+        def add(logs: dict[str, torch.Tensor]) -> None:
+            for k, v in logs.items():
+                terms[k] = terms[k] + v.float() if k in terms else v.float()
+
+        t0 = time.perf_counter()
+        for _ in range(cfg.g_steps):
+            add(self.method.generator_step())
+        self._sync()
+        t1 = time.perf_counter()
+        for _ in range(cfg.kd_steps):
+            loss, logs = self.method.student_loss()
+            self.opt_s.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_s.step()
+            add(logs)
+        # One host-device transfer per round, not per step.
+        names = list(terms)
+        values = torch.stack([terms[k] for k in names]).tolist() if names else []
+        t2 = time.perf_counter()
+        self.timers["synthesis_seconds"] += t1 - t0
+        self.timers["student_seconds"] += t2 - t1
+        # Training wall time (synthesis + student steps); evaluation is not counted.
+        self.timers["elapsed_seconds"] += t2 - t0
+        for name, value in zip(names, values):
+            if not math.isfinite(value):
+                raise DfkdError(
+                    f"non-finite loss: '{name}' became {value} in epoch {self.epoch + 1}, round "
+                    f"{self.round + 1}; the last good checkpoint is left as it was. Lower the "
+                    "learning rates or this term's weight."
+                )
+            steps = cfg.g_steps if name.startswith(("loss_g", "g_")) else cfg.kd_steps
+            self.sums[name] = self.sums.get(name, 0.0) + value / max(steps, 1)
+        return dict(zip(names, values))
+
+    def evaluate(self) -> dict[str, float]:
+        if self.eval_data is None:
+            return {}
+        logits = predict(self.student, self.eval_data.images, self.cfg.eval_batch_size,
+                         self._eval_transform, self.device)
+        return fidelity_metrics(logits, self.teacher_test_logits, self.eval_data.labels)
+
+    def _end_epoch(self) -> dict[str, Any]:
+        cfg = self.cfg
+        lr = self.opt_s.param_groups[0]["lr"]
+        self.sched_s.step()
+        row: dict[str, Any] = {"epoch": self.epoch + 1, **self.evaluate(), "lr": lr,
+                               **self.method.status()}
+        row.update({k: v / cfg.rounds for k, v in sorted(self.sums.items())})
+        row.update({k: round(v, 3) for k, v in self.timers.items()})
+        row["peak_memory_mb"] = round(peak_memory_mb(self.device), 1)
+        self.history.append(row)
+        self.sums = {}
+        if self.out_dir is not None:
+            with open(self.out_dir / METRICS, "a") as f:
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            if cfg.sample_grid:
+                save_image_grid(self.method.preview(cfg.sample_grid, seed=cfg.seed),
+                                self.out_dir / "samples" / f"epoch_{self.epoch + 1:03d}.png")
+        self.epoch += 1
+        self.round = 0
+        return row
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        total = cfg.epochs * cfg.rounds
+        bar = tqdm(total=total, initial=self.epoch * cfg.rounds + self.round, disable=not
+                   self.progress, desc=cfg.method, unit="round", dynamic_ncols=True)
+        last_acc = self.history[-1].get("acc1") if self.history else None
+        with _StopFlag() as stop:
+            while self.epoch < cfg.epochs:
+                self.method.on_epoch_start(self.epoch)
+                while self.round < cfg.rounds:
+                    values = self._run_round()
+                    self.round += 1
+                    bar.update(1)
+                    if self.progress:
+                        post = {k: f"{values[k]:.3g}" for k in ("loss_s", "loss_g") if k in values}
+                        post.update({k: f"{v:.3g}" for k, v in self.method.status().items()})
+                        if last_acc is not None:
+                            post["acc1"] = f"{last_acc:.2f}"
+                        bar.set_postfix(post, refresh=False)
+                    if stop.signum is not None and self.round < cfg.rounds:
+                        break
+                if self.round == cfg.rounds:
+                    row = self._end_epoch()
+                    last_acc = row.get("acc1")
+                    if not self.progress:
+                        print(_epoch_line(row, cfg.epochs), file=sys.stderr, flush=True)
+                self.save_checkpoint()
+                if stop.signum is not None:
+                    bar.close()
+                    code = 128 + stop.signum
+                    where = f"epoch {self.epoch + 1}, round {self.round + 1}" \
+                        if self.epoch < cfg.epochs else "the end"
+                    msg = f"interrupted; checkpoint saved at {where}."
+                    if self.out_dir is not None:
+                        msg += f" Resume with: dfkd distill --resume {self.out_dir}"
+                    raise Interrupted(msg, code)
+        bar.close()
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        acc = [row["acc1"] for row in self.history if "acc1" in row]
+        elapsed = [row["elapsed_seconds"] for row in self.history if "acc1" in row]
+        students = max(self.timers["student_seconds"], 1e-9)
+        out: dict[str, Any] = {
+            "method": self.cfg.method,
+            "epochs": self.epoch,
+            "final_acc1": last.get("acc1"),
+            "final_acc5": last.get("acc5"),
+            "final_agreement": last.get("agreement"),
+            "final_loyalty": last.get("loyalty"),
+            "final_loyalty_official": last.get("loyalty_official"),
+            **run_summary(acc, elapsed),
+            "teacher_acc1": self.teacher_acc1,
+            **{k: round(v, 3) for k, v in self.timers.items()},
+            "student_samples_per_second": self.epoch * self.cfg.rounds * self.cfg.kd_steps
+            * self.cfg.batch_size / students,
+            "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+            "device": str(self.device),
+            "config": self.cfg.to_dict(),
+        }
+        if self.out_dir is not None:
+            tmp = self.out_dir / (SUMMARY + ".tmp")
+            tmp.write_text(json.dumps(out, indent=2) + "\n")
+            os.replace(tmp, self.out_dir / SUMMARY)
+        return out
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}"]
+    for key in ("acc1", "agreement", "loyalty", "loss_s", "lambda", "adv_weight",
+                "elapsed_seconds"):
+        if key in row:
+            parts.append(f"{key} {row[key]:.4g}")
+    return "  ".join(parts)

@@ -1,0 +1,54 @@
+"""Loss terms shared by the methods. Per-sample variants return shape (B,)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float,
+          per_sample: bool = False) -> torch.Tensor:
+    """tau^2 * KL(softmax(t/tau) || softmax(s/tau)); batchmean unless per_sample."""
+    log_p_s = F.log_softmax(student.float() / tau, dim=1)
+    log_p_t = F.log_softmax(teacher.float() / tau, dim=1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1) * tau**2
+    return kl if per_sample else kl.mean()
+
+
+def kd_l1(student: torch.Tensor, teacher: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+    """Mean absolute difference of logits (DFAD's loss and CuDFKD's ``l1``)."""
+    diff = (student.float() - teacher.float()).abs().mean(dim=1)
+    return diff if per_sample else diff.mean()
+
+
+def entropy_of_mean(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """H(p_bar): entropy of the batch-mean prediction (high = balanced classes)."""
+    p_mean = F.softmax(logits.float() / tau, dim=1).mean(dim=0)
+    return -(p_mean * torch.log(p_mean.clamp_min(1e-12))).sum()
+
+
+def onehot_ce(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the teacher's logits against their own argmax (confidence)."""
+    return F.cross_entropy(logits.float(), logits.detach().argmax(dim=1))
+
+
+def masked_adversarial(student: torch.Tensor, teacher: torch.Tensor, tau: float = 3.0
+                       ) -> torch.Tensor:
+    """CuDFKD's L_adv = -mean_i[1[argmax s_i == argmax t_i] * tau^2 * KL(t_i || s_i)].
+
+    Only samples on which S already agrees with T push the generator, so it
+    looks for samples the student has right in class but wrong in distribution.
+    """
+    agree = (student.argmax(dim=1) == teacher.argmax(dim=1)).float()
+    return -(agree * kd_kl(student, teacher, tau, per_sample=True)).mean()
+
+
+def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Per-row Jensen-Shannon divergence in nats between probability rows."""
+    m = 0.5 * (p + q)
+
+    def kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.where(a > 0, a * (a.clamp_min(1e-30).log() - b.clamp_min(1e-30).log()),
+                           torch.zeros_like(a)).sum(dim=1)
+
+    return (0.5 * kl(p, m) + 0.5 * kl(q, m)).clamp_min(0.0)

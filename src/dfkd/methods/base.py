@@ -1,0 +1,122 @@
+"""The method interface and the shared generator machinery."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from dfkd.config import GeneratorConfig
+from dfkd.generators import Generator, default_generator_size
+from dfkd.hooks import BNStatsHook
+
+
+@dataclass
+class MethodContext:
+    """What the engine hands a method: frozen teacher, student, data geometry, device."""
+
+    teacher: nn.Module
+    student: nn.Module
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    mean: torch.Tensor           # (1, C, 1, 1) on device
+    std: torch.Tensor
+    device: torch.device
+    batch_size: int              # this process's share of the global batch
+    epochs: int
+    generator: GeneratorConfig
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    channels_last: bool = False
+
+    def normalize(self, images01: torch.Tensor) -> torch.Tensor:
+        x = (images01 - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+class Method:
+    """Base class. Subclasses set ``name``, ``Settings`` and implement the two steps."""
+
+    name: ClassVar[str]
+    Settings: ClassVar[type]
+    needs_bn: ClassVar[bool] = False   # needs BatchNorm statistics in the teacher
+
+    def __init__(self, ctx: MethodContext, settings: Any) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.epoch = 0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def generator_step(self) -> dict[str, torch.Tensor]:
+        """Improve the sample source once; return named, detached loss terms."""
+        raise NotImplementedError
+
+    def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The student's loss on a fresh batch, and named detached terms to log."""
+        raise NotImplementedError
+
+    def status(self) -> dict[str, float]:
+        """Scalars shown in the progress bar and logged per epoch (lambda, weights)."""
+        return {}
+
+    @torch.no_grad()
+    def preview(self, n: int, seed: int = 0) -> torch.Tensor:
+        """n synthetic images in [0, 1] for the sample grid; must not touch the global RNG."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class GeneratorMethod(Method):
+    """A method whose samples come from one generator G(z), z ~ N(0, I)."""
+
+    def __init__(self, ctx: MethodContext, settings: Any) -> None:
+        super().__init__(ctx, settings)
+        nz, ngf = default_generator_size(ctx.image_shape)
+        self.nz = ctx.generator.nz or nz
+        self.generator = Generator(self.nz, ctx.generator.ngf or ngf, ctx.image_shape)
+        self.generator.to(ctx.device)
+        if ctx.channels_last:
+            self.generator.to(memory_format=torch.channels_last)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=ctx.generator.lr,
+                                      betas=ctx.generator.betas)
+        self.bn_hook = BNStatsHook(ctx.teacher) if self.needs_bn else None
+
+    def sample_z(self, n: int | None = None) -> torch.Tensor:
+        return torch.randn(n or self.ctx.batch_size, self.nz, device=self.ctx.device)
+
+    def synthesize(self, n: int | None = None) -> torch.Tensor:
+        """Normalised samples G(z) for the teacher/student, with grad to G."""
+        return self.ctx.normalize(self.generator(self.sample_z(n)))
+
+    @torch.no_grad()
+    def fixed_batch(self) -> torch.Tensor:
+        """A fresh batch from G in eval mode, no gradient: what the student trains on."""
+        self.generator.eval()
+        x = self.synthesize()
+        self.generator.train()
+        return x
+
+    @torch.no_grad()
+    def preview(self, n: int, seed: int = 0) -> torch.Tensor:
+        z = torch.randn(n, self.nz, generator=torch.Generator().manual_seed(seed))
+        self.generator.eval()
+        images = self.generator(z.to(self.ctx.device)).float().cpu()
+        self.generator.train()
+        return images
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.state_dict(), "opt_g": self.opt_g.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.opt_g.load_state_dict(state["opt_g"])
