@@ -111,8 +111,9 @@ def load_model_checkpoint(
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"'{path}' has no state_dict of tensors")
     state = {k.removeprefix("module."): v for k, v in state.items()}  # DDP-saved zoo files
-    arch = arch or meta.get("arch")
-    num_classes = num_classes or meta.get("num_classes")
+    # dfkd metadata wins: the arguments are for zoo files that carry none.
+    arch = meta.get("arch") or arch
+    num_classes = meta.get("num_classes") or num_classes
     if arch is None or num_classes is None:
         raise CheckpointError(
             f"'{path}' carries no dfkd metadata; name its architecture and dataset "

@@ -27,7 +27,9 @@ from dfkd.errors import DatasetError
 
 Split = tuple[np.ndarray, np.ndarray]
 
-_CORRUPT = "the file is truncated or corrupt: delete it and download it again (or reinstall the package)"
+_CORRUPT = (
+    "the file is truncated or corrupt: delete it and download it again (or reinstall the package)"
+)
 
 
 def _read_file(path: Path) -> bytes:

@@ -69,7 +69,10 @@ def dataset_info(name: str) -> DatasetInfo:
 # ------------------------------------------------------------------------------------ sources
 _Reader = Callable[[Path, str], readers.Split]
 _FM_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-_MNIST_URLS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+_MNIST_URLS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",  # the original site often refuses
+    "http://yann.lecun.com/exdb/mnist/",
+)
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
 _SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
 
@@ -302,11 +305,20 @@ def load_split(
         folder = find_dataset_dir(info.name, split, data_root)
         if folder is None:
             raise DatasetError(_missing_message(info.name, split, data_root))
-    return _load_cached(info.name, split, str(folder.resolve()))
+    # The key includes the files' size and mtime so that a replaced file is read again.
+    stamp = tuple(
+        (s.st_size, s.st_mtime_ns)
+        for f in _SOURCES[info.name].files[split]
+        for p in (folder / f, folder / f"{f}.gz")
+        if p.exists() and (s := p.stat())
+    )
+    return _load_cached(info.name, split, str(folder.resolve()), stamp)
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(name: str, split: str, folder: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_cached(
+    name: str, split: str, folder: str, stamp: tuple = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
     info = _INFOS[name]
     images, labels = _SOURCES[name].reader(Path(folder), split)
     if len(labels) and (labels.min() < 0 or labels.max() >= info.num_classes):
