@@ -328,14 +328,17 @@ class Trainer:
         self.round = 0
         return row
 
-    def fit(self) -> dict[str, Any]:
+    def fit(self, stop_after_epoch: int | None = None) -> dict[str, Any]:
+        """Train to the configured end, or checkpoint and return after epoch
+        ``stop_after_epoch`` (a time-sliced job; ``resume`` continues it exactly)."""
         cfg = self.cfg
+        end = cfg.epochs if stop_after_epoch is None else min(stop_after_epoch, cfg.epochs)
         total = cfg.epochs * cfg.rounds
         bar = tqdm(total=total, initial=self.epoch * cfg.rounds + self.round, disable=not
                    self.progress, desc=cfg.method, unit="round", dynamic_ncols=True)
         last_acc = self.history[-1].get("acc1") if self.history else None
         with _StopFlag() as stop:
-            while self.epoch < cfg.epochs:
+            while self.epoch < end:
                 self.method.on_epoch_start(self.epoch)
                 while self.round < cfg.rounds:
                     values = self._run_round()

@@ -57,4 +57,6 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.project(z).view(z.shape[0], 2 * self.ngf, *self.base)
-        return self.body(x)
+        # channels_last on every device: on CPU, nearest upsampling and oneDNN convolutions
+        # are several times faster in this layout than in NCHW (measured; see BENCHMARKS.md).
+        return self.body(x.contiguous(memory_format=torch.channels_last))

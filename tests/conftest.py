@@ -1,0 +1,41 @@
+"""Shared fixtures: a small real Fashion-MNIST teacher, trained once per session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dfkd.checkpoint import save_model_checkpoint
+from dfkd.data import dataset_info, load_split, normalize
+from dfkd.models import create_model
+
+
+@pytest.fixture(scope="session")
+def fmnist_teacher(tmp_path_factory):
+    """A LeNet-5 trained for a few seconds on 12k real Fashion-MNIST images (~85%)."""
+    torch.manual_seed(0)
+    info = dataset_info("fashion_mnist")
+    images, labels = load_split("fashion_mnist", "train")
+    x_all = normalize(images[:12000], info)
+    y_all = labels[:12000]
+    model = create_model("lenet5", 10, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(2):
+        order = torch.randperm(len(x_all))
+        for i in range(0, len(order), 128):
+            idx = order[i:i + 128]
+            loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    test_x, test_y = load_split("fashion_mnist", "test")
+    with torch.no_grad():
+        acc = (model(normalize(test_x, info)).argmax(1) == test_y).float().mean().item() * 100
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    save_model_checkpoint(path, model, {
+        "arch": "lenet5", "dataset": "fashion_mnist", "num_classes": 10,
+        "image_shape": list(info.image_shape), "mean": list(info.mean), "std": list(info.std),
+        "test_acc1": acc})
+    return path

@@ -1,0 +1,113 @@
+"""The distillation engine: outputs, exact resume, config handling, the Python API."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import dfkd
+from dfkd.api import build_trainer
+from dfkd.config import load_config, parse_overrides
+from dfkd.errors import ConfigError, DfkdError
+from dfkd.models import create_model
+
+TINY = {"epochs": 3, "rounds": 2, "g_steps": 1, "kd_steps": 2, "batch_size": 32,
+        "sample_grid": 4, "cudfkd": {"grad_adv": 0.5, "begin": 0.0, "end": 1.0}}
+
+
+def _run(teacher, out, **extra):
+    raw = {**TINY, "teacher": str(teacher), **extra}
+    return build_trainer(raw, out, overwrite=True, progress=False)
+
+
+def _metrics(path):
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:  # wall-clock figures differ between runs; everything else must not
+        for key in ("synthesis_seconds", "student_seconds", "elapsed_seconds", "peak_memory_mb"):
+            row.pop(key)
+    return rows
+
+
+def test_run_writes_every_output(fmnist_teacher, tmp_path):
+    summary = _run(fmnist_teacher, tmp_path).fit()
+    rows = _metrics(tmp_path / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for key in ("acc1", "acc5", "agreement", "loyalty", "loyalty_official", "lambda",
+                "adv_weight", "loss_s", "loss_g", "g_bn", "g_entropy", "g_onehot", "g_adv",
+                "kd", "sp_weight", "lr"):
+        assert key in rows[0], key
+    # The adversarial ramp (begin 0, end 1, +0.5 per epoch) and the pace (+1e-4 per step).
+    assert [r["adv_weight"] for r in rows] == [0.0, 0.5, 1.0]
+    assert rows[-1]["lambda"] == pytest.approx(2.0 + 1e-4 * 3 * 2 * 2)
+    for name in ("epoch_001.png", "epoch_003.png"):
+        assert (tmp_path / "samples" / name).is_file()
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("final_acc1", "final_agreement", "final_loyalty", "acc1_mean", "acc1_var",
+                "epochs_to_90pct", "synthesis_seconds", "student_seconds", "teacher_acc1"):
+        assert key in on_disk, key
+    assert on_disk["config"]["cudfkd"]["curriculum"] == "log"
+    assert summary["final_acc1"] == rows[-1]["acc1"]
+    assert summary["teacher_acc1"] > 70
+
+
+def test_resume_is_exact(fmnist_teacher, tmp_path):
+    _run(fmnist_teacher, tmp_path / "full").fit()
+    first = _run(fmnist_teacher, tmp_path / "split")
+    first.fit(stop_after_epoch=2)
+    # A killed run may have written a metrics line after its last checkpoint.
+    with open(tmp_path / "split" / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "acc1": -1}\n')
+    raw = {**TINY, "teacher": str(fmnist_teacher)}
+    resumed = build_trainer(raw, tmp_path / "split", resume=True, progress=False)
+    assert resumed.epoch == 2
+    resumed.fit()
+    assert _metrics(tmp_path / "split" / "metrics.jsonl") == _metrics(
+        tmp_path / "full" / "metrics.jsonl")
+
+
+def test_refuses_to_overwrite_a_run_without_flag(fmnist_teacher, tmp_path):
+    _run(fmnist_teacher, tmp_path, epochs=1).fit()
+    raw = {**TINY, "teacher": str(fmnist_teacher)}
+    with pytest.raises(DfkdError, match="--resume .* or --overwrite"):
+        build_trainer(raw, tmp_path)
+
+
+def test_config_validation_messages():
+    with pytest.raises(ConfigError, match="Did you mean 'epochs'"):
+        load_config({"epochs_": 3})
+    with pytest.raises(ConfigError, match="Did you mean 'curriculum'"):
+        load_config({"cudfkd": {"curriculm": "log"}})
+    with pytest.raises(ConfigError, match="'batch_size' must be an integer"):
+        load_config({"batch_size": "big"})
+    with pytest.raises(ConfigError, match="'rounds' must be >= 1"):
+        load_config({"rounds": 0})
+    with pytest.raises(ConfigError, match="must be one of none, hard, soft, log"):
+        load_config({"cudfkd": {"curriculum": "easy"}})
+    with pytest.raises(ConfigError, match="unknown method 'cudfk'.*Did you mean 'cudfkd'"):
+        load_config({"method": "cudfk"})
+    cfg = load_config(parse_overrides(["epochs=1", "rounds=2", "cudfkd.tau=4",
+                                       "generator.betas=[0.5, 0.999]"]))
+    assert (cfg.epochs, cfg.rounds, cfg.method_settings.tau) == (1, 2, 4.0)
+    assert cfg.generator.betas == (0.5, 0.999)
+
+
+def test_python_api_and_bn_requirement():
+    teacher = create_model("lenet5", 10, 1)
+    student = create_model("lenet5_half", 10, 1)
+    test_x = torch.randint(0, 255, (64, 1, 32, 32), dtype=torch.uint8)
+    test_y = torch.randint(0, 10, (64,))
+    summary, trained = dfkd.distill(
+        teacher, student, num_classes=10, image_shape=(1, 32, 32), mean=(0.5,), std=(0.5,),
+        test_data=(test_x, test_y), epochs=1, rounds=1, kd_steps=1, batch_size=8,
+        curriculum="soft", progress=False)
+    assert trained is student and summary["config"]["cudfkd"]["curriculum"] == "soft"
+    assert 0 <= summary["final_acc1"] <= 100
+    with pytest.raises(ConfigError, match="unknown setting 'tua'.*Did you mean 'tau'"):
+        dfkd.distill(teacher, student, num_classes=10, image_shape=(1, 32, 32), mean=(0.5,),
+                     std=(0.5,), tua=3)
+    no_bn = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1024, 10))
+    with pytest.raises(DfkdError, match="no BatchNorm layer"):
+        dfkd.distill(no_bn, student, num_classes=10, image_shape=(1, 32, 32), mean=(0.5,),
+                     std=(0.5,), epochs=1)
