@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="folder holding the dataset files (searched before standard places)")
         sp.add_argument("--no-progress", action="store_true",
                         help="no progress bar; print one line per epoch instead")
-        sp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show full tracebacks on errors")
 
     t = sub.add_parser("train-teacher", help="train a model on real data (teacher or reference)",
                        description="Supervised training with SGD (Nesterov) and a one-cycle "
