@@ -16,7 +16,15 @@ from torch import nn
 from dfkd.checkpoint import load_model_checkpoint, safe_load
 from dfkd.config import load_config, merge
 from dfkd.data import dataset_info, load_split
-from dfkd.engine import CHECKPOINT, METRICS, SUMMARY, EvalData, ImageSpec, Trainer
+from dfkd.engine import (
+    CHECKPOINT,
+    METRICS,
+    SUMMARY,
+    EvalData,
+    ImageSpec,
+    Trainer,
+    seed_everything,
+)
 from dfkd.errors import ConfigError, DfkdError
 from dfkd.methods import get_method
 from dfkd.models import create_model
@@ -114,6 +122,7 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
         raise DfkdError(f"the teacher has {meta['num_classes']} classes but {info.name} has "
                         f"{info.num_classes}")
     images, labels = load_split(info.name, "test", cfg.data_root)
+    seed_everything(cfg.seed)  # the student's initialisation is part of the run's seed
     student = create_model(cfg.student, info.num_classes, info.image_shape[0])
     out = prepare_out_dir(out_dir, resume, overwrite)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

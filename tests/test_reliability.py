@@ -1,0 +1,135 @@
+"""Interruptions lose nothing: atomic checkpoints, signals, kill -9, NaN, run folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dfkd.api import build_trainer
+from dfkd.checkpoint import atomic_save, safe_load
+from dfkd.errors import DfkdError
+
+RUN = ["--set", "epochs=4", "--set", "rounds=6", "--set", "kd_steps=2", "--set", "batch_size=32",
+       "--set", "sample_grid=0", "--no-progress"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+TIMING = ("synthesis_seconds", "student_seconds", "elapsed_seconds", "peak_memory_mb")
+
+
+def start(teacher: Path, out: Path, *extra: str) -> subprocess.Popen:
+    args = ["--resume", str(out)] if extra == ("resume",) else [
+        "--teacher", str(teacher), "--out", str(out), *RUN, *extra]
+    return subprocess.Popen([sys.executable, "-m", "dfkd", "distill", *args], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=600)
+    return proc.returncode, err
+
+
+def metrics(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def wait_for_lines(out: Path, n: int, proc: subprocess.Popen) -> None:
+    path = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"run ended or stalled before {n} epochs: {proc.poll()}")
+
+
+@pytest.fixture(scope="module")
+def reference(fmnist_teacher, tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    code, err = finish(start(fmnist_teacher, out))
+    assert code == 0, err
+    return metrics(out)
+
+
+def test_sigint_checkpoints_prints_resume_and_resumes_exactly(fmnist_teacher, tmp_path,
+                                                              reference):
+    out = tmp_path / "run"
+    proc = start(fmnist_teacher, out)
+    wait_for_lines(out, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    code, err = finish(proc)
+    assert code == 130, err
+    assert "Traceback" not in err
+    assert f"dfkd distill --resume {out}" in err
+    state = safe_load(out / "checkpoint.pt")
+    assert state["epoch"] * 6 + state["round"] >= 6   # at least one epoch of rounds kept
+    code, err = finish(start(fmnist_teacher, out, "resume"))
+    assert code == 0, err
+    assert metrics(out) == reference
+
+
+def test_kill_9_at_a_random_moment_then_resume_matches(fmnist_teacher, tmp_path, reference):
+    out = tmp_path / "run"
+    proc = start(fmnist_teacher, out)
+    wait_for_lines(out, 1, proc)
+    time.sleep(random.Random().uniform(0.0, 1.5))
+    proc.kill()
+    proc.communicate()
+    code, err = finish(start(fmnist_teacher, out, "resume"))
+    assert code == 0, err
+    assert metrics(out) == reference
+
+
+def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    atomic_save({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert safe_load(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_nan_stops_with_term_and_step_and_keeps_checkpoint(fmnist_teacher, tmp_path):
+    raw = {"teacher": str(fmnist_teacher), "epochs": 3, "rounds": 2, "kd_steps": 2,
+           "batch_size": 16, "sample_grid": 0}
+    trainer = build_trainer(raw, tmp_path, progress=False)
+    trainer.fit(stop_after_epoch=1)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    trainer.opt_s.param_groups[0]["lr"] = float("nan")  # poisons the student at once
+    with pytest.raises(DfkdError, match=r"non-finite loss: '\w+' .* epoch 2, round \d"):
+        trainer.fit()
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_unwritable_or_foreign_output_folder(fmnist_teacher, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    raw = {"teacher": str(fmnist_teacher), "epochs": 1}
+    with pytest.raises(DfkdError, match="is not writable"):
+        build_trainer(raw, blocker / "run")
+    with pytest.raises(DfkdError, match="cannot resume"):
+        build_trainer(raw, tmp_path / "empty", resume=True)
+
+
+def test_teacher_shape_mismatch_names_layers(fmnist_teacher, tmp_path):
+    raw = {"teacher": str(fmnist_teacher), "epochs": 1}
+    state = safe_load(fmnist_teacher)
+    state["state_dict"]["conv2.weight"] = torch.zeros(16, 6, 3, 3)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(DfkdError, match=r"shape mismatch in conv2.weight \(16, 6, 3, 3\)"):
+        build_trainer({**raw, "teacher": str(tmp_path / "bad.pt")}, tmp_path / "run")
