@@ -13,6 +13,7 @@ import torch
 import yaml
 from torch import nn
 
+from dfkd import distributed
 from dfkd.checkpoint import load_model_checkpoint, safe_load
 from dfkd.config import load_config, merge
 from dfkd.data import dataset_info, load_split
@@ -124,8 +125,11 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
     images, labels = load_split(info.name, "test", cfg.data_root)
     seed_everything(cfg.seed)  # the student's initialisation is part of the run's seed
     student = create_model(cfg.student, info.num_classes, info.image_shape[0])
-    out = prepare_out_dir(out_dir, resume, overwrite)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    out = Path(out_dir)
+    if distributed.current().is_main:  # one process prepares the folder, the others wait
+        prepare_out_dir(out, resume, overwrite)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    distributed.barrier()
     spec = ImageSpec(info.num_classes, info.image_shape, info.mean, info.std)
     trainer = Trainer(cfg, teacher, student, spec, EvalData(images, labels), out,
                       teacher_acc1=meta.get("test_acc1"), progress=progress)

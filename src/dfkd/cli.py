@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", metavar="DIR", help="output folder")
     d.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     d.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    d.add_argument("--stop-after-epoch", type=int, metavar="N",
+                   help="checkpoint and exit after epoch N (time-sliced jobs); resume later")
     common(d)
     return p
 
@@ -136,6 +138,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_distill(args) -> int:
     from dfkd.api import build_trainer, resume_config
     from dfkd.config import merge, parse_overrides, read_yaml
+    from dfkd.distributed import init_from_env
     from dfkd.errors import ConfigError
     from dfkd.report import result_table
 
@@ -157,11 +160,18 @@ def _cmd_distill(args) -> int:
         raw = merge(raw, {k: v for k, v in flags.items() if v is not None})
         raw = merge(raw, parse_overrides(args.set))
         out, resume = args.out, False
+    # Under torchrun, join the process group before anything touches a device.
+    dist = init_from_env(raw.get("device") or "auto")
     trainer = build_trainer(raw, out, resume=resume, overwrite=args.overwrite,
                             progress=_progress(args))
-    summary = trainer.fit()
-    print(result_table(summary))
-    print(f"results in {out}/ (summary.json, metrics.jsonl, samples/, checkpoint.pt)")
+    summary = trainer.fit(stop_after_epoch=args.stop_after_epoch)
+    if dist.is_main:
+        if trainer.epoch < trainer.cfg.epochs:
+            print(f"stopped after epoch {trainer.epoch}; continue with: dfkd distill --resume "
+                  f"{out}")
+        else:
+            print(result_table(summary))
+            print(f"results in {out}/ (summary.json, metrics.jsonl, samples/, checkpoint.pt)")
     return 0
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dfkd import distributed
 from dfkd.checkpoint import atomic_save, safe_load
 from dfkd.config import RunConfig
 from dfkd.errors import DfkdError
@@ -66,12 +67,12 @@ class Interrupted(DfkdError):
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise DfkdError("--device cuda was asked for, but PyTorch sees no CUDA GPU "
                         "(use --device cpu or auto)")
-    return torch.device(name)
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", distributed.current().local_rank)
 
 
 def seed_everything(seed: int) -> None:
@@ -148,11 +149,17 @@ class Trainer:
                  spec: ImageSpec, eval_data: EvalData | None, out_dir: Path | None,
                  teacher_acc1: float | None = None, progress: bool | None = None) -> None:
         self.cfg = cfg
+        self.dist = distributed.current()
         self.device = resolve_device(cfg.device)
         self.spec = spec
         self.out_dir = out_dir
         self.teacher_acc1 = teacher_acc1
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        # Only rank 0 talks and writes; every rank computes.
+        self.is_main = self.dist.is_main
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and self.is_main
+        if cfg.batch_size % self.dist.world_size:
+            raise DfkdError(f"batch_size {cfg.batch_size} is the global batch and must divide "
+                            f"evenly over {self.dist.world_size} processes")
         cuda = self.device.type == "cuda"
         self.channels_last = cuda and cfg.channels_last
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
@@ -160,6 +167,9 @@ class Trainer:
         self.teacher = _freeze(teacher.to(self.device, memory_format=memory_format))
         self.student = student.to(self.device, memory_format=memory_format)
         self.student.train()
+        # DDP: each rank synthesises batch_size / world samples; S and G are wrapped so their
+        # gradients are averaged. Rank 0's initial weights are broadcast at wrap time.
+        self.student_ddp = self._wrap(self.student)
         method_cls = get_method(cfg.method)
         if method_cls.needs_bn and not any(
                 isinstance(m, nn.modules.batchnorm._BatchNorm) for m in teacher.modules()):
@@ -170,14 +180,17 @@ class Trainer:
         std = torch.tensor(spec.std, device=self.device).view(1, -1, 1, 1)
         use_amp = cuda and cfg.amp
         ctx = MethodContext(
-            teacher=self.teacher, student=self.student, num_classes=spec.num_classes,
-            image_shape=tuple(spec.image_shape), mean=mean, std=std, device=self.device,
-            batch_size=cfg.batch_size, epochs=cfg.epochs, generator=cfg.generator,
+            teacher=self.teacher, student=self.student_ddp, student_raw=self.student,
+            num_classes=spec.num_classes, image_shape=tuple(spec.image_shape), mean=mean,
+            std=std, device=self.device, batch_size=cfg.batch_size // self.dist.world_size,
+            epochs=cfg.epochs, generator=cfg.generator, wrap=self._wrap,
             autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp
             else contextlib.nullcontext,
             channels_last=self.channels_last,
         )
         self.method = method_cls(ctx, cfg.method_settings)
+        # Identical initial weights everywhere, then a different sample stream per rank.
+        seed_everything(cfg.seed + self.dist.rank)
         opt = cfg.student_optim
         self.opt_s = torch.optim.SGD(self.student.parameters(), lr=opt.lr, momentum=opt.momentum,
                                      weight_decay=opt.weight_decay,
@@ -189,9 +202,7 @@ class Trainer:
         if eval_data is not None:
             self._eval_transform = self._make_eval_transform(eval_data, mean, std)
             # The teacher's test predictions are computed once, not every epoch.
-            self.teacher_test_logits = predict(self.teacher, eval_data.images,
-                                               cfg.eval_batch_size, self._eval_transform,
-                                               self.device)
+            self.teacher_test_logits = self._predict(self.teacher)
             if self.teacher_acc1 is None:
                 self.teacher_acc1 = 100.0 * (self.teacher_test_logits.argmax(1)
                                              == eval_data.labels).float().mean().item()
@@ -202,6 +213,21 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.sums: dict[str, float] = {}
         self.timers = {"synthesis_seconds": 0.0, "student_seconds": 0.0, "elapsed_seconds": 0.0}
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if not self.dist.enabled:
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+    def _predict(self, model: nn.Module) -> torch.Tensor:
+        """Test-set logits; under DDP each rank predicts one contiguous shard."""
+        images = self.eval_data.images
+        if self.dist.enabled:
+            images = torch.tensor_split(images, self.dist.world_size)[self.dist.rank]
+        logits = predict(model, images, self.cfg.eval_batch_size, self._eval_transform,
+                         self.device)
+        return torch.cat(distributed.all_gather_objects(logits))
 
     def _make_eval_transform(self, data: EvalData, mean, std):
         if data.images.dtype == torch.uint8:
@@ -227,7 +253,7 @@ class Trainer:
             "sums": self.sums,
             "timers": self.timers,
             "teacher_acc1": self.teacher_acc1,
-            "rng": rng_state(),
+            "rng": distributed.all_gather_objects(rng_state()),  # one per rank
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -239,15 +265,23 @@ class Trainer:
         self.history = list(state["history"])
         self.sums = dict(state["sums"])
         self.timers = dict(state["timers"])
-        set_rng_state(state["rng"])
+        if len(state["rng"]) != self.dist.world_size:
+            raise DfkdError(f"this run was checkpointed with {len(state['rng'])} processes; "
+                            f"resume it with the same number (now {self.dist.world_size})")
+        set_rng_state(state["rng"][self.dist.rank])
 
     def save_checkpoint(self) -> None:
         if self.out_dir is not None:
-            atomic_save(self.state_dict(), self.out_dir / CHECKPOINT)
+            state = self.state_dict()  # a collective: every rank takes part
+            if self.is_main:
+                atomic_save(state, self.out_dir / CHECKPOINT)
+            distributed.barrier()
 
     def resume(self) -> None:
         assert self.out_dir is not None
         self.load_state_dict(safe_load(self.out_dir / CHECKPOINT))
+        if not self.is_main:
+            return
         # The metrics file continues exactly the checkpoint's history: lines written
         # after the checkpoint (by a run that was then killed) are dropped.
         lines = "".join(json.dumps(row) + "\n" for row in self.history)
@@ -279,9 +313,10 @@ class Trainer:
             loss.backward()
             self.opt_s.step()
             add(logs)
-        # One host-device transfer per round, not per step.
+        # One host-device transfer (and one all-reduce under DDP) per round, not per step.
         names = list(terms)
-        values = torch.stack([terms[k] for k in names]).tolist() if names else []
+        values = distributed.all_reduce_mean(torch.stack([terms[k] for k in names])).tolist() \
+            if names else []
         t2 = time.perf_counter()
         self.timers["synthesis_seconds"] += t1 - t0
         self.timers["student_seconds"] += t2 - t1
@@ -301,8 +336,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         if self.eval_data is None:
             return {}
-        logits = predict(self.student, self.eval_data.images, self.cfg.eval_batch_size,
-                         self._eval_transform, self.device)
+        logits = self._predict(self.student)
         return fidelity_metrics(logits, self.teacher_test_logits, self.eval_data.labels)
 
     def _end_epoch(self) -> dict[str, Any]:
@@ -316,12 +350,12 @@ class Trainer:
         row["peak_memory_mb"] = round(peak_memory_mb(self.device), 1)
         self.history.append(row)
         self.sums = {}
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.is_main:
             with open(self.out_dir / METRICS, "a") as f:
                 f.write(json.dumps(row) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-            if cfg.sample_grid:
+            if cfg.sample_grid:  # rank 0's generator: all ranks hold the same weights
                 save_image_grid(self.method.preview(cfg.sample_grid, seed=cfg.seed),
                                 self.out_dir / "samples" / f"epoch_{self.epoch + 1:03d}.png")
         self.epoch += 1
@@ -350,12 +384,14 @@ class Trainer:
                         if last_acc is not None:
                             post["acc1"] = f"{last_acc:.2f}"
                         bar.set_postfix(post, refresh=False)
-                    if stop.signum is not None and self.round < cfg.rounds:
-                        break
+                    if distributed.any_rank(stop.signum is not None, self.device):
+                        stop.signum = stop.signum or signal.SIGTERM
+                        if self.round < cfg.rounds:
+                            break
                 if self.round == cfg.rounds:
                     row = self._end_epoch()
                     last_acc = row.get("acc1")
-                    if not self.progress:
+                    if not self.progress and self.is_main:
                         print(_epoch_line(row, cfg.epochs), file=sys.stderr, flush=True)
                 self.save_checkpoint()
                 if stop.signum is not None:
@@ -390,9 +426,10 @@ class Trainer:
             * self.cfg.batch_size / students,
             "peak_memory_mb": round(peak_memory_mb(self.device), 1),
             "device": str(self.device),
+            "world_size": self.dist.world_size,
             "config": self.cfg.to_dict(),
         }
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.is_main:
             tmp = self.out_dir / (SUMMARY + ".tmp")
             tmp.write_text(json.dumps(out, indent=2) + "\n")
             os.replace(tmp, self.out_dir / SUMMARY)

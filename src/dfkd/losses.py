@@ -52,3 +52,34 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
                            torch.zeros_like(a)).sum(dim=1)
 
     return (0.5 * kl(p, m) + 0.5 * kl(q, m)).clamp_min(0.0)
+
+
+def activation_l1(features: torch.Tensor) -> torch.Tensor:
+    """DAFL's activation term: the mean absolute penultimate activation.
+
+    The paper writes (1/n) sum_i ||f_i||_1; its official code takes ``f.abs().mean()``,
+    i.e. also divides by the feature width, which keeps the 0.1 weight independent of it.
+    """
+    return features.float().abs().mean()
+
+
+def attention_map(features: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Spatial attention (Zagoruyko & Komodakis): the channel mean of the squared
+    activation, average-pooled to ``size`` if given, flattened and L2-normalised
+    per sample. (B, C, H, W) -> (B, H * W)."""
+    a = features.float().pow(2).mean(dim=1)
+    if size is not None and tuple(a.shape[-2:]) != tuple(size):
+        a = F.adaptive_avg_pool2d(a.unsqueeze(1), size).squeeze(1)
+    return F.normalize(a.flatten(1), dim=1)
+
+
+def attention_transfer(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """Sum over layer pairs of mean((a_s - a_t)^2), the form of ZSKT's released code.
+
+    A pair whose maps differ in size is compared at the smaller one (average pooling).
+    """
+    total = torch.zeros((), device=teacher[0].device)
+    for fs, ft in zip(student, teacher, strict=True):
+        size = (min(fs.shape[-2], ft.shape[-2]), min(fs.shape[-1], ft.shape[-1]))
+        total = total + (attention_map(fs, size) - attention_map(ft, size)).pow(2).mean()
+    return total

@@ -51,6 +51,6 @@ def result_table(summary: dict[str, Any]) -> str:
             ["teacher", summary.get("teacher_acc1"), 100.0, 1.0, 1.0, "-"],
             [f"student ({summary['method']})", summary.get("final_acc1"),
              summary.get("final_agreement"), summary.get("final_loyalty"),
-             summary.get("final_loyalty_official"), round(seconds, 1)],
+             summary.get("final_loyalty_official"), f"{seconds:.1f}"],
         ],
     )

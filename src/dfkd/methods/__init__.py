@@ -28,11 +28,13 @@ def get_method(name: str) -> type[Method]:
     if name not in _METHODS:
         close = difflib.get_close_matches(str(name), _METHODS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown method '{name}'.{hint} Known methods: {', '.join(list_methods())}.")
+        raise ConfigError(
+            f"unknown method '{name}'.{hint} Known methods: {', '.join(list_methods())}."
+        )
     return _METHODS[name]
 
 
-from dfkd.methods import cudfkd  # noqa: E402,F401  (registration)
+from dfkd.methods import cudfkd, dafl, dfad, dfq, zskt  # noqa: E402,F401  (registration)
 
 __all__ = ["GeneratorMethod", "Method", "MethodContext", "get_method", "list_methods",
            "register_method"]

@@ -20,7 +20,8 @@ class MethodContext:
     """What the engine hands a method: frozen teacher, student, data geometry, device."""
 
     teacher: nn.Module
-    student: nn.Module
+    student: nn.Module           # for student steps (DDP-wrapped when distributed)
+    student_raw: nn.Module       # the bare student, for forward passes in generator steps
     num_classes: int
     image_shape: tuple[int, int, int]
     mean: torch.Tensor           # (1, C, 1, 1) on device
@@ -31,6 +32,7 @@ class MethodContext:
     generator: GeneratorConfig
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     channels_last: bool = False
+    wrap: Callable[[nn.Module], nn.Module] = lambda module: module  # DDP when distributed
 
     def normalize(self, images01: torch.Tensor) -> torch.Tensor:
         x = (images01 - self.mean) / self.std
@@ -87,6 +89,7 @@ class GeneratorMethod(Method):
         self.generator.to(ctx.device)
         if ctx.channels_last:
             self.generator.to(memory_format=torch.channels_last)
+        self.generator_ddp = ctx.wrap(self.generator)  # what the generator step calls
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=ctx.generator.lr,
                                       betas=ctx.generator.betas)
         self.bn_hook = BNStatsHook(ctx.teacher) if self.needs_bn else None
@@ -96,13 +99,13 @@ class GeneratorMethod(Method):
 
     def synthesize(self, n: int | None = None) -> torch.Tensor:
         """Normalised samples G(z) for the teacher/student, with grad to G."""
-        return self.ctx.normalize(self.generator(self.sample_z(n)))
+        return self.ctx.normalize(self.generator_ddp(self.sample_z(n)))
 
     @torch.no_grad()
     def fixed_batch(self) -> torch.Tensor:
         """A fresh batch from G in eval mode, no gradient: what the student trains on."""
         self.generator.eval()
-        x = self.synthesize()
+        x = self.ctx.normalize(self.generator(self.sample_z()))
         self.generator.train()
         return x
 

@@ -74,7 +74,8 @@ class CuDFKD(GeneratorMethod):
     def generator_step(self) -> dict[str, torch.Tensor]:
         s, ctx = self.settings, self.ctx
         adv_weight = self.adv_weight
-        ctx.student.eval()
+        student = ctx.student_raw  # no DDP here: S is not updated by this step
+        student.eval()
         with ctx.autocast(), self.bn_hook:
             x = self.synthesize()
             t = ctx.teacher(x)
@@ -83,10 +84,10 @@ class CuDFKD(GeneratorMethod):
         oh = onehot_ce(t)
         loss = s.w_ent * ent + s.w_oh * oh + s.w_bn * bn
         if adv_weight > 0:  # skip the student's forward while the ramp is at 0
-            ctx.student.requires_grad_(False)  # G's gradient only; S is not updated here
+            student.requires_grad_(False)  # G's gradient only
             with ctx.autocast():
-                st = ctx.student(x)
-            ctx.student.requires_grad_(True)
+                st = student(x)
+            student.requires_grad_(True)
             adv = masked_adversarial(st, t, s.adv_tau)
             loss = loss + adv_weight * adv
         else:
@@ -94,7 +95,7 @@ class CuDFKD(GeneratorMethod):
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
-        ctx.student.train()
+        student.train()
         return {"loss_g": loss.detach(), "g_entropy": ent.detach(), "g_onehot": oh.detach(),
                 "g_bn": bn.detach(), "g_adv": adv.detach()}
 

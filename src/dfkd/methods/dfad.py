@@ -1,0 +1,59 @@
+"""DFAD: Data-Free Adversarial Distillation (Fang et al., 2019).
+
+A min-max game on the mean absolute error between the logits of T and S:
+    G maximises  L = E_z[ (1/K) ||T(G(z)) - S(G(z))||_1 ]    (loss_g = -L)
+    S minimises  L on fresh samples from G in eval mode.
+The paper alternates 1 generator step with 5 student steps (``g_steps``/``kd_steps``
+in the run config). During the generator step S is in eval mode and its weights get
+no gradient, so the step neither moves S nor its BatchNorm statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dfkd.losses import kd_l1
+from dfkd.methods import register_method
+from dfkd.methods.base import GeneratorMethod
+
+
+@dataclass
+class DFADSettings:
+    """DFAD has no loss weights: the L1 discrepancy is both players' objective."""
+
+
+@register_method
+class DFAD(GeneratorMethod):
+    name = "dfad"
+    Settings = DFADSettings
+    needs_bn = False
+
+    def generator_step(self) -> dict[str, torch.Tensor]:
+        ctx = self.ctx
+        student = ctx.student_raw  # no DDP here: S is not updated by this step
+        student.eval()
+        student.requires_grad_(False)  # G's gradient only
+        with ctx.autocast():
+            x = self.synthesize()
+            t = ctx.teacher(x)
+            st = student(x)
+        student.requires_grad_(True)
+        gap = kd_l1(st, t)
+        loss = -gap
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        student.train()
+        return {"loss_g": loss.detach(), "g_l1": gap.detach()}
+
+    def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ctx = self.ctx
+        x = self.fixed_batch()
+        with ctx.autocast():
+            with torch.no_grad():
+                t = ctx.teacher(x)
+            st = ctx.student(x)
+        loss = kd_l1(st, t)
+        return loss, {"loss_s": loss.detach(), "kd": loss.detach()}

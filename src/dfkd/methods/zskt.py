@@ -1,0 +1,154 @@
+"""ZSKT: Zero-shot Knowledge Transfer via Adversarial Belief Matching
+(Micaelli & Storkey, NeurIPS 2019).
+
+    G maximises  KL(T || S)                                (loss_g = -KL)
+    S minimises  KL(T || S) + beta * sum_l mean((a_s^l - a_t^l)^2)
+with a^l the L2-normalised spatial attention map of layer pair l (see
+``dfkd.losses.attention_map``). The AT term takes the form of the released code,
+which is what beta = 250 was tuned for (the paper writes an unsquared L2 norm).
+
+Layer pairs: ``teacher_layers``/``student_layers`` name modules whose outputs are
+compared. Left unset, they are found by one probe forward of each model: for each
+spatial size above 1x1 that both models produce, the module (called once per
+forward) that last outputs that size, i.e. the end of each resolution stage
+(``layer1..4`` of a ResNet, ``block1..3`` of a WRN, ``bn1``/``bn2`` of LeNet-5).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dfkd.errors import ConfigError
+from dfkd.hooks import FeatureHook
+from dfkd.losses import attention_transfer, kd_kl
+from dfkd.methods import register_method
+from dfkd.methods.base import GeneratorMethod
+
+
+@dataclass
+class ZSKTSettings:
+    beta: float = 250.0                      # attention-transfer weight (0: KL only)
+    tau: float = 1.0                         # KL temperature (the paper uses 1)
+    clip_g: float = 5.0                      # generator gradient-norm clip (0: none)
+    teacher_layers: list[str] | None = None  # None: found automatically (see above)
+    student_layers: list[str] | None = None
+
+    def validate(self) -> None:
+        if self.tau <= 0 or self.beta < 0 or self.clip_g < 0:
+            raise ConfigError("zskt.tau must be > 0, zskt.beta and zskt.clip_g >= 0")
+        t, s = self.teacher_layers, self.student_layers
+        if (t is None) != (s is None) or (t is not None and len(t) != len(s)):
+            raise ConfigError("zskt.teacher_layers and zskt.student_layers must be given "
+                              "together, with the same number of module names")
+        if any(not isinstance(n, str) for n in (t or []) + (s or [])):
+            raise ConfigError("zskt.teacher_layers/student_layers must be lists of module names")
+
+
+def stage_outputs(model: nn.Module, image_shape: tuple[int, ...], device) -> dict[tuple, str]:
+    """Spatial size -> name of the module that last outputs it in one forward."""
+    calls: dict[str, int] = {}
+    seen: list[tuple[str, tuple]] = []
+
+    def record(name: str):
+        def hook(_m, _i, out) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-2:].numel() > 1:
+                seen.append((name, tuple(out.shape[-2:])))
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *image_shape, device=device))
+    finally:
+        model.train(training)
+        for h in handles:
+            h.remove()
+    return {size: name for name, size in seen if calls[name] == 1}  # shared modules skipped
+
+
+def _check_names(model: nn.Module, names: list[str], key: str) -> None:
+    known = [n for n, _ in model.named_modules() if n]
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"zskt.{key}: the model has no module '{name}'.{hint}")
+
+
+@register_method
+class ZSKT(GeneratorMethod):
+    name = "zskt"
+    Settings = ZSKTSettings
+    needs_bn = False
+
+    def __init__(self, ctx, settings: ZSKTSettings) -> None:
+        super().__init__(ctx, settings)
+        s, t_names, s_names = settings, settings.teacher_layers, settings.student_layers
+        if s.beta > 0 and t_names is None:
+            t_stage = stage_outputs(ctx.teacher, ctx.image_shape, ctx.device)
+            s_stage = stage_outputs(ctx.student_raw, ctx.image_shape, ctx.device)
+            common = [size for size in t_stage if size in s_stage]
+            if not common:
+                raise ConfigError("zskt found no layers of equal spatial size in teacher and "
+                                  "student for attention transfer; set zskt.teacher_layers and "
+                                  "zskt.student_layers, or zskt.beta=0")
+            t_names, s_names = [t_stage[k] for k in common], [s_stage[k] for k in common]
+        self.layers = list(zip(t_names, s_names)) if s.beta > 0 else []
+        _check_names(ctx.teacher, [t for t, _ in self.layers], "teacher_layers")
+        _check_names(ctx.student_raw, [n for _, n in self.layers], "student_layers")
+        self.t_hook = FeatureHook(ctx.teacher, [t for t, _ in self.layers])
+        self.s_hook = FeatureHook(ctx.student_raw, [n for _, n in self.layers])
+
+    def _forget(self) -> None:
+        """Drop kept activations (and their graphs, or an evaluation batch's maps)."""
+        self.t_hook.outputs.clear()
+        self.s_hook.outputs.clear()
+
+    def on_epoch_start(self, epoch: int) -> None:
+        super().on_epoch_start(epoch)
+        self._forget()
+
+    def generator_step(self) -> dict[str, torch.Tensor]:
+        s, ctx = self.settings, self.ctx
+        student = ctx.student_raw  # no DDP here: S is not updated by this step
+        student.eval()
+        student.requires_grad_(False)  # G's gradient only
+        with ctx.autocast():
+            x = self.synthesize()
+            t = ctx.teacher(x)
+            st = student(x)
+        student.requires_grad_(True)
+        self._forget()
+        kl = kd_kl(st, t, s.tau)
+        loss = -kl
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        if s.clip_g > 0:
+            nn.utils.clip_grad_norm_(self.generator.parameters(), s.clip_g)
+        self.opt_g.step()
+        student.train()
+        return {"loss_g": loss.detach(), "g_kl": kl.detach()}
+
+    def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        s, ctx = self.settings, self.ctx
+        x = self.fixed_batch()
+        with ctx.autocast():
+            with torch.no_grad():
+                t = ctx.teacher(x)
+            st = ctx.student(x)
+        kd = kd_kl(st, t, s.tau)
+        if self.layers:
+            at = attention_transfer([self.s_hook.outputs[n] for _, n in self.layers],
+                                    [self.t_hook.outputs[n] for n, _ in self.layers])
+        else:
+            at = torch.zeros((), device=ctx.device)
+        self._forget()
+        loss = kd + s.beta * at
+        return loss, {"loss_s": loss.detach(), "kd": kd.detach(), "at": at.detach()}
