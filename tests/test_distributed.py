@@ -22,7 +22,7 @@ TIMING = ("synthesis_seconds", "student_seconds", "elapsed_seconds", "peak_memor
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=0", "-m", "dfkd", "distill", *args]
+           "--standalone", "-m", "dfkd", "distill", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 

@@ -41,11 +41,10 @@ class ZSKTSettings:
         if self.tau <= 0 or self.beta < 0 or self.clip_g < 0:
             raise ConfigError("zskt.tau must be > 0, zskt.beta and zskt.clip_g >= 0")
         t, s = self.teacher_layers, self.student_layers
-        if (t is None) != (s is None) or (t is not None and len(t) != len(s)):
+        if (t is None) != (s is None) or len(t or []) != len(s or []) or any(
+                not isinstance(n, str) for n in (t or []) + (s or [])):
             raise ConfigError("zskt.teacher_layers and zskt.student_layers must be given "
-                              "together, with the same number of module names")
-        if any(not isinstance(n, str) for n in (t or []) + (s or [])):
-            raise ConfigError("zskt.teacher_layers/student_layers must be lists of module names")
+                              "together, as lists of as many module names")
 
 
 def stage_outputs(model: nn.Module, image_shape: tuple[int, ...], device) -> dict[tuple, str]:
@@ -73,13 +72,13 @@ def stage_outputs(model: nn.Module, image_shape: tuple[int, ...], device) -> dic
     return {size: name for name, size in seen if calls[name] == 1}  # shared modules skipped
 
 
-def _check_names(model: nn.Module, names: list[str], key: str) -> None:
+def _hook(model: nn.Module, names: list[str], key: str) -> FeatureHook:
     known = [n for n, _ in model.named_modules() if n]
-    for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"zskt.{key}: the model has no module '{name}'.{hint}")
+    for name in (n for n in names if n not in known):
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"zskt.{key}: the model has no module '{name}'.{hint}")
+    return FeatureHook(model, names)
 
 
 @register_method
@@ -101,10 +100,8 @@ class ZSKT(GeneratorMethod):
                                   "zskt.student_layers, or zskt.beta=0")
             t_names, s_names = [t_stage[k] for k in common], [s_stage[k] for k in common]
         self.layers = list(zip(t_names, s_names)) if s.beta > 0 else []
-        _check_names(ctx.teacher, [t for t, _ in self.layers], "teacher_layers")
-        _check_names(ctx.student_raw, [n for _, n in self.layers], "student_layers")
-        self.t_hook = FeatureHook(ctx.teacher, [t for t, _ in self.layers])
-        self.s_hook = FeatureHook(ctx.student_raw, [n for _, n in self.layers])
+        self.t_hook = _hook(ctx.teacher, [t for t, _ in self.layers], "teacher_layers")
+        self.s_hook = _hook(ctx.student_raw, [n for _, n in self.layers], "student_layers")
 
     def _forget(self) -> None:
         """Drop kept activations (and their graphs, or an evaluation batch's maps)."""
