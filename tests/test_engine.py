@@ -95,6 +95,7 @@ def test_config_validation_messages():
 
 def test_python_api_and_bn_requirement():
     teacher = create_model("lenet5", 10, 1)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = create_model("lenet5_half", 10, 1)
     test_x = torch.randint(0, 255, (64, 1, 32, 32), dtype=torch.uint8)
     test_y = torch.randint(0, 10, (64,))
@@ -103,6 +104,10 @@ def test_python_api_and_bn_requirement():
         test_data=(test_x, test_y), epochs=1, rounds=1, kd_steps=1, batch_size=8,
         curriculum="soft", progress=False)
     assert trained is student and summary["config"]["cudfkd"]["curriculum"] == "soft"
+    # The teacher is frozen: its weights and BN statistics never move on synthetic data.
+    assert not teacher.training
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, before[key]), key
     assert 0 <= summary["final_acc1"] <= 100
     with pytest.raises(ConfigError, match="unknown setting 'tua'.*Did you mean 'tau'"):
         dfkd.distill(teacher, student, num_classes=10, image_shape=(1, 32, 32), mean=(0.5,),

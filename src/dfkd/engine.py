@@ -133,13 +133,19 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _freeze(teacher: nn.Module) -> nn.Module:
-    teacher.eval()
-    teacher.requires_grad_(False)
-    # Whatever .train() is called with, the teacher's BN statistics must never drift
-    # on synthetic data: pin its mode.
-    teacher.train = lambda mode=True: teacher  # type: ignore[method-assign]
-    return teacher
+class FrozenTeacher(nn.Module):
+    """The teacher, frozen: no gradients, and eval mode whatever ``train()`` is called
+    with, so its BN statistics never drift on synthetic data."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        return self
+
+    def forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
+        return self.model(x, **kwargs)
 
 
 class Trainer:
@@ -164,7 +170,7 @@ class Trainer:
         self.channels_last = cuda and cfg.channels_last
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         seed_everything(cfg.seed)
-        self.teacher = _freeze(teacher.to(self.device, memory_format=memory_format))
+        self.teacher = FrozenTeacher(teacher.to(self.device, memory_format=memory_format))
         self.student = student.to(self.device, memory_format=memory_format)
         self.student.train()
         # DDP: each rank synthesises batch_size / world samples; S and G are wrapped so their
