@@ -76,6 +76,23 @@ def test_sigint_checkpoints_prints_resume_and_resumes_exactly(fmnist_teacher, tm
     assert metrics(out) == reference
 
 
+def test_sigterm_exits_143_and_double_ctrl_c_quits_at_once(fmnist_teacher, tmp_path):
+    out = tmp_path / "term"
+    proc = start(fmnist_teacher, out)
+    wait_for_lines(out, 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 143 and "--resume" in err, err
+    out = tmp_path / "twice"
+    proc = start(fmnist_teacher, out)
+    wait_for_lines(out, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    code, err = finish(proc)
+    assert code == 130 and "Traceback" not in err, err
+    assert "dfkd: interrupted" in err
+
+
 def test_kill_9_at_a_random_moment_then_resume_matches(fmnist_teacher, tmp_path, reference):
     out = tmp_path / "run"
     proc = start(fmnist_teacher, out)

@@ -435,7 +435,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "config": self.cfg.to_dict(),
         }
-        if self.out_dir is not None and self.is_main:
+        if self.out_dir is not None and self.is_main and self.epoch == self.cfg.epochs:
             tmp = self.out_dir / (SUMMARY + ".tmp")
             tmp.write_text(json.dumps(out, indent=2) + "\n")
             os.replace(tmp, self.out_dir / SUMMARY)
