@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import traceback
+from pathlib import Path
 
 from dfkd.errors import DfkdError
 
@@ -97,6 +98,20 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--stop-after-epoch", type=int, metavar="N",
                    help="checkpoint and exit after epoch N (time-sliced jobs); resume later")
     common(d)
+
+    b = sub.add_parser(
+        "bench", help="compare methods x seeds on one teacher/student pair at one budget",
+        description="Runs every method (and the references 'scratch' and 'kd_with_data') for "
+        "every seed under identical conditions, then writes DIR/results.md, results.csv, "
+        "results.json (mean ± std over seeds) and curves.png (needs matplotlib). Finished runs "
+        "are skipped and interrupted ones resumed, so re-running an interrupted bench "
+        "continues it.")
+    b.add_argument("--config", required=True, metavar="FILE", help="bench YAML (see configs/)")
+    b.add_argument("--methods", required=True, help="comma-separated, e.g. cudfkd,scratch")
+    b.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    b.add_argument("--out", required=True, metavar="DIR")
+    b.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
+    common(b)
     return p
 
 
@@ -175,6 +190,25 @@ def _cmd_distill(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from dfkd.bench import run_bench
+    from dfkd.errors import ConfigError
+
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError as exc:
+        raise ConfigError(f"--seeds expects comma-separated integers, got '{args.seeds}'") from exc
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    runs = run_bench(args.config, methods, seeds, args.out, dry_run=args.dry_run,
+                     progress=_progress(args))
+    if args.dry_run:
+        for run in runs:
+            print(f"{run['state']:>6}  {run['method']} seed {run['seed']}  -> {run['folder']}")
+    else:
+        print((Path(args.out) / "results.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -182,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = {"train-teacher": _cmd_train_teacher, "evaluate": _cmd_evaluate,
-               "distill": _cmd_distill}[args.command]
+               "distill": _cmd_distill, "bench": _cmd_bench}[args.command]
     try:
         return handler(args)
     except DfkdError as exc:
