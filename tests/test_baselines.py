@@ -13,6 +13,7 @@ from torch import nn
 import dfkd
 from dfkd.api import build_trainer
 from dfkd.config import GeneratorConfig, load_config
+from dfkd.engine import FrozenTeacher
 from dfkd.errors import ConfigError
 from dfkd.losses import activation_l1, attention_map, attention_transfer, entropy_of_mean, kd_l1
 from dfkd.methods import MethodContext, get_method
@@ -102,9 +103,12 @@ def test_dafl_reads_features_of_a_plain_module():
     x = torch.randn(5, 1, 2, 2)
     logits, feats = teacher_features(plain)(x)
     assert torch.equal(logits, plain(x)) and torch.allclose(feats, plain[:3](x))
+    # A dfkd model inside the engine's wrapper is asked for its features, not hooked.
     lenet = create_model("lenet5", 10, 1).eval()
-    _, feats = teacher_features(lenet)(torch.randn(2, 1, 32, 32))
-    assert feats.shape == (2, 84)
+    x = torch.randn(2, 1, 32, 32)
+    _, feats = teacher_features(FrozenTeacher(lenet))(x)
+    assert torch.equal(feats, lenet(x, return_features=True)[1])
+    assert not lenet.fc2._forward_pre_hooks
 
 
 def test_dfad_l1_game_leaves_the_student_alone():
@@ -203,8 +207,11 @@ def test_short_run_learns(fmnist_teacher, tmp_path, method):
     assert method in summary["config"]
 
 
-@pytest.mark.parametrize("method", ["dfad", "dafl"])
-def test_python_api_with_a_plain_teacher(method):
+@pytest.mark.parametrize("method, settings", [
+    ("dfad", {}), ("dafl", {}),
+    ("zskt", {"teacher_layers": ["1"], "student_layers": ["bn1"]}),  # 28x28 maps
+])
+def test_python_api_with_a_plain_teacher(method, settings):
     """A user's nn.Sequential (no BatchNorm, no return_features) works as the teacher."""
     teacher = nn.Sequential(nn.Conv2d(1, 4, 5), nn.ReLU(), nn.Flatten(),
                             nn.Linear(4 * 28 * 28, 16), nn.ReLU(), nn.Linear(16, 10))
@@ -214,7 +221,7 @@ def test_python_api_with_a_plain_teacher(method):
     summary, trained = dfkd.distill(
         teacher, student, method=method, num_classes=10, image_shape=(1, 32, 32),
         mean=(0.5,), std=(0.5,), test_data=(test_x, test_y), epochs=1, rounds=2, kd_steps=2,
-        batch_size=8, progress=False)
+        batch_size=8, progress=False, **settings)
     assert trained is student and summary["method"] == method
     assert 0 <= summary["final_acc1"] <= 100
 
@@ -234,6 +241,7 @@ def test_zskt_resume_is_exact(fmnist_teacher, tmp_path):
     build_trainer(raw, tmp_path / "split", progress=False).fit(stop_after_epoch=2)
     resumed = build_trainer(raw, tmp_path / "split", resume=True, progress=False)
     assert resumed.epoch == 2
+    assert resumed.method.layers == [("bn1", "bn1"), ("bn2", "bn2")]  # LeNet's conv blocks
     resumed.fit()
     full = _metrics(tmp_path / "full" / "metrics.jsonl")
     assert _metrics(tmp_path / "split" / "metrics.jsonl") == full

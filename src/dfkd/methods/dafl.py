@@ -39,6 +39,13 @@ class DAFLSettings:
             raise ConfigError(f"dafl.tau must be > 0, got {self.tau}")
 
 
+def user_model(teacher: nn.Module) -> nn.Module:
+    """The user's module inside the engine's ``FrozenTeacher`` wrapper, if any."""
+    from dfkd.engine import FrozenTeacher  # lazy: the engine imports the methods
+
+    return teacher.model if isinstance(teacher, FrozenTeacher) else teacher
+
+
 def teacher_features(model: nn.Module) -> FeatureFn:
     """``x -> (logits, penultimate features)`` for any classifier.
 
@@ -47,7 +54,8 @@ def teacher_features(model: nn.Module) -> FeatureFn:
     forward pre-hook that stays registered for the run.
     """
     try:
-        takes_flag = "return_features" in inspect.signature(model.forward).parameters
+        forward = user_model(model).forward
+        takes_flag = "return_features" in inspect.signature(forward).parameters
     except (TypeError, ValueError):
         takes_flag = False
     if takes_flag:

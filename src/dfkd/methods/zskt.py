@@ -27,6 +27,7 @@ from dfkd.hooks import FeatureHook
 from dfkd.losses import attention_transfer, kd_kl
 from dfkd.methods import register_method
 from dfkd.methods.base import GeneratorMethod
+from dfkd.methods.dafl import user_model
 
 
 @dataclass
@@ -90,8 +91,9 @@ class ZSKT(GeneratorMethod):
     def __init__(self, ctx, settings: ZSKTSettings) -> None:
         super().__init__(ctx, settings)
         s, t_names, s_names = settings, settings.teacher_layers, settings.student_layers
+        teacher = user_model(ctx.teacher)  # layer names are the user's model's
         if s.beta > 0 and t_names is None:
-            t_stage = stage_outputs(ctx.teacher, ctx.image_shape, ctx.device)
+            t_stage = stage_outputs(teacher, ctx.image_shape, ctx.device)
             s_stage = stage_outputs(ctx.student_raw, ctx.image_shape, ctx.device)
             common = [size for size in t_stage if size in s_stage]
             if not common:
@@ -100,7 +102,7 @@ class ZSKT(GeneratorMethod):
                                   "zskt.student_layers, or zskt.beta=0")
             t_names, s_names = [t_stage[k] for k in common], [s_stage[k] for k in common]
         self.layers = list(zip(t_names, s_names)) if s.beta > 0 else []
-        self.t_hook = _hook(ctx.teacher, [t for t, _ in self.layers], "teacher_layers")
+        self.t_hook = _hook(teacher, [t for t, _ in self.layers], "teacher_layers")
         self.s_hook = _hook(ctx.student_raw, [n for _, n in self.layers], "student_layers")
 
     def _forget(self) -> None:
