@@ -83,10 +83,13 @@ def test_sigterm_exits_143_and_double_ctrl_c_quits_at_once(fmnist_teacher, tmp_p
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
     assert code == 143 and "--resume" in err, err
+    # One long round per epoch, so the second Ctrl-C lands while the first is still
+    # waiting for the round to end (signals sent back to back would coalesce).
     out = tmp_path / "twice"
-    proc = start(fmnist_teacher, out)
+    proc = start(fmnist_teacher, out, "--set", "rounds=1", "--set", "kd_steps=400")
     wait_for_lines(out, 1, proc)
     proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     code, err = finish(proc)
     assert code == 130 and "Traceback" not in err, err
