@@ -47,7 +47,9 @@ def main() -> None:
                 x = m.ctx.normalize(G(torch.randn(cfg.batch_size, m.nz)))
                 t = T(x)
                 bn = hook.loss()
+            S.requires_grad_(False)  # as the engine: G's gradient only
             st = S(x)
+            S.requires_grad_(True)
             loss = (s.w_ent * entropy_of_mean(t, s.tau) + s.w_oh * onehot_ce(t) + s.w_bn * bn
                     + kd_kl(st, t, 3.0))
             m.opt_g.zero_grad()
