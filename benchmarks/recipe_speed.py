@@ -6,7 +6,7 @@ student steps are timed separately, after warm-up; FLOPs are counted with
 ``torch.utils.flop_counter`` on one step of each kind.
 
     python benchmarks/recipe_speed.py --config configs/cifar10/cudfkd_resnet34_resnet18.yaml \
-        [--device cuda] [--set amp=false] [--set channels_last=false] [--steps 3]
+        [--set device=cuda] [--set amp=false] [--set channels_last=false] [--steps 3]
 """
 
 from __future__ import annotations

@@ -126,3 +126,10 @@ def test_short_fashion_mnist_run_beats_chance_widely(fmnist_teacher, tmp_path):
     summary = build_trainer(raw, tmp_path, progress=False).fit()
     assert summary["final_agreement"] > 35.0   # chance is 10%
     assert summary["final_acc1"] > 35.0
+
+
+def test_compile_option_runs_and_learns_the_same_way(fmnist_teacher, tmp_path):
+    pytest.importorskip("torch._inductor")
+    summary = _run(fmnist_teacher, tmp_path, epochs=1, compile=True).fit()
+    assert summary["config"]["compile"] is True
+    assert 0.0 <= summary["final_acc1"] <= 100.0

@@ -54,6 +54,7 @@ class RunConfig:
     device: str = "auto"
     amp: bool = True                  # bf16 autocast, CUDA only
     channels_last: bool = True        # CUDA only
+    compile: bool = False             # torch.compile the student and generator (opt-in)
     sample_grid: int = 64             # synthetic images saved per epoch (0: none)
     student_optim: StudentOptimConfig = field(default_factory=StudentOptimConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)

@@ -195,6 +195,12 @@ class Trainer:
             channels_last=self.channels_last,
         )
         self.method = method_cls(ctx, cfg.method_settings)
+        if cfg.compile:
+            # Compiled wrappers share parameters with the originals, so optimisers,
+            # checkpoints and evaluation keep using the plain modules.
+            ctx.student = torch.compile(ctx.student)
+            if isinstance(getattr(self.method, "generator_ddp", None), nn.Module):
+                self.method.generator_ddp = torch.compile(self.method.generator_ddp)
         # Identical initial weights everywhere, then a different sample stream per rank.
         seed_everything(cfg.seed + self.dist.rank)
         opt = cfg.student_optim
