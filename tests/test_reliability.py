@@ -86,8 +86,9 @@ def test_sigterm_exits_143_and_double_ctrl_c_quits_at_once(fmnist_teacher, tmp_p
     # One long round per epoch, so the second Ctrl-C lands while the first is still
     # waiting for the round to end (signals sent back to back would coalesce).
     out = tmp_path / "twice"
-    proc = start(fmnist_teacher, out, "--set", "rounds=1", "--set", "kd_steps=400")
+    proc = start(fmnist_teacher, out, "--set", "rounds=1", "--set", "kd_steps=800")
     wait_for_lines(out, 1, proc)
+    time.sleep(1.0)  # past epoch 1's checkpoint, inside epoch 2's (multi-second) round
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
