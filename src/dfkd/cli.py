@@ -116,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _progress(args) -> bool | None:
+    """None lets the engine decide: a bar on a terminal, one line per epoch otherwise."""
     return False if args.no_progress else None
 
 
@@ -131,7 +132,8 @@ def _cmd_train_teacher(args) -> int:
     from dfkd.models import create_model
     dataset_info(args.dataset)          # fail on bad names before loading anything
     create_model(args.model, 10, 1)
-    _, meta = train_supervised(settings, out=args.out, progress=not args.no_progress)
+    progress = not args.no_progress and sys.stderr.isatty()
+    _, meta = train_supervised(settings, out=args.out, progress=progress)
     print(f"{meta['arch']} on {meta['dataset']}: test Acc@1 {meta['test_acc1']:.2f}% "
           f"({meta['train_seconds']:.0f} s) -> {args.out}")
     return 0
