@@ -109,6 +109,23 @@ class GeneratorMethod(Method):
         self.generator.train()
         return x
 
+    def update_generator(self, loss: torch.Tensor, clip: float = 0.0) -> None:
+        """One optimiser step of G on ``loss`` (optionally gradient-norm clipped)."""
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.generator.parameters(), clip)
+        self.opt_g.step()
+
+    def student_teacher_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """S's logits (with gradient) and T's (without) on a fresh batch from G."""
+        x = self.fixed_batch()
+        with self.ctx.autocast():
+            with torch.no_grad():
+                t = self.ctx.teacher(x)
+            st = self.ctx.student(x)
+        return st, t
+
     @torch.no_grad()
     def preview(self, n: int, seed: int = 0) -> torch.Tensor:
         z = torch.randn(n, self.nz, generator=torch.Generator().manual_seed(seed))

@@ -92,20 +92,14 @@ class CuDFKD(GeneratorMethod):
             loss = loss + adv_weight * adv
         else:
             adv = torch.zeros((), device=ctx.device)
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_g.step()
+        self.update_generator(loss)
         student.train()
         return {"loss_g": loss.detach(), "g_entropy": ent.detach(), "g_onehot": oh.detach(),
                 "g_bn": bn.detach(), "g_adv": adv.detach()}
 
     def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        s, ctx = self.settings, self.ctx
-        x = self.fixed_batch()
-        with ctx.autocast():
-            with torch.no_grad():
-                t = ctx.teacher(x)
-            st = ctx.student(x)
+        s = self.settings
+        st, t = self.student_teacher_logits()
         per_sample = s.weighting == "sample"
         kd = kd_l1(st, t, per_sample) if s.kd_loss == "l1" else kd_kl(st, t, s.tau, per_sample)
         if s.curriculum == "none":

@@ -92,18 +92,11 @@ class DAFL(GeneratorMethod):
         act = activation_l1(feats)
         ent = entropy_of_mean(t)
         loss = s.w_oh * oh - s.w_act * act - s.w_ent * ent
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_g.step()
+        self.update_generator(loss)
         return {"loss_g": loss.detach(), "g_onehot": oh.detach(), "g_act": act.detach(),
                 "g_entropy": ent.detach()}
 
     def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ctx = self.ctx
-        x = self.fixed_batch()
-        with ctx.autocast():
-            with torch.no_grad():
-                t = ctx.teacher(x)
-            st = ctx.student(x)
+        st, t = self.student_teacher_logits()
         loss = kd_kl(st, t, self.settings.tau)
         return loss, {"loss_s": loss.detach(), "kd": loss.detach()}

@@ -42,18 +42,11 @@ class DFAD(GeneratorMethod):
         student.requires_grad_(True)
         gap = kd_l1(st, t)
         loss = -gap
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_g.step()
+        self.update_generator(loss)
         student.train()
         return {"loss_g": loss.detach(), "g_l1": gap.detach()}
 
     def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ctx = self.ctx
-        x = self.fixed_batch()
-        with ctx.autocast():
-            with torch.no_grad():
-                t = ctx.teacher(x)
-            st = ctx.student(x)
+        st, t = self.student_teacher_logits()
         loss = kd_l1(st, t)
         return loss, {"loss_s": loss.detach(), "kd": loss.detach()}

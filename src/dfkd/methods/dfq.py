@@ -63,19 +63,12 @@ class DFQ(GeneratorMethod):
             loss = loss + s.w_adv * adv
         else:
             adv = torch.zeros((), device=ctx.device)
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_g.step()
+        self.update_generator(loss)
         student.train()
         return {"loss_g": loss.detach(), "g_bn": bn.detach(), "g_ce": ce.detach(),
                 "g_adv": adv.detach()}
 
     def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ctx = self.ctx
-        x = self.fixed_batch()
-        with ctx.autocast():
-            with torch.no_grad():
-                t = ctx.teacher(x)
-            st = ctx.student(x)
+        st, t = self.student_teacher_logits()
         loss = kd_kl(st, t, self.settings.tau)
         return loss, {"loss_s": loss.detach(), "kd": loss.detach()}

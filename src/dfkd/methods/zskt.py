@@ -127,11 +127,7 @@ class ZSKT(GeneratorMethod):
         self._forget()
         kl = kd_kl(st, t, s.tau)
         loss = -kl
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        if s.clip_g > 0:
-            nn.utils.clip_grad_norm_(self.generator.parameters(), s.clip_g)
-        self.opt_g.step()
+        self.update_generator(loss, clip=s.clip_g)
         student.train()
         return {"loss_g": loss.detach(), "g_kl": kl.detach()}
 
