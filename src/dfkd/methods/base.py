@@ -109,6 +109,25 @@ class GeneratorMethod(Method):
         self.generator.train()
         return x
 
+    def teacher_with_bn(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch G(z) with gradient to G, T's logits on it and the BN-statistics term."""
+        with self.ctx.autocast(), self.bn_hook:
+            x = self.synthesize()
+            t = self.ctx.teacher(x)
+            bn = self.bn_hook.loss()
+        return x, t, bn
+
+    def frozen_student(self, x: torch.Tensor) -> torch.Tensor:
+        """S's logits inside a generator step: the bare module (no DDP sync), eval mode,
+        and no gradient to S's weights, so only G learns from them."""
+        student = self.ctx.student_raw
+        student.eval().requires_grad_(False)
+        try:
+            with self.ctx.autocast():
+                return student(x)
+        finally:
+            student.requires_grad_(True).train()
+
     def update_generator(self, loss: torch.Tensor, clip: float = 0.0) -> None:
         """One optimiser step of G on ``loss`` (optionally gradient-norm clipped)."""
         self.opt_g.zero_grad(set_to_none=True)

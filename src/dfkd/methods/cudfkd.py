@@ -74,26 +74,16 @@ class CuDFKD(GeneratorMethod):
     def generator_step(self) -> dict[str, torch.Tensor]:
         s, ctx = self.settings, self.ctx
         adv_weight = self.adv_weight
-        student = ctx.student_raw  # no DDP here: S is not updated by this step
-        student.eval()
-        with ctx.autocast(), self.bn_hook:
-            x = self.synthesize()
-            t = ctx.teacher(x)
-            bn = self.bn_hook.loss()
+        x, t, bn = self.teacher_with_bn()
         ent = entropy_of_mean(t, s.tau)
         oh = onehot_ce(t)
         loss = s.w_ent * ent + s.w_oh * oh + s.w_bn * bn
         if adv_weight > 0:  # skip the student's forward while the ramp is at 0
-            student.requires_grad_(False)  # G's gradient only
-            with ctx.autocast():
-                st = student(x)
-            student.requires_grad_(True)
-            adv = masked_adversarial(st, t, s.adv_tau)
+            adv = masked_adversarial(self.frozen_student(x), t, s.adv_tau)
             loss = loss + adv_weight * adv
         else:
             adv = torch.zeros((), device=ctx.device)
         self.update_generator(loss)
-        student.train()
         return {"loss_g": loss.detach(), "g_entropy": ent.detach(), "g_onehot": oh.detach(),
                 "g_bn": bn.detach(), "g_adv": adv.detach()}
 

@@ -32,18 +32,13 @@ class DFAD(GeneratorMethod):
 
     def generator_step(self) -> dict[str, torch.Tensor]:
         ctx = self.ctx
-        student = ctx.student_raw  # no DDP here: S is not updated by this step
-        student.eval()
-        student.requires_grad_(False)  # G's gradient only
         with ctx.autocast():
             x = self.synthesize()
             t = ctx.teacher(x)
-            st = student(x)
-        student.requires_grad_(True)
+        st = self.frozen_student(x)
         gap = kd_l1(st, t)
         loss = -gap
         self.update_generator(loss)
-        student.train()
         return {"loss_g": loss.detach(), "g_l1": gap.detach()}
 
     def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -45,26 +45,16 @@ class DFQ(GeneratorMethod):
 
     def generator_step(self) -> dict[str, torch.Tensor]:
         s, ctx = self.settings, self.ctx
-        student = ctx.student_raw  # no DDP here: S is not updated by this step
-        student.eval()
-        with ctx.autocast(), self.bn_hook:
-            x = self.synthesize()
-            t = ctx.teacher(x)
-            bn = self.bn_hook.loss()
+        x, t, bn = self.teacher_with_bn()
         targets = torch.randint(0, ctx.num_classes, (x.shape[0],), device=ctx.device)
         ce = F.cross_entropy(t.float(), targets)
         loss = s.w_bn * bn + s.w_ce * ce
         if s.w_adv > 0:
-            student.requires_grad_(False)  # G's gradient only
-            with ctx.autocast():
-                st = student(x)
-            student.requires_grad_(True)
-            adv = -kd_kl(st, t, s.tau)
+            adv = -kd_kl(self.frozen_student(x), t, s.tau)
             loss = loss + s.w_adv * adv
         else:
             adv = torch.zeros((), device=ctx.device)
         self.update_generator(loss)
-        student.train()
         return {"loss_g": loss.detach(), "g_bn": bn.detach(), "g_ce": ce.detach(),
                 "g_adv": adv.detach()}
 

@@ -116,19 +116,14 @@ class ZSKT(GeneratorMethod):
 
     def generator_step(self) -> dict[str, torch.Tensor]:
         s, ctx = self.settings, self.ctx
-        student = ctx.student_raw  # no DDP here: S is not updated by this step
-        student.eval()
-        student.requires_grad_(False)  # G's gradient only
         with ctx.autocast():
             x = self.synthesize()
             t = ctx.teacher(x)
-            st = student(x)
-        student.requires_grad_(True)
+        st = self.frozen_student(x)
         self._forget()
         kl = kd_kl(st, t, s.tau)
         loss = -kl
         self.update_generator(loss, clip=s.clip_g)
-        student.train()
         return {"loss_g": loss.detach(), "g_kl": kl.detach()}
 
     def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
