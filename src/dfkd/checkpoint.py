@@ -117,7 +117,8 @@ def load_model_checkpoint(
     if arch is None or num_classes is None:
         raise CheckpointError(
             f"'{path}' carries no dfkd metadata; name its architecture and dataset "
-            "(--teacher-model NAME --dataset NAME) so it can be rebuilt"
+            "(--teacher-model NAME, or --model NAME for evaluate, and --dataset NAME) so it can "
+            "be rebuilt"
         )
     if in_channels is None:
         in_channels = meta.get("image_shape", [None])[0]

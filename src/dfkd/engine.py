@@ -34,7 +34,7 @@ from dfkd.checkpoint import atomic_save, safe_load
 from dfkd.config import RunConfig
 from dfkd.errors import DfkdError
 from dfkd.methods import MethodContext, get_method
-from dfkd.metrics import fidelity_metrics, predict, run_summary
+from dfkd.metrics import accuracy, fidelity_metrics, predict, run_summary
 from dfkd.report import save_image_grid
 
 CHECKPOINT = "checkpoint.pt"
@@ -216,8 +216,8 @@ class Trainer:
             # The teacher's test predictions are computed once, not every epoch.
             self.teacher_test_logits = self._predict(self.teacher)
             if self.teacher_acc1 is None:
-                self.teacher_acc1 = 100.0 * (self.teacher_test_logits.argmax(1)
-                                             == eval_data.labels).float().mean().item()
+                self.teacher_acc1 = accuracy(self.teacher_test_logits,
+                                             eval_data.labels)["acc1"]
 
         # Loop position and accumulators: all of it is checkpointed.
         self.epoch = 0

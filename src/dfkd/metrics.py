@@ -11,6 +11,15 @@ import torch.nn.functional as F
 from dfkd.losses import js_divergence
 
 
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Acc@1, and Acc@5 where there are more than 5 classes, in percent."""
+    out = {"acc1": 100.0 * (logits.argmax(dim=1) == labels).float().mean().item()}
+    if logits.shape[1] > 5:
+        top5 = logits.topk(5, dim=1).indices
+        out["acc5"] = 100.0 * (top5 == labels[:, None]).any(dim=1).float().mean().item()
+    return out
+
+
 def fidelity_metrics(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                      labels: torch.Tensor) -> dict[str, float]:
     """Acc@1 (and Acc@5 with more than 5 classes), Agreement@1 and loyalty, in one pass.
@@ -21,14 +30,8 @@ def fidelity_metrics(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     paper's reported loyalties are of that kind.
     """
     s, t = student_logits.float(), teacher_logits.float()
-    pred = s.argmax(dim=1)
-    out = {
-        "acc1": 100.0 * (pred == labels).float().mean().item(),
-        "agreement": 100.0 * (pred == t.argmax(dim=1)).float().mean().item(),
-    }
-    if s.shape[1] > 5:
-        top5 = s.topk(5, dim=1).indices
-        out["acc5"] = 100.0 * (top5 == labels[:, None]).any(dim=1).float().mean().item()
+    out = accuracy(s, labels)
+    out["agreement"] = 100.0 * (s.argmax(dim=1) == t.argmax(dim=1)).float().mean().item()
     jsd = js_divergence(F.softmax(s, dim=1), F.softmax(t, dim=1))
     out["loyalty"] = (1.0 - jsd.sqrt()).mean().item()
     out["loyalty_official"] = (1.0 - jsd.sqrt().sqrt()).mean().item()

@@ -18,7 +18,7 @@ from dfkd.data import augment, dataset_info, load_split
 from dfkd.engine import resolve_device, seed_everything
 from dfkd.errors import DfkdError
 from dfkd.losses import kd_kl
-from dfkd.metrics import predict
+from dfkd.metrics import accuracy, predict
 from dfkd.models import create_model
 
 
@@ -65,23 +65,20 @@ def evaluate_checkpoint(path: str, dataset: str | None = None, data_root: str | 
                         model: str | None = None) -> dict[str, Any]:
     """Acc@1 (and Acc@5 with more than 5 classes) of a checkpoint on its test set."""
     dev = resolve_device(device)
-    ckpt_dataset = dataset
-    if ckpt_dataset is None:
-        from dfkd.checkpoint import safe_load
-        ckpt_dataset = safe_load(path).get("meta", {}).get("dataset")
-    if ckpt_dataset is None:
-        raise DfkdError(f"'{path}' does not name its dataset; pass --dataset NAME")
-    info = dataset_info(ckpt_dataset)
-    net, meta = load_model_checkpoint(path, arch=model, num_classes=info.num_classes,
-                                      in_channels=info.image_shape[0])
+    # One read of the file: a named dataset sizes a zoo model; otherwise the
+    # checkpoint's own metadata names both the model and its dataset.
+    info = dataset_info(dataset) if dataset else None
+    net, meta = load_model_checkpoint(
+        path, arch=model, num_classes=info.num_classes if info else None,
+        in_channels=info.image_shape[0] if info else None)
+    if info is None:
+        if not meta.get("dataset"):
+            raise DfkdError(f"'{path}' does not name its dataset; pass --dataset NAME")
+        info = dataset_info(meta["dataset"])
     images, labels = load_split(info.name, "test", data_root)
     logits = predict(net.to(dev), images, batch_size, normalizer(info.mean, info.std, dev), dev)
-    out = {"checkpoint": str(path), "arch": meta["arch"], "dataset": info.name,
-           "acc1": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
-    if info.num_classes > 5:
-        top5 = logits.topk(5, dim=1).indices
-        out["acc5"] = 100.0 * (top5 == labels[:, None]).any(1).float().mean().item()
-    return out
+    return {"checkpoint": str(path), "arch": meta["arch"], "dataset": info.name,
+            **accuracy(logits, labels)}
 
 
 def train_supervised(settings: SupervisedSettings, out: str | Path | None = None,
@@ -138,7 +135,7 @@ def train_supervised(settings: SupervisedSettings, out: str | Path | None = None
     bar.close()
     train_seconds = time.perf_counter() - start
     logits = predict(model, test_x, 1024, norm, device)
-    acc1 = 100.0 * (logits.argmax(1) == test_y).float().mean().item()
+    acc1 = accuracy(logits, test_y)["acc1"]
     meta = {
         "arch": s.model, "dataset": info.name, "num_classes": info.num_classes,
         "image_shape": list(info.image_shape), "mean": list(info.mean), "std": list(info.std),
