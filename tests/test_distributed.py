@@ -51,13 +51,32 @@ def test_two_process_run_completes_and_resumes_exactly(fmnist_teacher, tmp_path)
     assert rows(split) == rows(full)
 
 
+@pytest.mark.parametrize("method", ["cmi", "fast"])
+def test_bank_methods_share_one_bank_over_two_processes(fmnist_teacher, tmp_path, method):
+    """Every rank adds all ranks' samples, so rank 0's checkpoint holds the common bank
+    (CMI's head and Fast's meta generator are synchronised too): the resume is exact."""
+    run = [*RUN, "--method", method, "--set", "g_steps=2", "--set", f"{method}.bank_size=80"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    result = torchrun("--teacher", str(fmnist_teacher), "--out", str(full), *run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    bank = torch.load(full / "checkpoint.pt", weights_only=True)["method"]["bank"]
+    assert bank["count"] == 80  # 6 rounds x 32 samples, wrapped at 80
+    first = torchrun("--teacher", str(fmnist_teacher), "--out", str(split), *run,
+                     "--stop-after-epoch", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = torchrun("--resume", str(split), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert rows(split) == rows(full)
+
+
 def _reduce_worker(rank: int, port: int, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     value = distributed.all_reduce_mean(torch.tensor([1.0 + 2.0 * rank, 10.0 * rank]))
     flag = distributed.any_rank(rank == 1, torch.device("cpu"))
     gathered = distributed.all_gather_objects(torch.full((rank + 1,), float(rank)))
-    queue.put((rank, value.tolist(), flag, [g.tolist() for g in gathered]))
+    rows = distributed.all_gather_cat(torch.full((2, 1), float(rank)))
+    queue.put((rank, value.tolist(), flag, [g.tolist() for g in gathered], rows.tolist()))
     dist.destroy_process_group()
 
 
@@ -74,7 +93,8 @@ def test_collectives_reduce_across_ranks():
     results = sorted(queue.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(timeout=60)
-    for _rank, value, flag, gathered in results:
+    for _rank, value, flag, gathered, rows_ in results:
         assert value == pytest.approx([2.0, 5.0])   # means of (1, 3) and (0, 10)
         assert flag is True                          # rank 1's flag reaches rank 0
         assert gathered == [[0.0], [1.0, 1.0]]       # rank order, ragged shapes kept
+        assert rows_ == [[0.0], [0.0], [1.0], [1.0]]  # bank rows of every rank, in rank order

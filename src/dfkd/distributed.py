@@ -88,3 +88,25 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, buffer.getvalue())
     return [torch.load(io.BytesIO(b), weights_only=True) for b in out]
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's tensor (same shape everywhere), concatenated along dim 0 in rank order."""
+    info = current()
+    if not info.enabled:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(info.world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts them at the start of each forward, but each rank's forward then
+    updates them from its own shard; syncing at round ends makes every rank use, and
+    rank 0's checkpoint hold, the same statistics (so eval-mode uses and resume agree).
+    """
+    if current().enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)

@@ -315,8 +315,10 @@ class Trainer:
                 terms[k] = terms[k] + v.float() if k in terms else v.float()
 
         t0 = time.perf_counter()
+        self.method.start_synthesis()
         for _ in range(cfg.g_steps):
             add(self.method.generator_step())
+        self.method.end_synthesis()
         self._sync()
         t1 = time.perf_counter()
         for _ in range(cfg.kd_steps):
@@ -325,6 +327,7 @@ class Trainer:
             loss.backward()
             self.opt_s.step()
             add(logs)
+        distributed.broadcast_buffers(self.student)
         # One host-device transfer (and one all-reduce under DDP) per round, not per step.
         names = list(terms)
         values = distributed.all_reduce_mean(torch.stack([terms[k] for k in names])).tolist() \

@@ -83,3 +83,28 @@ def attention_transfer(student: list[torch.Tensor], teacher: list[torch.Tensor])
         size = (min(fs.shape[-2], ft.shape[-2]), min(fs.shape[-1], ft.shape[-1]))
         total = total + (attention_map(fs, size) - attention_map(ft, size)).pow(2).mean()
     return total
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """DeepInversion's image prior R_TV: the sum of the L2 norms (over the whole batch) of
+    the differences between each pixel and its right, lower, lower-right and upper-right
+    neighbours."""
+    x = images.float()
+    diffs = (x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :],
+             x[..., 1:, 1:] - x[..., :-1, :-1], x[..., :-1, 1:] - x[..., 1:, :-1])
+    return sum(torch.linalg.vector_norm(d) for d in diffs)
+
+
+def info_nce(anchors: torch.Tensor, positives: torch.Tensor,
+             negatives: torch.Tensor | None = None, temperature: float = 0.1) -> torch.Tensor:
+    """InfoNCE with cosine similarity: row i of ``anchors`` should pick row i of
+    ``positives`` among all positives and the extra ``negatives`` (e.g. a bank).
+
+    loss = mean_i -log( exp(a_i.p_i / T) / (sum_j exp(a_i.p_j / T) + sum_k exp(a_i.n_k / T)) )
+    with every vector L2-normalised.
+    """
+    a = F.normalize(anchors.float(), dim=1)
+    keys = positives.float() if negatives is None else torch.cat([positives.float(),
+                                                                 negatives.float()])
+    logits = a @ F.normalize(keys, dim=1).t() / temperature
+    return F.cross_entropy(logits, torch.arange(len(a), device=a.device))

@@ -34,7 +34,7 @@ def get_method(name: str) -> type[Method]:
     return _METHODS[name]
 
 
-from dfkd.methods import cudfkd, dafl, dfad, dfq, zskt  # noqa: E402,F401  (registration)
+from dfkd.methods import cmi, cudfkd, dafl, deepinv, dfad, dfq, fast, zskt  # noqa: E402,F401  (registration)
 
 __all__ = ["GeneratorMethod", "Method", "MethodContext", "get_method", "list_methods",
            "register_method"]

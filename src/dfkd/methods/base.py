@@ -54,6 +54,12 @@ class Method:
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def start_synthesis(self) -> None:
+        """Called at the start of every round, before its ``g_steps`` generator steps."""
+
+    def end_synthesis(self) -> None:
+        """Called after the round's generator steps, before its student steps."""
+
     def generator_step(self) -> dict[str, torch.Tensor]:
         """Improve the sample source once; return named, detached loss terms."""
         raise NotImplementedError
@@ -61,6 +67,17 @@ class Method:
     def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The student's loss on a fresh batch, and named detached terms to log."""
         raise NotImplementedError
+
+    def frozen_student(self, x: torch.Tensor) -> torch.Tensor:
+        """S's logits inside a generator step: the bare module (no DDP sync), eval mode,
+        and no gradient to S's weights, so only G learns from them."""
+        student = self.ctx.student_raw
+        student.eval().requires_grad_(False)
+        try:
+            with self.ctx.autocast():
+                return student(x)
+        finally:
+            student.requires_grad_(True).train()
 
     def status(self) -> dict[str, float]:
         """Scalars shown in the progress bar and logged per epoch (lambda, weights)."""
@@ -116,17 +133,6 @@ class GeneratorMethod(Method):
             t = self.ctx.teacher(x)
             bn = self.bn_hook.loss()
         return x, t, bn
-
-    def frozen_student(self, x: torch.Tensor) -> torch.Tensor:
-        """S's logits inside a generator step: the bare module (no DDP sync), eval mode,
-        and no gradient to S's weights, so only G learns from them."""
-        student = self.ctx.student_raw
-        student.eval().requires_grad_(False)
-        try:
-            with self.ctx.autocast():
-                return student(x)
-        finally:
-            student.requires_grad_(True).train()
 
     def update_generator(self, loss: torch.Tensor, clip: float = 0.0) -> None:
         """One optimiser step of G on ``loss`` (optionally gradient-norm clipped)."""
