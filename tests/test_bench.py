@@ -55,6 +55,10 @@ def test_bench_interrupted_run_is_resumed(fmnist_teacher, tmp_path):
     build_trainer(raw, out / "cudfkd" / "seed0", progress=False).fit(stop_after_epoch=1)
     runs = run_bench(config, ["cudfkd"], [0], out, dry_run=True)
     assert runs[0]["state"] == "resume"
+    # --report-only writes the table of what is finished (nothing yet) and runs nothing.
+    run_bench(config, ["cudfkd"], [0], out, report_only=True)
+    assert json.loads((out / "results.json").read_text())[0]["seeds"] == 0
+    assert len((out / "cudfkd" / "seed0" / "metrics.jsonl").read_text().splitlines()) == 1
     run_bench(config, ["cudfkd"], [0], out, progress=False)
     lines = (out / "cudfkd" / "seed0" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
@@ -64,3 +68,12 @@ def test_bench_rejects_unknown_method(fmnist_teacher, tmp_path):
     with pytest.raises(ConfigError, match="unknown method 'cudfdk'"):
         run_bench(_config(tmp_path, fmnist_teacher), ["cudfdk"], [0], tmp_path / "b",
                   dry_run=True)
+
+
+def test_bench_teacher_option_replaces_the_configs(fmnist_teacher, tmp_path):
+    """--teacher (the robustness table's noisy teacher) wins over base.teacher."""
+    config = _config(tmp_path, tmp_path / "no_such_teacher.pt")
+    out = tmp_path / "bench"
+    run_bench(config, ["dfad"], [0], out, teacher=str(fmnist_teacher), progress=False)
+    summary = json.loads((out / "dfad" / "seed0" / "summary.json").read_text())
+    assert summary["config"]["teacher"] == str(fmnist_teacher)

@@ -85,8 +85,11 @@ def _reference(config: dict[str, Any], kind: str, seed: int, folder: Path,
 
 
 def run_bench(config_path: str, methods: list[str], seeds: list[int], out: str | Path,
-              dry_run: bool = False, progress: bool | None = None) -> list[dict[str, Any]]:
+              dry_run: bool = False, report_only: bool = False, teacher: str | None = None,
+              progress: bool | None = None) -> list[dict[str, Any]]:
     config = read_yaml(config_path)
+    if teacher is not None:
+        config["base"] = {**config.get("base", {}), "teacher": teacher}
     if "teacher" not in config.get("base", {}):
         raise ConfigError(f"{config_path}: 'base.teacher' (the teacher checkpoint) is required")
     out = Path(out)
@@ -95,7 +98,7 @@ def run_bench(config_path: str, methods: list[str], seeds: list[int], out: str |
         return runs
     out.mkdir(parents=True, exist_ok=True)
     for run in runs:
-        if run["state"] == "done":
+        if run["state"] == "done" or report_only:
             continue
         print(f"bench: {run['method']} seed {run['seed']} ({run['state']})", flush=True)
         run["folder"].mkdir(parents=True, exist_ok=True)

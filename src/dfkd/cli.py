@@ -109,8 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--config", required=True, metavar="FILE", help="bench YAML (see configs/)")
     b.add_argument("--methods", required=True, help="comma-separated, e.g. cudfkd,scratch")
     b.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    b.add_argument("--teacher", metavar="CKPT", default=None,
+                   help="teacher checkpoint instead of the config's base.teacher (e.g. a "
+                        "noisy-label teacher for the robustness table)")
     b.add_argument("--out", required=True, metavar="DIR")
     b.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
+    b.add_argument("--report-only", action="store_true",
+                   help="write the results from the runs finished so far, run nothing "
+                        "(e.g. while parallel benches fill DIR)")
     common(b)
     return p
 
@@ -202,6 +208,7 @@ def _cmd_bench(args) -> int:
         raise ConfigError(f"--seeds expects comma-separated integers, got '{args.seeds}'") from exc
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     runs = run_bench(args.config, methods, seeds, args.out, dry_run=args.dry_run,
+                     report_only=args.report_only, teacher=args.teacher,
                      progress=_progress(args))
     if args.dry_run:
         for run in runs:
