@@ -70,10 +70,12 @@ def test_bench_rejects_unknown_method(fmnist_teacher, tmp_path):
                   dry_run=True)
 
 
-def test_bench_teacher_option_replaces_the_configs(fmnist_teacher, tmp_path):
-    """--teacher (the robustness table's noisy teacher) wins over base.teacher."""
+def test_bench_teacher_and_set_options_replace_the_configs(fmnist_teacher, tmp_path):
+    """--teacher (the robustness table's noisy teacher) and --set win over the base."""
     config = _config(tmp_path, tmp_path / "no_such_teacher.pt")
     out = tmp_path / "bench"
-    run_bench(config, ["dfad"], [0], out, teacher=str(fmnist_teacher), progress=False)
+    run_bench(config, ["dfad"], [0], out, teacher=str(fmnist_teacher), overrides=["epochs=1"],
+              progress=False)
     summary = json.loads((out / "dfad" / "seed0" / "summary.json").read_text())
     assert summary["config"]["teacher"] == str(fmnist_teacher)
+    assert summary["epochs"] == 1  # --set epochs=1 over the config's 2

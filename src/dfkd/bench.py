@@ -18,7 +18,7 @@ from typing import Any
 
 from dfkd.api import build_trainer
 from dfkd.checkpoint import load_model_checkpoint
-from dfkd.config import merge, read_yaml
+from dfkd.config import merge, parse_overrides, read_yaml
 from dfkd.data import dataset_info, load_split
 from dfkd.engine import CHECKPOINT, SUMMARY
 from dfkd.errors import ConfigError
@@ -86,10 +86,11 @@ def _reference(config: dict[str, Any], kind: str, seed: int, folder: Path,
 
 def run_bench(config_path: str, methods: list[str], seeds: list[int], out: str | Path,
               dry_run: bool = False, report_only: bool = False, teacher: str | None = None,
-              progress: bool | None = None) -> list[dict[str, Any]]:
+              overrides: list[str] = (), progress: bool | None = None) -> list[dict[str, Any]]:
+    """``teacher`` and ``overrides`` ("key=value") replace keys of the config's base."""
     config = read_yaml(config_path)
-    if teacher is not None:
-        config["base"] = {**config.get("base", {}), "teacher": teacher}
+    base = merge(config.get("base") or {}, parse_overrides(list(overrides)))
+    config["base"] = {**base, "teacher": teacher} if teacher is not None else base
     if "teacher" not in config.get("base", {}):
         raise ConfigError(f"{config_path}: 'base.teacher' (the teacher checkpoint) is required")
     out = Path(out)

@@ -112,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--teacher", metavar="CKPT", default=None,
                    help="teacher checkpoint instead of the config's base.teacher (e.g. a "
                         "noisy-label teacher for the robustness table)")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the shared budget (base), e.g. --set epochs=5")
     b.add_argument("--out", required=True, metavar="DIR")
     b.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
     b.add_argument("--report-only", action="store_true",
@@ -209,7 +211,7 @@ def _cmd_bench(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     runs = run_bench(args.config, methods, seeds, args.out, dry_run=args.dry_run,
                      report_only=args.report_only, teacher=args.teacher,
-                     progress=_progress(args))
+                     overrides=args.set, progress=_progress(args))
     if args.dry_run:
         for run in runs:
             print(f"{run['state']:>6}  {run['method']} seed {run['seed']}  -> {run['folder']}")
