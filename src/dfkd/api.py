@@ -103,8 +103,10 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
 
 
 def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool = False,
-                  overwrite: bool = False, progress: bool | None = None) -> Trainer:
-    """Everything ``dfkd distill`` checks and builds, in the order that fails fastest."""
+                  overwrite: bool = False, progress: bool | None = None,
+                  state: dict[str, Any] | None = None) -> Trainer:
+    """Everything ``dfkd distill`` checks and builds, in the order that fails fastest.
+    ``state``: the checkpoint to resume from, if the caller has already read it."""
     cfg = load_config(raw)
     if not cfg.teacher:
         raise ConfigError("no teacher given: pass --teacher CHECKPOINT (or set 'teacher' in "
@@ -134,13 +136,13 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
     trainer = Trainer(cfg, teacher, student, spec, EvalData(images, labels), out,
                       teacher_acc1=meta.get("test_acc1"), progress=progress)
     if resume:
-        trainer.resume()
+        trainer.resume(state)
     return trainer
 
 
-def resume_config(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """The resolved config stored in a run's checkpoint."""
+def load_run_checkpoint(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run's checkpoint: its resolved ``config`` and the state to resume from."""
     path = Path(out_dir) / CHECKPOINT
     if not path.is_file():
         raise DfkdError(f"cannot resume: '{path}' does not exist")
-    return safe_load(path)["config"]
+    return safe_load(path)

@@ -161,7 +161,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_distill(args) -> int:
-    from dfkd.api import build_trainer, resume_config
+    from dfkd.api import build_trainer, load_run_checkpoint
     from dfkd.config import merge, parse_overrides, read_yaml
     from dfkd.distributed import init_from_env
     from dfkd.errors import ConfigError
@@ -170,7 +170,8 @@ def _cmd_distill(args) -> int:
     if args.resume:
         if args.out and args.out != args.resume:
             raise ConfigError("--resume DIR continues the run in DIR; do not also give --out")
-        raw = resume_config(args.resume)
+        state = load_run_checkpoint(args.resume)  # read once: config and state
+        raw = dict(state["config"])
         if args.device:
             raw["device"] = args.device
         out, resume = args.resume, True
@@ -184,11 +185,11 @@ def _cmd_distill(args) -> int:
                  "data_root": args.data_root}
         raw = merge(raw, {k: v for k, v in flags.items() if v is not None})
         raw = merge(raw, parse_overrides(args.set))
-        out, resume = args.out, False
+        out, resume, state = args.out, False, None
     # Under torchrun, join the process group before anything touches a device.
     dist = init_from_env(raw.get("device") or "auto")
     trainer = build_trainer(raw, out, resume=resume, overwrite=args.overwrite,
-                            progress=_progress(args))
+                            progress=_progress(args), state=state)
     summary = trainer.fit(stop_after_epoch=args.stop_after_epoch)
     if dist.is_main:
         if trainer.epoch < trainer.cfg.epochs:

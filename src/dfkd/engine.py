@@ -289,9 +289,10 @@ class Trainer:
                 atomic_save(state, self.out_dir / CHECKPOINT)
             distributed.barrier()
 
-    def resume(self) -> None:
+    def resume(self, state: dict[str, Any] | None = None) -> None:
+        """Continue from ``state``, or from the checkpoint in the run folder."""
         assert self.out_dir is not None
-        self.load_state_dict(safe_load(self.out_dir / CHECKPOINT))
+        self.load_state_dict(state if state is not None else safe_load(self.out_dir / CHECKPOINT))
         if not self.is_main:
             return
         # The metrics file continues exactly the checkpoint's history: lines written

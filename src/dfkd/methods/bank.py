@@ -64,10 +64,11 @@ class SampleBank:
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
         self.count, self.next, self.data = state["count"], state["next"], None
-        if state["data"] is not None:
-            self.data = state["data"].new_empty((self.capacity, *state["data"].shape[1:]))
-            self.data = self.data.to(device)
-            self.data[: self.count] = state["data"].to(device)
+        rows = state["data"]
+        if rows is not None:
+            self.data = torch.empty((self.capacity, *rows.shape[1:]), dtype=rows.dtype,
+                                    device=device)
+            self.data[: self.count] = rows.to(device)
 
 
 def jitter(images: torch.Tensor, shift: int, flip: bool = True) -> torch.Tensor:

@@ -70,7 +70,7 @@ class Method:
 
     def frozen_student(self, x: torch.Tensor) -> torch.Tensor:
         """S's logits inside a generator step: the bare module (no DDP sync), eval mode,
-        and no gradient to S's weights, so only G learns from them."""
+        and no gradient to S's weights, so only the sample source (G or the inputs) learns."""
         student = self.ctx.student_raw
         student.eval().requires_grad_(False)
         try:
