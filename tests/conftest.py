@@ -39,3 +39,12 @@ def fmnist_teacher(tmp_path_factory):
         "image_shape": list(info.image_shape), "mean": list(info.mean), "std": list(info.std),
         "test_acc1": acc})
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny runs: one thread is faster than two on a shared CPU (``pytestmark`` opts in)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

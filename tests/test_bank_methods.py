@@ -16,13 +16,7 @@ from dfkd.losses import info_nce, total_variation
 from dfkd.methods.bank import SampleBank, jitter
 from dfkd.methods.deepinv import competition
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ loss terms by hand

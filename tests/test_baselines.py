@@ -24,13 +24,7 @@ from dfkd.models import create_model
 LN3 = math.log(3.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These runs are tiny: one thread is faster than two on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Const(nn.Module):

@@ -18,6 +18,7 @@ import torch
 
 from dfkd import distributed
 from dfkd.errors import ConfigError
+from dfkd.hooks import BNStatsHook
 from dfkd.losses import kd_kl
 from dfkd.methods.base import Method, MethodContext
 
@@ -91,6 +92,7 @@ class BankMethod(Method):
     def __init__(self, ctx: MethodContext, settings: Any) -> None:
         super().__init__(ctx, settings)
         self.bank = SampleBank(settings.bank_size)
+        self.bn_hook = BNStatsHook(ctx.teacher) if self.needs_bn else None
 
     def pixel_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised values of pixels 0 and 1, per channel, for clamping inputs."""

@@ -34,6 +34,12 @@ class MethodContext:
     channels_last: bool = False
     wrap: Callable[[nn.Module], nn.Module] = lambda module: module  # DDP when distributed
 
+    def make_generator(self) -> Generator:
+        """A generator of the configured size (or the default for the image shape), on device."""
+        nz, ngf = default_generator_size(self.image_shape)
+        return Generator(self.generator.nz or nz, self.generator.ngf or ngf,
+                         self.image_shape).to(self.device)
+
     def normalize(self, images01: torch.Tensor) -> torch.Tensor:
         x = (images01 - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -100,10 +106,8 @@ class GeneratorMethod(Method):
 
     def __init__(self, ctx: MethodContext, settings: Any) -> None:
         super().__init__(ctx, settings)
-        nz, ngf = default_generator_size(ctx.image_shape)
-        self.nz = ctx.generator.nz or nz
-        self.generator = Generator(self.nz, ctx.generator.ngf or ngf, ctx.image_shape)
-        self.generator.to(ctx.device)
+        self.generator = ctx.make_generator()
+        self.nz = self.generator.nz
         if ctx.channels_last:
             self.generator.to(memory_format=torch.channels_last)
         self.generator_ddp = ctx.wrap(self.generator)  # what the generator step calls

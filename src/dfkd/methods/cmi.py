@@ -24,8 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfkd.errors import ConfigError
-from dfkd.generators import Generator, default_generator_size
-from dfkd.hooks import BNStatsHook
 from dfkd.losses import info_nce, masked_adversarial
 from dfkd.methods import register_method
 from dfkd.methods.bank import BankMethod, SampleBank, jitter
@@ -74,11 +72,8 @@ class CMI(BankMethod):
 
     def __init__(self, ctx, settings: CMISettings) -> None:
         super().__init__(ctx, settings)
-        nz, ngf = default_generator_size(ctx.image_shape)
-        self.nz = ctx.generator.nz or nz
-        self.generator = Generator(self.nz, ctx.generator.ngf or ngf, ctx.image_shape)
-        self.generator.to(ctx.device)
-        self.bn_hook = BNStatsHook(ctx.teacher)
+        self.generator = ctx.make_generator()
+        self.nz = self.generator.nz
         self.teacher_features = teacher_features(ctx.teacher)
         with torch.no_grad():
             probe = torch.zeros(2, *ctx.image_shape, device=ctx.device)

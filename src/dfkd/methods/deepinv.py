@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from dfkd.errors import ConfigError
-from dfkd.hooks import BNStatsHook
 from dfkd.losses import js_divergence, total_variation
 from dfkd.methods import register_method
 from dfkd.methods.bank import BankMethod, jitter
@@ -63,7 +62,6 @@ class DeepInversion(BankMethod):
 
     def __init__(self, ctx, settings: DeepInvSettings) -> None:
         super().__init__(ctx, settings)
-        self.bn_hook = BNStatsHook(ctx.teacher)
         self.inputs: torch.Tensor | None = None
 
     def start_synthesis(self) -> None:

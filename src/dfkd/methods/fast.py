@@ -25,8 +25,6 @@ import torch.nn.functional as F
 
 from dfkd import distributed
 from dfkd.errors import ConfigError
-from dfkd.generators import Generator, default_generator_size
-from dfkd.hooks import BNStatsHook
 from dfkd.losses import masked_adversarial
 from dfkd.methods import register_method
 from dfkd.methods.bank import BankMethod
@@ -61,13 +59,11 @@ class Fast(BankMethod):
 
     def __init__(self, ctx, settings: FastSettings) -> None:
         super().__init__(ctx, settings)
-        nz, ngf = default_generator_size(ctx.image_shape)
-        self.nz = ctx.generator.nz or nz
-        self.meta = Generator(self.nz, ctx.generator.ngf or ngf, ctx.image_shape).to(ctx.device)
+        self.meta = ctx.make_generator()
+        self.nz = self.meta.nz
         self.opt_meta = torch.optim.Adam(self.meta.parameters(), lr=settings.meta_lr,
                                          betas=(0.5, 0.999))
         self.fast = copy.deepcopy(self.meta)
-        self.bn_hook = BNStatsHook(ctx.teacher)
 
     def start_synthesis(self) -> None:
         ctx, s = self.ctx, self.settings
