@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -48,3 +51,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+TIMING = ("synthesis_seconds", "student_seconds", "elapsed_seconds", "peak_memory_mb")
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    """A run's metrics.jsonl without its wall-clock figures, which differ between runs;
+    everything else must match between a resumed and an uninterrupted run."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines]

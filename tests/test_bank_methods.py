@@ -3,11 +3,11 @@ a short real run each and an exact resume with the bank in the checkpoint."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
+from conftest import metrics_rows
 
 from dfkd.api import build_trainer
 from dfkd.checkpoint import safe_load
@@ -115,14 +115,6 @@ def test_short_run_learns(fmnist_teacher, tmp_path, method):
     assert 0 <= bank.min() and bank.max() <= 1 and bank.std() > 0.05
 
 
-def _metrics(path):
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    for row in rows:
-        for key in ("synthesis_seconds", "student_seconds", "elapsed_seconds", "peak_memory_mb"):
-            row.pop(key)
-    return rows
-
-
 @pytest.mark.parametrize("method", ["deepinv", "cmi", "fast"])
 def test_resume_is_exact(fmnist_teacher, tmp_path, method):
     """Banks (and CMI's head and feature bank, Fast's meta generator) are in the
@@ -135,8 +127,8 @@ def test_resume_is_exact(fmnist_teacher, tmp_path, method):
     resumed = build_trainer(raw, tmp_path / "split", resume=True, progress=False)
     assert len(resumed.method.bank) == 40
     resumed.fit()
-    assert _metrics(tmp_path / "split" / "metrics.jsonl") == \
-        _metrics(tmp_path / "full" / "metrics.jsonl")
+    assert metrics_rows(tmp_path / "split") == \
+        metrics_rows(tmp_path / "full")
 
 
 def test_fast_reptile_moves_the_meta_generator_towards_the_round(fmnist_teacher, tmp_path):

@@ -3,11 +3,11 @@ each, the plain-module API path and an exact resume."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
+from conftest import metrics_rows
 from torch import nn
 
 import dfkd
@@ -220,14 +220,6 @@ def test_python_api_with_a_plain_teacher(method, settings):
     assert 0 <= summary["final_acc1"] <= 100
 
 
-def _metrics(path):
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    for row in rows:
-        for key in ("synthesis_seconds", "student_seconds", "elapsed_seconds", "peak_memory_mb"):
-            row.pop(key)
-    return rows
-
-
 def test_zskt_resume_is_exact(fmnist_teacher, tmp_path):
     raw = {"epochs": 3, "rounds": 2, "g_steps": 1, "kd_steps": 2, "batch_size": 32,
            "sample_grid": 4, "method": "zskt", "teacher": str(fmnist_teacher)}
@@ -237,6 +229,6 @@ def test_zskt_resume_is_exact(fmnist_teacher, tmp_path):
     assert resumed.epoch == 2
     assert resumed.method.layers == [("bn1", "bn1"), ("bn2", "bn2")]  # LeNet's conv blocks
     resumed.fit()
-    full = _metrics(tmp_path / "full" / "metrics.jsonl")
-    assert _metrics(tmp_path / "split" / "metrics.jsonl") == full
+    full = metrics_rows(tmp_path / "full")
+    assert metrics_rows(tmp_path / "split") == full
     assert all(row["at"] > 0 for row in full)  # the attention term is on

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import metrics_rows
 
 from dfkd import distributed
 
 RUN = ["--set", "epochs=2", "--set", "rounds=3", "--set", "kd_steps=2", "--set", "batch_size=32",
        "--set", "sample_grid=4", "--no-progress", "--device", "cpu"]
-TIMING = ("synthesis_seconds", "student_seconds", "elapsed_seconds", "peak_memory_mb")
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
@@ -24,11 +24,6 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--standalone", "-m", "dfkd", "distill", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-
-
-def rows(out) -> list[dict]:
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines]
 
 
 def test_two_process_run_completes_and_resumes_exactly(fmnist_teacher, tmp_path):
@@ -39,7 +34,7 @@ def test_two_process_run_completes_and_resumes_exactly(fmnist_teacher, tmp_path)
     assert summary["world_size"] == 2 and summary["epochs"] == 2
     assert (full / "samples" / "epoch_002.png").is_file()
     # Rank 0 alone writes: one line per epoch, not one per rank.
-    assert [r["epoch"] for r in rows(full)] == [1, 2]
+    assert [r["epoch"] for r in metrics_rows(full)] == [1, 2]
 
     split = tmp_path / "split"
     first = torchrun("--teacher", str(fmnist_teacher), "--out", str(split), *RUN,
@@ -48,7 +43,7 @@ def test_two_process_run_completes_and_resumes_exactly(fmnist_teacher, tmp_path)
     assert len(torch.load(split / "checkpoint.pt", weights_only=True)["rng"]) == 2
     resumed = torchrun("--resume", str(split), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert rows(split) == rows(full)
+    assert metrics_rows(split) == metrics_rows(full)
 
 
 @pytest.mark.parametrize("method", ["cmi", "fast"])
@@ -66,7 +61,7 @@ def test_bank_methods_share_one_bank_over_two_processes(fmnist_teacher, tmp_path
     assert first.returncode == 0, first.stderr[-3000:]
     resumed = torchrun("--resume", str(split), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert rows(split) == rows(full)
+    assert metrics_rows(split) == metrics_rows(full)
 
 
 def _reduce_worker(rank: int, port: int, queue) -> None:

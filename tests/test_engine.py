@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import metrics_rows
 
 import dfkd
 from dfkd.api import build_trainer
@@ -22,17 +23,9 @@ def _run(teacher, out, **extra):
     return build_trainer(raw, out, overwrite=True, progress=False)
 
 
-def _metrics(path):
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    for row in rows:  # wall-clock figures differ between runs; everything else must not
-        for key in ("synthesis_seconds", "student_seconds", "elapsed_seconds", "peak_memory_mb"):
-            row.pop(key)
-    return rows
-
-
 def test_run_writes_every_output(fmnist_teacher, tmp_path):
     summary = _run(fmnist_teacher, tmp_path).fit()
-    rows = _metrics(tmp_path / "metrics.jsonl")
+    rows = metrics_rows(tmp_path)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     for key in ("acc1", "acc5", "agreement", "loyalty", "loyalty_official", "lambda",
                 "adv_weight", "loss_s", "loss_g", "g_bn", "g_entropy", "g_onehot", "g_adv",
@@ -63,8 +56,7 @@ def test_resume_is_exact(fmnist_teacher, tmp_path):
     resumed = build_trainer(raw, tmp_path / "split", resume=True, progress=False)
     assert resumed.epoch == 2
     resumed.fit()
-    assert _metrics(tmp_path / "split" / "metrics.jsonl") == _metrics(
-        tmp_path / "full" / "metrics.jsonl")
+    assert metrics_rows(tmp_path / "split") == metrics_rows(tmp_path / "full")
 
 
 def test_refuses_to_overwrite_a_run_without_flag(fmnist_teacher, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import metrics_rows
 
 from dfkd.api import build_trainer
 from dfkd.checkpoint import atomic_save, safe_load
@@ -21,7 +21,6 @@ from dfkd.errors import DfkdError
 RUN = ["--set", "epochs=4", "--set", "rounds=6", "--set", "kd_steps=2", "--set", "batch_size=32",
        "--set", "sample_grid=0", "--no-progress"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-TIMING = ("synthesis_seconds", "student_seconds", "elapsed_seconds", "peak_memory_mb")
 
 
 def start(teacher: Path, out: Path, *extra: str) -> subprocess.Popen:
@@ -34,11 +33,6 @@ def start(teacher: Path, out: Path, *extra: str) -> subprocess.Popen:
 def finish(proc: subprocess.Popen) -> tuple[int, str]:
     _, err = proc.communicate(timeout=600)
     return proc.returncode, err
-
-
-def metrics(out: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
 def wait_for_lines(out: Path, n: int, proc: subprocess.Popen) -> None:
@@ -56,7 +50,7 @@ def reference(fmnist_teacher, tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("ref") / "run"
     code, err = finish(start(fmnist_teacher, out))
     assert code == 0, err
-    return metrics(out)
+    return metrics_rows(out)
 
 
 def test_sigint_checkpoints_prints_resume_and_resumes_exactly(fmnist_teacher, tmp_path,
@@ -73,7 +67,7 @@ def test_sigint_checkpoints_prints_resume_and_resumes_exactly(fmnist_teacher, tm
     assert state["epoch"] * 6 + state["round"] >= 6   # at least one epoch of rounds kept
     code, err = finish(start(fmnist_teacher, out, "resume"))
     assert code == 0, err
-    assert metrics(out) == reference
+    assert metrics_rows(out) == reference
 
 
 def test_sigterm_exits_143_and_double_ctrl_c_quits_at_once(fmnist_teacher, tmp_path):
@@ -106,7 +100,7 @@ def test_kill_9_at_a_random_moment_then_resume_matches(fmnist_teacher, tmp_path,
     proc.communicate()
     code, err = finish(start(fmnist_teacher, out, "resume"))
     assert code == 0, err
-    assert metrics(out) == reference
+    assert metrics_rows(out) == reference
 
 
 def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
