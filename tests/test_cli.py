@@ -68,6 +68,29 @@ def test_corrupt_dataset_file(tmp_path):
     assert_user_error(result, "train-images-idx3-ubyte")
 
 
+@pytest.mark.parametrize("data", [b"hello world", b"\x80\x02garbage", b"PK\x03\x04junk", b"",
+                                  bytes(range(256)) * 8])
+def test_unreadable_checkpoint_bytes(tmp_path, data):
+    from dfkd.checkpoint import safe_load
+    from dfkd.errors import CheckpointError
+
+    (tmp_path / "x.pt").write_bytes(data)
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        safe_load(tmp_path / "x.pt")
+
+
+def test_unreadable_checkpoint_on_the_command_line(tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"this is not a checkpoint at all")
+    assert_user_error(dfkd("evaluate", "--checkpoint", str(tmp_path / "x.pt")),
+                      "not a readable PyTorch checkpoint", "x.pt")
+
+
+def test_data_root_without_the_dataset(tmp_path, fmnist_teacher):
+    result = dfkd("distill", "--teacher", str(fmnist_teacher), "--data-root", str(tmp_path),
+                  "--out", str(tmp_path / "r"))
+    assert_user_error(result, f"--data-root {tmp_path} does not hold the fashion_mnist")
+
+
 def test_bad_config_and_missing_teacher(tmp_path):
     assert_user_error(dfkd("distill", "--out", str(tmp_path / "r"), "--set", "epoch=3"),
                       "unknown config key 'epoch'", "Did you mean 'epochs'")

@@ -87,15 +87,18 @@ def test_mm_iteration_never_increases_the_surrogate(kind):
 def test_pace_and_adversarial_ramp_schedule():
     pace = cur.Pace(2.0, 1e-4)
     assert pace(0) == 2.0 and pace(10000) == pytest.approx(3.0)
-    # CIFAR-10 R34->R18: 250 epochs, w_adv0 0, grad 0.5, begin/end 0.25/0.75 -> grows over
-    # epochs 62..186 (floor(62.5)=62, floor(187.5)=187): 125 increments.
+    # CIFAR-10 R34->R18: 250 epochs, w_adv0 0, grad 0.5, begin/end 0.25/0.75. The official
+    # code grows the weight after epoch e only for floor(62.5)=62 < e < floor(187.5)=187,
+    # i.e. after epochs 63..186: 124 increments, final weight 62.0.
     ramp = cur.AdversarialRamp(0.0, 0.5, 0.25, 0.75, 250)
     assert ramp(0) == 0.0
-    assert ramp(62) == 0.0     # in effect during epoch 62; it grows after it
-    assert ramp(63) == 0.5
-    assert ramp(100) == pytest.approx(0.5 * 38)
-    assert ramp(187) == pytest.approx(0.5 * 125)
-    assert ramp(249) == pytest.approx(62.5)
-    ramp2 = cur.AdversarialRamp(1.0, 0.15, 0.2, 0.75, 400)  # Tiny-ImageNet recipe
-    assert ramp2(80) == 1.0 and ramp2(81) == pytest.approx(1.15)
-    assert ramp2(399) == pytest.approx(1.0 + 0.15 * (300 - 80))
+    assert ramp(63) == 0.0     # in effect during epoch 63; it grows after it
+    assert ramp(64) == 0.5
+    assert ramp(100) == pytest.approx(0.5 * 37)
+    assert ramp(186) == pytest.approx(0.5 * 123)
+    assert ramp(187) == pytest.approx(0.5 * 124)
+    assert ramp(249) == pytest.approx(62.0)
+    # Tiny-ImageNet recipe: floor(80) = 80 < e < floor(300) = 300, 219 increments.
+    ramp2 = cur.AdversarialRamp(1.0, 0.15, 0.2, 0.75, 400)
+    assert ramp2(81) == 1.0 and ramp2(82) == pytest.approx(1.15)
+    assert ramp2(399) == pytest.approx(1.0 + 0.15 * 219)

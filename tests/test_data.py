@@ -21,6 +21,7 @@ from dfkd.data import (
     augment,
     dataset_info,
     denormalize,
+    find_dataset_dir,
     load_split,
     normalize,
     read_cifar_batch,
@@ -30,6 +31,7 @@ from dfkd.data import (
     read_pickle,
     read_tiny_imagenet_split,
     registry,
+    search_dirs,
 )
 from dfkd.errors import DatasetError
 
@@ -89,6 +91,16 @@ def test_dataset_info_and_unknown_name():
     assert "cifar100" in str(e.value)
     with pytest.raises(DatasetError, match="split"):
         load_split("mnist", "val")
+
+
+def test_explicit_data_root_without_the_dataset_is_an_error(tmp_path):
+    # The system copy of Fashion-MNIST exists, but a named folder means that folder only.
+    assert find_dataset_dir("fashion_mnist", "test") is not None
+    with pytest.raises(DatasetError, match=f"--data-root {tmp_path} does not hold the "
+                                           "fashion_mnist test split"):
+        load_split("fashion_mnist", "test", data_root=tmp_path)
+    assert search_dirs("fashion_mnist", tmp_path)[0] == tmp_path
+    assert all(str(d).startswith(str(tmp_path)) for d in search_dirs("fashion_mnist", tmp_path))
 
 
 def test_missing_dataset_message(tmp_path, no_standard_dirs):

@@ -8,8 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfkd import losses
-from dfkd.generators import Generator
+from dfkd.config import load_config
+from dfkd.errors import ConfigError
+from dfkd.generators import Generator, default_generator_size
 from dfkd.hooks import BNStatsHook
+from dfkd.methods import MethodContext
 from dfkd.metrics import fidelity_metrics, run_summary
 
 
@@ -77,6 +80,45 @@ def test_generator_shapes_and_init():
     assert gammas.mean().item() == pytest.approx(1.0, abs=0.01)
 
 
+def _default_generator(shape: tuple[int, int, int]) -> Generator:
+    nz, ngf, width, stages = default_generator_size(shape)
+    return Generator(nz, ngf, shape, width, stages)
+
+
+def _conv_channels(g: Generator) -> list[tuple[int, int]]:
+    return [(m.in_channels, m.out_channels) for m in g.body if isinstance(m, nn.Conv2d)]
+
+
+def test_generator_official_shapes():
+    # CIFAR (SPEC.md): Linear(512 -> 4*64 x 8x8), convs 256 -> 128 -> 64 -> 3.
+    cifar = _default_generator((3, 32, 32))
+    assert cifar.project.out_features == 256 * 8 * 8
+    assert _conv_channels(cifar) == [(256, 128), (128, 64), (64, 3)]
+    # Tiny-ImageNet: Linear(1024 -> 8*64 x 8x8), one more stage: 512 -> 256 -> 128 -> 64 -> 3.
+    tiny = _default_generator((3, 64, 64))
+    assert tiny.nz == 1024 and tiny.project.out_features == 512 * 8 * 8
+    assert _conv_channels(tiny) == [(512, 256), (256, 128), (128, 64), (64, 3)]
+    assert tiny(torch.randn(2, 1024)).shape == (2, 3, 64, 64)
+    # The small grey default is unchanged: 2*16 channels at 8x8, convs 32 -> 32 -> 16 -> 1.
+    grey = _default_generator((1, 32, 32))
+    assert grey.project.out_features == 32 * 8 * 8
+    assert _conv_channels(grey) == [(32, 32), (32, 16), (16, 1)]
+    with pytest.raises(ConfigError, match="divisible by 8"):
+        Generator(64, 16, (1, 28, 28), stages=3)
+
+
+def test_generator_settings_reach_the_methods():
+    cfg = load_config({"generator": {"width": 8, "stages": 3}})
+    ctx = MethodContext(teacher=nn.Identity(), student=nn.Identity(), student_raw=nn.Identity(),
+                        num_classes=10, image_shape=(3, 64, 64), mean=torch.zeros(1, 3, 1, 1),
+                        std=torch.ones(1, 3, 1, 1), device=torch.device("cpu"), batch_size=2,
+                        epochs=1, generator=cfg.generator)
+    g = ctx.make_generator()
+    assert (g.nz, g.ngf, g.in_channels, g.base) == (1024, 64, 512, (8, 8))
+    with pytest.raises(ConfigError, match="'generator.stages' must be >= 1"):
+        load_config({"generator": {"stages": 0}})
+
+
 def test_fidelity_metrics_hand_values():
     labels = torch.tensor([0, 1, 2, 3])
     teacher = torch.eye(6)[[0, 1, 2, 4]] * 10
@@ -88,6 +130,34 @@ def test_fidelity_metrics_hand_values():
     same = fidelity_metrics(teacher, teacher, labels)
     assert same["loyalty"] == pytest.approx(1.0) and same["loyalty_official"] == pytest.approx(1.0)
     assert 0.0 <= m["loyalty"] <= 1.0 and m["loyalty_official"] < m["loyalty"]
+
+
+def test_loyalty_hand_values():
+    # Worked by hand (softmax, then JSD in nats per row, then the mean of 1 - JSD^(1/2) and
+    # of the official 1 - JSD^(1/4)); the two rows disagree on the class of row 1.
+    s = torch.tensor([[1.0, 0.5, -1.0], [1.0, 0.0, 0.0]])
+    t = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    m = fidelity_metrics(s, t, torch.tensor([0, 1]))
+    assert m["loyalty"] == pytest.approx(0.744192, abs=1e-6)
+    assert m["loyalty_official"] == pytest.approx(0.495774, abs=1e-6)
+    assert m["agreement"] == 50.0
+
+
+def test_js_divergence_is_accurate_for_near_identical_rows():
+    # For q = p + d with small d, JSD = sum_i d_i^2 / (8 p_i) + O(d^3). Here JSD ~ 1e-12:
+    # float32 rounding of the logs (~1e-7) would swamp it, and JSD^(1/4) would magnify it.
+    p = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64)
+    d = torch.tensor([[2e-6, -1e-6, -1e-6]], dtype=torch.float64)
+    jsd = losses.js_divergence(p.float(), (p + d).float())
+    assert jsd.dtype == torch.float64
+    q32 = (p + d).float().double()  # the rows as float32 holds them
+    expected = ((q32 - p.float().double()) ** 2 / (8 * p)).sum().item()
+    assert jsd.item() == pytest.approx(expected, rel=1e-3)
+    # Identical logits give loyalty exactly 1, differing ones strictly less.
+    t = torch.tensor([[3.0, -1.0, 0.5]])
+    assert fidelity_metrics(t, t, torch.tensor([0]))["loyalty_official"] == 1.0
+    assert fidelity_metrics(t + torch.tensor([[1e-3, 0, 0]]), t,
+                            torch.tensor([0]))["loyalty_official"] < 1.0
 
 
 def test_run_summary_stability_and_convergence():

@@ -42,27 +42,42 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         os.close(dir_fd)
 
 
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+_PICKLE_PROTO = 0x80         # the legacy format: a pickle, protocol 2 or later
+
+
 def safe_load(path: str | os.PathLike) -> dict:
     """Load a checkpoint with the weights-only unpickler; anything else is a clear error."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
+    unreadable = f"'{path}' is not a readable PyTorch checkpoint (truncated or corrupt?)"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(_ZIP_MAGIC) and head[:1] != bytes([_PICKLE_PROTO]):
+        raise CheckpointError(f"{unreadable}: it is neither a zip archive nor a pickle")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "Unsupported global" not in str(exc):  # garbage, not a forbidden object
+            detail = str(exc).partition("WeightsUnpickler error:")[2].strip()
+            detail = detail.splitlines()[0] if detail else _first_line(exc)
+            raise CheckpointError(f"{unreadable}: damaged pickle data ({detail})") from exc
         raise CheckpointError(
             f"refusing to load '{path}': it holds objects other than tensors and plain "
-            f"containers, which could run code when unpickled ({first}). Re-save it as a "
-            "state_dict, or only trust it if you made it yourself."
+            f"containers, which could run code when unpickled ({_first_line(exc)}). Re-save it "
+            "as a state_dict, or only trust it if you made it yourself."
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"'{path}' is not a readable PyTorch checkpoint (truncated or corrupt?): {exc}"
-        ) from exc
+    except Exception as exc:  # noqa: BLE001  (a damaged file raises anything: KeyError, ...)
+        raise CheckpointError(f"{unreadable}: {_first_line(exc)}") from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"'{path}' holds a {type(obj).__name__}, expected a dict")
     return obj
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_state_dict_strict(model: nn.Module, state: dict, source: str) -> None:

@@ -32,6 +32,8 @@ class StudentOptimConfig:
 class GeneratorConfig:
     nz: int | None = None   # None: sized from the image shape (see generators.py)
     ngf: int | None = None
+    width: int | None = None    # channels of the projected input, in units of ngf
+    stages: int | None = None   # up-sampling stages (x2 each)
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.99)
 
@@ -55,6 +57,7 @@ class RunConfig:
     amp: bool = True                  # bf16 autocast, CUDA only
     channels_last: bool = True        # CUDA only
     compile: bool = False             # torch.compile the student and generator (opt-in)
+    deterministic: bool = False       # deterministic algorithms (exact resume on CUDA)
     sample_grid: int = 64             # synthetic images saved per epoch (0: none)
     student_optim: StudentOptimConfig = field(default_factory=StudentOptimConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
@@ -75,7 +78,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "epochs": (1, None), "rounds": (1, None), "g_steps": (0, None), "kd_steps": (1, None),
     "batch_size": (1, None), "eval_batch_size": (1, None), "seed": (0, None),
     "sample_grid": (0, None), "lr": (0, None), "momentum": (0, 1), "weight_decay": (0, None),
-    "nz": (1, None), "ngf": (1, None),
+    "nz": (1, None), "ngf": (1, None), "width": (1, None), "stages": (1, None),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {"device": ("auto", "cpu", "cuda")}
 
@@ -220,4 +223,9 @@ def load_config(raw: dict[str, Any]) -> RunConfig:
     cfg.method_settings = build_dataclass(
         method_cls.Settings, sections.get(method_name) or {}, method_name + "."
     )
+    from dfkd.methods.bank import BankMethod
+
+    if cfg.g_steps == 0 and issubclass(method_cls, BankMethod):
+        raise ConfigError(f"method '{method_name}' synthesises each round's bank batch in "
+                          "g_steps optimisation steps, so 'g_steps' must be >= 1, got 0")
     return cfg

@@ -75,6 +75,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda", distributed.current().local_rank)
 
 
+def use_deterministic_algorithms() -> None:
+    """What exact resume on CUDA needs: deterministic kernels (a warning names any op that
+    has none) and a fixed cuBLAS workspace. Process-wide, as PyTorch's switches are."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -166,6 +174,8 @@ class Trainer:
         if cfg.batch_size % self.dist.world_size:
             raise DfkdError(f"batch_size {cfg.batch_size} is the global batch and must divide "
                             f"evenly over {self.dist.world_size} processes")
+        if cfg.deterministic:
+            use_deterministic_algorithms()
         cuda = self.device.type == "cuda"
         self.channels_last = cuda and cfg.channels_last
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
@@ -255,6 +265,7 @@ class Trainer:
         return {
             "format": "dfkd-run-1",
             "config": self.cfg.to_dict(),
+            "device_type": self.device.type,
             "epoch": self.epoch,
             "round": self.round,
             "student": self.student.state_dict(),
@@ -269,6 +280,12 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("device_type", self.device.type)
+        if saved != self.device.type:
+            raise DfkdError(
+                f"this run was checkpointed on {saved} and would resume on "
+                f"{self.device.type}; a resume is exact only on the same kind of device. "
+                f"Resume it with --device {saved}, or start a new run")
         self.student.load_state_dict(state["student"])
         self.opt_s.load_state_dict(state["opt_s"])
         self.sched_s.load_state_dict(state["sched_s"])

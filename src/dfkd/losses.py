@@ -44,11 +44,16 @@ def masked_adversarial(student: torch.Tensor, teacher: torch.Tensor, tau: float 
 
 
 def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Per-row Jensen-Shannon divergence in nats between probability rows."""
+    """Per-row Jensen-Shannon divergence in nats between probability rows, in float64.
+
+    Near-identical rows have a JSD of 1e-8 or less; float32 rounding of the logs is larger
+    than that, and the roots that loyalty takes (JSD^(1/2), JSD^(1/4)) magnify the bias.
+    """
+    p, q = p.double(), q.double()
     m = 0.5 * (p + q)
 
     def kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.where(a > 0, a * (a.clamp_min(1e-30).log() - b.clamp_min(1e-30).log()),
+        return torch.where(a > 0, a * (a.clamp_min(1e-300).log() - b.clamp_min(1e-300).log()),
                            torch.zeros_like(a)).sum(dim=1)
 
     return (0.5 * kl(p, m) + 0.5 * kl(q, m)).clamp_min(0.0)

@@ -32,7 +32,7 @@ def fidelity_metrics(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     s, t = student_logits.float(), teacher_logits.float()
     out = accuracy(s, labels)
     out["agreement"] = 100.0 * (s.argmax(dim=1) == t.argmax(dim=1)).float().mean().item()
-    jsd = js_divergence(F.softmax(s, dim=1), F.softmax(t, dim=1))
+    jsd = js_divergence(F.softmax(s.double(), dim=1), F.softmax(t.double(), dim=1))
     out["loyalty"] = (1.0 - jsd.sqrt()).mean().item()
     out["loyalty_official"] = (1.0 - jsd.sqrt().sqrt()).mean().item()
     return out

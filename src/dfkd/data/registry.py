@@ -159,11 +159,14 @@ def default_download_dir(name: str) -> Path:
 
 
 def search_dirs(name: str, data_root: str | os.PathLike | None = None) -> list[Path]:
-    """Folders searched, in order: data_root, system folders, the cache; each also with the
-    dataset's usual subfolder names appended (e.g. ``data_root/cifar-10-batches-py``)."""
+    """Folders searched: data_root alone when it is given (a user who names a folder means
+    that folder), else the system folders and the cache; each also with the dataset's usual
+    subfolder names appended (e.g. ``data_root/cifar-10-batches-py``)."""
     name = dataset_info(name).name
-    bases = [Path(data_root).expanduser()] if data_root is not None else []
-    bases += [Path(d) for d in SYSTEM_DIRS.get(name, ())] + [default_download_dir(name)]
+    if data_root is not None:
+        bases = [Path(data_root).expanduser()]
+    else:
+        bases = [Path(d) for d in SYSTEM_DIRS.get(name, ())] + [default_download_dir(name)]
     dirs: list[Path] = []
     for base in bases:
         for d in (base, *(base / s for s in _SOURCES[name].subdirs)):
@@ -206,6 +209,9 @@ def _missing_message(name: str, split: str, data_root: str | os.PathLike | None)
             f"Put them in a folder and pass --data-root DIR, or pass --download to fetch them "
             f"from {src.downloads[0][0][0].rsplit('/', 1)[0]}/ into {dest}."
         )
+    if data_root is not None:
+        return (f"--data-root {Path(data_root).expanduser()} does not hold the {name} {split} "
+                f"split: looked for {files} in {where}. {how}")
     return f"{name} {split} split not found: looked for {files} in {where}. {how}"
 
 

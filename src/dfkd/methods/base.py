@@ -36,9 +36,10 @@ class MethodContext:
 
     def make_generator(self) -> Generator:
         """A generator of the configured size (or the default for the image shape), on device."""
-        nz, ngf = default_generator_size(self.image_shape)
-        return Generator(self.generator.nz or nz, self.generator.ngf or ngf,
-                         self.image_shape).to(self.device)
+        default, cfg = default_generator_size(self.image_shape), self.generator
+        return Generator(cfg.nz or default.nz, cfg.ngf or default.ngf, self.image_shape,
+                         width=cfg.width or default.width,
+                         stages=cfg.stages or default.stages).to(self.device)
 
     def normalize(self, images01: torch.Tensor) -> torch.Tensor:
         x = (images01 - self.mean) / self.std

@@ -4,7 +4,9 @@ Generator step (one generator for the whole run, no bank):
     L_G = w_ent H(p_bar) + w_oh CE(t, argmax t) + w_bn L_bn + w_adv(e) L_adv
 Student step, on fresh samples from G in eval mode:
     l = KD(s, t);  v = v*(l; lambda_k);  minimise v * l
-with lambda_k = lambda_0 + pace * k and w_adv growing over [begin, end] of the run.
+with lambda_k = lambda_0 + pace * k and w_adv growing by grad_adv after each 0-based
+epoch e with floor(E begin) < e < floor(E end). ``curriculum: none`` (the ablation) sets
+v = 1 and stops the ramp: w_adv stays at its constant w_adv0, as in the official code.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class CuDFKDSettings:
     w_oh: float = 1.0
     w_bn: float = 1.0
     w_adv0: float = 0.0
-    grad_adv: float = 0.5      # added to w_adv after each epoch in [begin, end)
+    grad_adv: float = 0.5      # added to w_adv after each epoch e, E*begin < e < E*end
     begin: float = 0.25
     end: float = 0.75
     adv_tau: float = 3.0       # temperature of the masked adversarial KL
@@ -65,7 +67,9 @@ class CuDFKD(GeneratorMethod):
 
     @property
     def adv_weight(self) -> float:
-        return 0.0 if self.settings.curriculum == "none" else self.ramp(self.epoch)
+        # The ablation stops the ramp but keeps the constant term (official code).
+        s = self.settings
+        return s.w_adv0 if s.curriculum == "none" else self.ramp(self.epoch)
 
     @property
     def lam(self) -> float:
