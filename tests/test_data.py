@@ -32,6 +32,7 @@ from dfkd.data import (
     read_tiny_imagenet_split,
     registry,
     search_dirs,
+    val_indices,
 )
 from dfkd.errors import DatasetError
 
@@ -449,3 +450,26 @@ def test_download_cifar_archive(tmp_path, monkeypatch, no_standard_dirs):
     cache = tmp_path / "cache" / "cifar10"
     assert (cache / "cifar-10-batches-py" / "test_batch").is_file()
     assert not (cache / archive.name).exists()  # the archive is removed after extraction
+
+
+def test_val_split_is_fixed_disjoint_and_seeded():
+    train_x, train_y = load_split("fashion_mnist", "train")
+    val_x, val_y = load_split("fashion_mnist", "val")
+    assert len(val_y) == 5000 and len(train_y) == 55000
+    # Reproducible from the seed alone: the first 5,000 of randperm(60000) seeded with 0.
+    expected = torch.randperm(60000, generator=torch.Generator().manual_seed(0))[:5000].sort()
+    assert torch.equal(val_indices("fashion_mnist", 60000), expected.values)
+    # Train and val partition the official training set, in its order.
+    held_out = torch.zeros(60000, dtype=torch.bool)
+    held_out[expected.values] = True
+    official_x, official_y = registry.readers.read_mnist_split(
+        find_dataset_dir("fashion_mnist", "train"), "train")
+    official_x = torch.tensor(official_x)
+    assert torch.equal(val_x[:, :, 2:30, 2:30], official_x[held_out])
+    assert torch.equal(train_x[:, :, 2:30, 2:30], official_x[~held_out])
+    assert torch.equal(val_y, torch.as_tensor(official_y, dtype=torch.int64)[held_out])
+    # Every class is represented in val (about 500 each).
+    counts = torch.bincount(val_y, minlength=10)
+    assert counts.min() > 400
+    with pytest.raises(DatasetError, match="use one of train, val, test"):
+        load_split("fashion_mnist", "validation")

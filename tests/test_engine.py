@@ -12,8 +12,10 @@ import dfkd
 from dfkd.api import build_trainer
 from dfkd.checkpoint import safe_load
 from dfkd.config import load_config, parse_overrides
+from dfkd.data import load_split
 from dfkd.errors import ConfigError, DfkdError
 from dfkd.models import create_model
+from dfkd.report import result_table
 
 TINY = {"epochs": 3, "rounds": 2, "g_steps": 1, "kd_steps": 2, "batch_size": 32,
         "sample_grid": 4, "cudfkd": {"grad_adv": 0.5, "begin": 0.0, "end": 1.0}}
@@ -163,3 +165,18 @@ def test_bank_methods_refuse_zero_synthesis_steps():
         with pytest.raises(ConfigError, match=f"method '{method}'.*'g_steps' must be >= 1"):
             load_config({"method": method, "g_steps": 0})
     assert load_config({"method": "cudfkd", "g_steps": 0}).g_steps == 0  # a KD-only ablation
+
+
+def test_eval_split_val_measures_on_the_held_out_training_images(fmnist_teacher, tmp_path):
+    trainer = _run(fmnist_teacher, tmp_path, epochs=1, rounds=1, eval_split="val")
+    val_x, val_y = load_split("fashion_mnist", "val")
+    assert torch.equal(trainer.eval_data.labels, val_y)
+    summary = trainer.fit()
+    assert summary["eval_split"] == "val"
+    # The teacher's accuracy is measured on val too (the fixture's metadata has test only).
+    teacher_logits = trainer.teacher_test_logits
+    assert summary["teacher_acc1"] == pytest.approx(
+        100 * (teacher_logits.argmax(1) == val_y).float().mean().item())
+    assert "(val)" in result_table(summary)
+    with pytest.raises(ConfigError, match="'eval_split' must be one of val, test"):
+        load_config({"eval_split": "train"})

@@ -124,7 +124,7 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
     if meta["num_classes"] != info.num_classes:
         raise DfkdError(f"the teacher has {meta['num_classes']} classes but {info.name} has "
                         f"{info.num_classes}")
-    images, labels = load_split(info.name, "test", cfg.data_root)
+    images, labels = load_split(info.name, cfg.eval_split, cfg.data_root)
     seed_everything(cfg.seed)  # the student's initialisation is part of the run's seed
     student = create_model(cfg.student, info.num_classes, info.image_shape[0])
     out = Path(out_dir)
@@ -134,7 +134,7 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
     distributed.barrier()
     spec = ImageSpec(info.num_classes, info.image_shape, info.mean, info.std)
     trainer = Trainer(cfg, teacher, student, spec, EvalData(images, labels), out,
-                      teacher_acc1=meta.get("test_acc1"), progress=progress)
+                      teacher_acc1=meta.get(f"{cfg.eval_split}_acc1"), progress=progress)
     if resume:
         trainer.resume(state)
     return trainer

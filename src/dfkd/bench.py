@@ -71,7 +71,8 @@ def _reference(config: dict[str, Any], kind: str, seed: int, folder: Path,
         device=base.get("device", "auto"), data_root=base.get("data_root"),
         kd_from=teacher_path if kind == "kd_with_data" else None)
     student, smeta = train_supervised(settings, folder / "student.pt", progress=progress)
-    images, labels = load_split(info.name, "test", settings.data_root)
+    split = base.get("eval_split", "test")
+    images, labels = load_split(info.name, split, settings.data_root)
     device = next(student.parameters()).device
     norm = normalizer(info.mean, info.std, device)
     s_logits = predict(student, images, 1024, norm, device)
@@ -79,7 +80,7 @@ def _reference(config: dict[str, Any], kind: str, seed: int, folder: Path,
     m = fidelity_metrics(s_logits, t_logits, labels)
     result = {"final_acc1": m["acc1"], "final_agreement": m["agreement"],
               "final_loyalty": m["loyalty"], "student_seconds": smeta["train_seconds"],
-              "teacher_acc1": meta.get("test_acc1")}
+              "teacher_acc1": meta.get(f"{split}_acc1"), "eval_split": split}
     (folder / "result.json").write_text(json.dumps(result, indent=2))
     return result
 

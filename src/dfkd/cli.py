@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, metavar="FILE")
     e.add_argument("--dataset", default=None, help="needed only if the checkpoint does not say")
     e.add_argument("--model", default=None, help="architecture, for zoo checkpoints only")
+    e.add_argument("--split", choices=("test", "val"), default="test",
+                   help="real data to measure on (default test; val: the held-out part of the "
+                        "training set, for choosing configurations)")
     e.add_argument("--json", action="store_true", help="print JSON instead of text")
     common(e)
 
@@ -88,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--method", metavar="NAME", help="distillation method (default cudfkd)")
     d.add_argument("--dataset", metavar="NAME",
                    help="test data for evaluation (default: the teacher's dataset)")
+    d.add_argument("--eval-split", choices=("test", "val"), default=None,
+                   help="real data the per-epoch metrics are computed on (default test). Use "
+                        "val, a fixed part of the training set that no student trains on, to "
+                        "compare configurations; read test once, for the reported number")
     d.add_argument("--epochs", type=int)
     d.add_argument("--seed", type=int)
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -151,12 +158,14 @@ def _cmd_evaluate(args) -> int:
     from dfkd.teacher import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_root=args.data_root,
-                                 device=args.device or "auto", model=args.model)
+                                 device=args.device or "auto", model=args.model,
+                                 split=args.split)
     if args.json:
         print(json.dumps(result))
     else:
         extra = f"  Acc@5 {result['acc5']:.2f}%" if "acc5" in result else ""
-        print(f"{result['arch']} on {result['dataset']}: Acc@1 {result['acc1']:.2f}%{extra}")
+        print(f"{result['arch']} on {result['dataset']} {result['split']}: "
+              f"Acc@1 {result['acc1']:.2f}%{extra}")
     return 0
 
 
@@ -182,6 +191,7 @@ def _cmd_distill(args) -> int:
         flags = {"teacher": args.teacher, "teacher_model": args.teacher_model,
                  "student": args.student, "method": args.method, "dataset": args.dataset,
                  "epochs": args.epochs, "seed": args.seed, "device": args.device,
+                 "eval_split": args.eval_split,
                  "data_root": args.data_root}
         raw = merge(raw, {k: v for k, v in flags.items() if v is not None})
         raw = merge(raw, parse_overrides(args.set))

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -44,6 +44,7 @@ class RunConfig:
     teacher: str | None = None        # checkpoint path
     teacher_model: str | None = None  # only for zoo checkpoints without dfkd metadata
     dataset: str | None = None        # evaluation data; default: the teacher's dataset
+    eval_split: Literal["val", "test"] = "test"  # what the per-epoch metrics are computed on
     data_root: str | None = None
     student: str = "lenet5_half"
     epochs: int = 40

@@ -1,7 +1,8 @@
 """The distillation loop shared by every method.
 
 One epoch = ``rounds`` x (``g_steps`` generator steps, then ``kd_steps`` student
-steps). After each epoch: cosine LR step, evaluation on the real test set, one
+steps). After each epoch: cosine LR step, evaluation on real data (``eval_split``: the
+test set, or the val split when choosing configurations), one
 line in ``metrics.jsonl``, a sample grid and an atomic ``checkpoint.pt`` holding
 everything needed for an exact resume (student, method state, both optimisers,
 scheduler, metric history and every RNG). SIGINT/SIGTERM finish the current
@@ -52,7 +53,8 @@ class ImageSpec:
 
 @dataclass
 class EvalData:
-    """The real test set: uint8 images (scaled and normalised here) or float model inputs."""
+    """Real evaluation data (the run's ``eval_split``): uint8 images (scaled and normalised
+    here) or float model inputs."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -452,6 +454,7 @@ class Trainer:
             "final_agreement": last.get("agreement"),
             "final_loyalty": last.get("loyalty"),
             "final_loyalty_official": last.get("loyalty_official"),
+            "eval_split": self.cfg.eval_split if self.eval_data is not None else None,
             **run_summary(acc, elapsed),
             "teacher_acc1": self.teacher_acc1,
             **{k: round(v, 3) for k, v in self.timers.items()},

@@ -43,10 +43,11 @@ def _fmt(value: Any) -> str:
 
 
 def result_table(summary: dict[str, Any]) -> str:
-    """Teacher vs student: Acc@1, Agreement@1, loyalty and time."""
+    """Teacher vs student: Acc@1, Agreement@1, loyalty and time, on the run's eval split."""
     seconds = summary.get("synthesis_seconds", 0) + summary.get("student_seconds", 0)
+    split = f" ({summary['eval_split']})" if summary.get("eval_split") else ""
     return format_table(
-        ["model", "Acc@1", "Agreement@1", "loyalty", "loyalty (official)", "time (s)"],
+        ["model", f"Acc@1{split}", "Agreement@1", "loyalty", "loyalty (official)", "time (s)"],
         [
             ["teacher", summary.get("teacher_acc1"), 100.0, 1.0, 1.0, "-"],
             [f"student ({summary['method']})", summary.get("final_acc1"),

@@ -1,6 +1,7 @@
 """Supervised training on real data: teachers, and the data-driven references
 (the student from scratch, and the student distilled by plain KD on the real
-training set). The test set is only measured, once, at the end."""
+training set). They train on the ``train`` split, which leaves out the validation
+images; the val and test sets are only measured, once, at the end."""
 
 from __future__ import annotations
 
@@ -62,8 +63,8 @@ def normalizer(mean, std, device: torch.device):
 
 def evaluate_checkpoint(path: str, dataset: str | None = None, data_root: str | None = None,
                         device: str = "auto", batch_size: int = 1024,
-                        model: str | None = None) -> dict[str, Any]:
-    """Acc@1 (and Acc@5 with more than 5 classes) of a checkpoint on its test set."""
+                        model: str | None = None, split: str = "test") -> dict[str, Any]:
+    """Acc@1 (and Acc@5 with more than 5 classes) of a checkpoint on ``split``."""
     dev = resolve_device(device)
     # One read of the file: a named dataset sizes a zoo model; otherwise the
     # checkpoint's own metadata names both the model and its dataset.
@@ -75,15 +76,15 @@ def evaluate_checkpoint(path: str, dataset: str | None = None, data_root: str | 
         if not meta.get("dataset"):
             raise DfkdError(f"'{path}' does not name its dataset; pass --dataset NAME")
         info = dataset_info(meta["dataset"])
-    images, labels = load_split(info.name, "test", data_root)
+    images, labels = load_split(info.name, split, data_root)
     logits = predict(net.to(dev), images, batch_size, normalizer(info.mean, info.std, dev), dev)
-    return {"checkpoint": str(path), "arch": meta["arch"], "dataset": info.name,
+    return {"checkpoint": str(path), "arch": meta["arch"], "dataset": info.name, "split": split,
             **accuracy(logits, labels)}
 
 
 def train_supervised(settings: SupervisedSettings, out: str | Path | None = None,
                      progress: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train ``settings.model`` on the real training set with SGD + cosine schedule."""
+    """Train ``settings.model`` on the ``train`` split with SGD + cosine schedule."""
     s = settings
     if s.epochs < 1 or s.batch_size < 1 or s.lr <= 0:
         raise DfkdError("--epochs and --batch-size must be >= 1 and --lr > 0")
@@ -91,6 +92,7 @@ def train_supervised(settings: SupervisedSettings, out: str | Path | None = None
     seed_everything(s.seed)
     info = dataset_info(s.dataset)
     train_x, train_y = load_split(info.name, "train", s.data_root, s.download)
+    val_x, val_y = load_split(info.name, "val", s.data_root, s.download)
     test_x, test_y = load_split(info.name, "test", s.data_root, s.download)
     gen = torch.Generator().manual_seed(s.seed)
     if s.label_noise:
@@ -134,12 +136,12 @@ def train_supervised(settings: SupervisedSettings, out: str | Path | None = None
             bar.update(1)
     bar.close()
     train_seconds = time.perf_counter() - start
-    logits = predict(model, test_x, 1024, norm, device)
-    acc1 = accuracy(logits, test_y)["acc1"]
+    acc1 = accuracy(predict(model, test_x, 1024, norm, device), test_y)["acc1"]
+    val_acc1 = accuracy(predict(model, val_x, 1024, norm, device), val_y)["acc1"]
     meta = {
         "arch": s.model, "dataset": info.name, "num_classes": info.num_classes,
         "image_shape": list(info.image_shape), "mean": list(info.mean), "std": list(info.std),
-        "test_acc1": acc1, "train_seconds": round(train_seconds, 1),
+        "test_acc1": acc1, "val_acc1": val_acc1, "train_seconds": round(train_seconds, 1),
         "settings": asdict(s), "dfkd_kind": "kd_with_data" if s.kd_from else "supervised",
     }
     if out is not None:

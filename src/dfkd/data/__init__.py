@@ -1,7 +1,9 @@
 """Datasets (read without torchvision), normalisation and batch augmentation.
 
 ``load_split(name, split)`` returns the whole split as tensors: uint8 images (N, C, H, W), with
-the 28x28 MNIST family zero-padded to 32x32, and int64 labels (N,).
+the 28x28 MNIST family zero-padded to 32x32, and int64 labels (N,). ``split`` is ``train``,
+``val`` (a fixed, seeded part of the official training set that no student trains on) or
+``test``.
 """
 
 from dfkd.data.readers import (
@@ -16,17 +18,20 @@ from dfkd.data.readers import (
 )
 from dfkd.data.registry import (
     DATASETS,
+    SPLITS,
     DatasetInfo,
     dataset_info,
     download_dataset,
     find_dataset_dir,
     load_split,
     search_dirs,
+    val_indices,
 )
 from dfkd.data.transforms import augment, denormalize, normalize, to_float
 
 __all__ = [
     "DATASETS",
+    "SPLITS",
     "DatasetInfo",
     "augment",
     "dataset_info",
@@ -45,4 +50,5 @@ __all__ = [
     "read_tiny_imagenet_split",
     "search_dirs",
     "to_float",
+    "val_indices",
 ]

@@ -291,34 +291,69 @@ def download_dataset(name: str, dest: str | os.PathLike) -> None:
 
 
 # ------------------------------------------------------------------------------------ loading
+SPLITS = ("train", "val", "test")
+VAL_SEED = 0  # the validation split is the same for every run, user and machine
+_VAL_SIZE = {"tiny_imagenet": 10000}  # 50 per class; every other dataset: 5,000 images
+
+
+def val_indices(name: str, num_train: int) -> torch.Tensor:
+    """Sorted indices, into the official training set, of the validation split.
+
+    ``val_size`` images drawn uniformly without replacement by ``torch.randperm`` seeded
+    with ``VAL_SEED``. No student trains on them (``dfkd train-teacher`` does not either);
+    they only score configurations, so that the test set is read once, for the report.
+    """
+    size = _VAL_SIZE.get(dataset_info(name).name, 5000)
+    if num_train <= size:
+        raise DatasetError(f"{name}: the training set has {num_train} images, too few to hold "
+                           f"out {size} for validation")
+    order = torch.randperm(num_train, generator=torch.Generator().manual_seed(VAL_SEED))
+    return order[:size].sort().values
+
+
 def load_split(
     name: str, split: str, data_root: str | os.PathLike | None = None, download: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 (N, C, H, W) at ``dataset_info(name).image_shape`` and labels int64 (N,).
 
-    ``split`` is "train" or "test" (Tiny-ImageNet's "test" is its labelled val/ folder). The
-    result is cached in-process and shared between callers: treat the tensors as read-only.
+    ``split`` is "train" (the official training set without the validation images), "val"
+    (those images, see :func:`val_indices`) or "test" (Tiny-ImageNet's "test" is its
+    labelled val/ folder). The result is cached in-process and shared between callers:
+    treat the tensors as read-only.
     """
     info = dataset_info(name)
-    if split not in ("train", "test"):
-        raise DatasetError(f"unknown split {split!r} for {info.name} (use 'train' or 'test')")
-    folder = find_dataset_dir(info.name, split, data_root)
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r} for {info.name} (use one of "
+                           f"{', '.join(SPLITS)})")
+    files = "test" if split == "test" else "train"
+    folder = find_dataset_dir(info.name, files, data_root)
     if folder is None:
         if not download:
-            raise DatasetError(_missing_message(info.name, split, data_root))
+            raise DatasetError(_missing_message(info.name, files, data_root))
         dest = Path(data_root).expanduser() if data_root is not None else None
         download_dataset(info.name, dest or default_download_dir(info.name))
-        folder = find_dataset_dir(info.name, split, data_root)
+        folder = find_dataset_dir(info.name, files, data_root)
         if folder is None:
-            raise DatasetError(_missing_message(info.name, split, data_root))
+            raise DatasetError(_missing_message(info.name, files, data_root))
     # The key includes the files' size and mtime so that a replaced file is read again.
     stamp = tuple(
         (s.st_size, s.st_mtime_ns)
-        for f in _SOURCES[info.name].files[split]
+        for f in _SOURCES[info.name].files[files]
         for p in (folder / f, folder / f"{f}.gz")
         if p.exists() and (s := p.stat())
     )
-    return _load_cached(info.name, split, str(folder.resolve()), stamp)
+    return _select(info.name, split, str(folder.resolve()), stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _select(name: str, split: str, folder: str, stamp: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    if split == "test":
+        return _load_cached(name, "test", folder, stamp)
+    images, labels = _load_cached(name, "train", folder, stamp)
+    held_out = torch.zeros(len(labels), dtype=torch.bool)
+    held_out[val_indices(name, len(labels))] = True
+    keep = held_out if split == "val" else ~held_out
+    return images[keep], labels[keep]
 
 
 @functools.lru_cache(maxsize=8)
