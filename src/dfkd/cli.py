@@ -127,6 +127,34 @@ def _parser() -> argparse.ArgumentParser:
                    help="write the results from the runs finished so far, run nothing "
                         "(e.g. while parallel benches fill DIR)")
     common(b)
+
+    tu = sub.add_parser(
+        "tune", help="choose a recipe's hyperparameters on the val split (Optuna)",
+        description="Runs short distillations with values drawn from the recipe's 'search:' "
+        "section and keeps the one with the best final-epoch Acc@1 on the val split (a fixed "
+        "part of the training set no student trains on; the test set is never read). A "
+        "median pruner stops poor trials early. The study lives in DIR/study.db, so running "
+        "the same command again continues it; --storage URL shares one study between "
+        "machines. Writes DIR/best.yaml (a runnable recipe), DIR/trials.csv, DIR/search.png "
+        "and each trial's run in DIR/trials/NNNN. Needs pip install 'dfkd[tune]'.",
+        epilog="example:\n  dfkd tune --config configs/fashion_mnist/cudfkd_lenet5.yaml "
+        "--teacher runs/teacher.pt --trials 20 --set epochs=4 --out runs/tune_cudfkd",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tu.add_argument("--config", required=True, metavar="RECIPE",
+                    help="YAML recipe with a 'search:' section")
+    tu.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint")
+    tu.add_argument("--trials", type=int, required=True, metavar="N",
+                    help="finished trials (complete or pruned) the study should reach")
+    tu.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a recipe key for every trial (the trial budget, e.g. "
+                         "--set epochs=4); best.yaml keeps the recipe's own values")
+    tu.add_argument("--out", required=True, metavar="DIR")
+    tu.add_argument("--storage", metavar="URL", default=None,
+                    help="Optuna RDB storage shared by several tune processes, e.g. "
+                         "postgresql://... (default: sqlite in DIR)")
+    tu.add_argument("--study-name", default=None, help="default: the recipe's file name")
+    tu.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
+    common(tu)
     return p
 
 
@@ -231,6 +259,20 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_tune(args) -> int:
+    from dfkd.tune import run_tune
+
+    extra = [f"device={args.device}"] if args.device else []
+    extra += [f"data_root={args.data_root}"] if args.data_root else []
+    study = run_tune(args.config, args.teacher, args.trials, args.out,
+                     overrides=[*extra, *args.set], storage=args.storage,
+                     study_name=args.study_name, seed=args.seed, progress=_progress(args))
+    best = study.best_trial
+    print(f"best: trial {best.number}, final val Acc@1 {best.value:.2f}, {best.params}")
+    print(f"results in {args.out}/ (best.yaml, trials.csv, search.png, study.db)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -238,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = {"train-teacher": _cmd_train_teacher, "evaluate": _cmd_evaluate,
-               "distill": _cmd_distill, "bench": _cmd_bench}[args.command]
+               "distill": _cmd_distill, "bench": _cmd_bench, "tune": _cmd_tune}[args.command]
     try:
         return handler(args)
     except DfkdError as exc:

@@ -217,6 +217,7 @@ def load_config(raw: dict[str, Any]) -> RunConfig:
     from dfkd.methods import get_method, list_methods
 
     raw = dict(raw)
+    raw.pop("search", None)  # dfkd tune's search space (see tune.py); a run ignores it
     method_name = raw.get("method", RunConfig.method)
     method_cls = get_method(method_name)
     sections = {name: raw.pop(name) for name in list(raw) if name in list_methods()}

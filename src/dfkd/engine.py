@@ -60,6 +60,10 @@ class EvalData:
     labels: torch.Tensor
 
 
+class NonFiniteLoss(DfkdError):
+    """A loss term became NaN or infinite; the last good checkpoint is kept."""
+
+
 class Interrupted(DfkdError):
     """Raised after a signal-triggered checkpoint; carries the conventional exit code."""
 
@@ -359,7 +363,7 @@ class Trainer:
         self.timers["elapsed_seconds"] += t2 - t0
         for name, value in zip(names, values):
             if not math.isfinite(value):
-                raise DfkdError(
+                raise NonFiniteLoss(
                     f"non-finite loss: '{name}' became {value} in epoch {self.epoch + 1}, round "
                     f"{self.round + 1}; the last good checkpoint is left as it was. Lower the "
                     "learning rates or this term's weight."

@@ -1,0 +1,152 @@
+"""dfkd tune: the search space is checked, the objective reads the val split only, a killed
+study resumes to the promised trial count, and best.yaml runs as a recipe."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import metrics_rows
+
+from dfkd.api import build_trainer
+from dfkd.config import read_yaml
+from dfkd.errors import ConfigError
+
+optuna = pytest.importorskip("optuna")
+from dfkd.tune import parse_search, run_tune  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+# A tiny trial: one epoch of 2 rounds x (1 G step + 2 student steps) of 16 samples.
+RECIPE = {
+    "method": "cudfkd", "student": "lenet5_half", "epochs": 1, "rounds": 2, "g_steps": 1,
+    "kd_steps": 2, "batch_size": 16, "eval_batch_size": 2500,
+    "generator": {"nz": 32, "ngf": 8, "lr": 0.005},
+    "cudfkd": {"tau": 4.0, "kd_loss": "kl"},
+    "search": {"generator.lr": {"low": 1e-3, "high": 2e-2, "log": True},
+               "cudfkd.tau": {"low": 1, "high": 8},
+               "kd_steps": {"low": 1, "high": 3, "int": True},
+               "cudfkd.kd_loss": {"choices": ["l1", "kl"]}},
+}
+
+
+def _recipe(tmp_path: Path, **changes) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**RECIPE, **changes}))
+    return str(path)
+
+
+def _trials(out: Path) -> list[dict[str, str]]:
+    with open(out / "trials.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("search, message", [
+    (None, "has no 'search:' section"),
+    ({"cudfkd.taux": {"low": 1, "high": 2}}, "search.cudfkd.taux.*unknown config key"),
+    ({"generator.lr": {"low": 0.1, "high": 0.1}}, "search.generator.lr.*range .* is empty"),
+    ({"generator.lr": {"low": 0.0, "high": 0.1, "log": True}}, "log range needs low > 0"),
+    ({"kd_steps": {"low": 1, "high": 2.5, "int": True}}, "whole-number bounds"),
+    ({"cudfkd.kd_loss": {"choices": []}}, "non-empty list"),
+    ({"cudfkd.kd_loss": {"choices": ["l1", "l3"]}}, "must be one of l1, kl"),
+    ({"epochs": {"low": 0, "high": 3, "int": True}}, "'epochs' must be >= 1"),
+    ({"epochs": {"lo": 1, "high": 3}}, "unknown field"),
+])
+def test_search_space_errors_name_the_key(tmp_path, search, message):
+    recipe = {k: v for k, v in RECIPE.items() if k != "search"}
+    if search is not None:
+        recipe["search"] = search
+    with pytest.raises(ConfigError, match=message):
+        parse_search(recipe, "recipe.yaml")
+
+
+def test_recipe_with_search_runs_with_distill(fmnist_teacher, tmp_path):
+    raw = {**read_yaml(_recipe(tmp_path)), "teacher": str(fmnist_teacher)}
+    trainer = build_trainer(raw, tmp_path / "run", progress=False)
+    assert trainer.cfg.epochs == 1  # 'search:' is the tuner's; a run ignores it
+
+
+def test_study_writes_best_recipe_that_runs(fmnist_teacher, tmp_path):
+    out = tmp_path / "study"
+    study = run_tune(_recipe(tmp_path), str(fmnist_teacher), 3, out, progress=False)
+    rows = _trials(out)
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 3
+    for row in rows:  # the value is the final epoch's val Acc@1 of the trial's own run
+        summary = (out / "trials" / f"{int(row['number']):04d}" / "summary.json")
+        assert summary.is_file()
+        assert float(row["val_acc1"]) == pytest.approx(
+            metrics_rows(summary.parent)[-1]["acc1"])
+        assert read_yaml(summary.parent / "config.yaml")["eval_split"] == "val"
+    best = read_yaml(out / "best.yaml")
+    assert best["generator"]["lr"] == study.best_params["generator.lr"]
+    assert best["cudfkd"]["kd_loss"] == study.best_params["cudfkd.kd_loss"]
+    assert "Tuned on the val split" in (out / "best.yaml").read_text()
+    assert "teacher" not in best and "eval_split" not in best
+    summary = build_trainer({**best, "teacher": str(fmnist_teacher)}, tmp_path / "best_run",
+                            progress=False).fit()
+    assert summary["eval_split"] == "test" and summary["final_acc1"] is not None
+    # A finished study is not run again: the same command only rewrites the outputs.
+    again = run_tune(_recipe(tmp_path), str(fmnist_teacher), 3, out, progress=False)
+    assert len(again.trials) == 3
+
+
+def _copy_fmnist(dest: Path, poison_test_labels: bool) -> Path:
+    dest.mkdir()
+    for f in FMNIST.iterdir():
+        shutil.copy(f, dest / f.name)
+    if poison_test_labels:
+        raw = bytearray(gzip.decompress((FMNIST / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+        raw[8:] = bytes((b + 1) % 10 for b in raw[8:])  # every test label wrong
+        (dest / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(raw)))
+    return dest
+
+
+def test_objective_never_reads_the_test_labels(fmnist_teacher, tmp_path):
+    values = []
+    for poison in (False, True):
+        root = _copy_fmnist(tmp_path / f"data{int(poison)}", poison)
+        study = run_tune(_recipe(tmp_path), str(fmnist_teacher), 2, tmp_path / f"s{int(poison)}",
+                         overrides=[f"data_root={root}"], progress=False)
+        values.append([t.value for t in study.trials])
+    assert values[0] == values[1]
+
+
+def test_killed_study_resumes_to_the_promised_count(fmnist_teacher, tmp_path):
+    recipe = _recipe(tmp_path, epochs=3)
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "dfkd", "tune", "--config", recipe, "--teacher",
+           str(fmnist_teacher), "--trials", "3", "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    target = out / "trials" / "0001" / "metrics.jsonl"  # trial 1 finished one epoch of three
+    deadline = time.time() + 240
+    while not (target.is_file() and target.read_text().strip()) and proc.poll() is None:
+        assert time.time() < deadline, "trial 1 never reached its first epoch"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = _trials(out)
+    finished = [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
+    failed = [r for r in rows if r["state"] == "FAIL"]
+    assert len(finished) == 3 and len(failed) == 1 and failed[0]["number"] == "1"
+    # The killed trial's values ran again, continuing its own run folder exactly once.
+    retry = next(r for r in finished if r["retry_of"] == "1")
+    keys = [k for k in rows[0] if "." in k or k == "kd_steps"]
+    assert [retry[k] for k in keys] == [failed[0][k] for k in keys]
+    # Trials 0, 1 (killed, run again as 2) and 3: three distinct value sets, none lost.
+    origins = sorted(int(r["retry_of"] or r["number"]) for r in finished)
+    assert origins == [0, 1, 3]
+    assert [r["epoch"] for r in metrics_rows(out / "trials" / "0001")] == [1, 2, 3]
