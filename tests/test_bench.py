@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 
 import pytest
+import torch
 import yaml
+from conftest import metrics_rows
 
-from dfkd.bench import collect, plan, run_bench
+from dfkd.bench import collect, interval95, paired_differences, plan, run_bench
 from dfkd.errors import ConfigError
 
 
@@ -31,15 +35,27 @@ def test_bench_runs_skips_and_aggregates(fmnist_teacher, tmp_path):
     run_bench(config, ["cudfkd", "scratch"], [0, 1], out, progress=False)
     for name in ("results.md", "results.csv", "results.json"):
         assert (out / name).is_file()
-    rows = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    rows = results["methods"]
     assert [r["method"] for r in rows] == ["cudfkd", "scratch"]
     cud = rows[0]
     finals = [json.loads((out / "cudfkd" / f"seed{s}" / "summary.json").read_text())["final_acc1"]
               for s in (0, 1)]
     assert cud["seeds"] == 2
     assert cud["final_acc1"] == pytest.approx(sum(finals) / 2)
-    assert cud["final_acc1_std"] == pytest.approx(abs(finals[0] - finals[1]) / 2)
+    # Sample std of two values: |a - b| / sqrt(2); 95% t-interval with 1 dof: 12.706 std / sqrt 2.
+    assert cud["final_acc1_std"] == pytest.approx(abs(finals[0] - finals[1]) / math.sqrt(2))
+    assert cud["final_acc1_ci95"] == pytest.approx(12.706 * cud["final_acc1_std"] / math.sqrt(2))
+    assert cud["final_loyalty_official"] < cud["final_loyalty"]
     assert rows[1]["final_acc1"] > 50  # one real epoch of supervised training
+    scratch = [json.loads((out / "scratch" / f"seed{s}" / "result.json").read_text())
+               ["final_acc1"] for s in (0, 1)]
+    (paired,) = results["paired"]
+    diffs = [a - b for a, b in zip(finals, scratch)]
+    assert paired["versus"] == "scratch" and paired["seeds"] == 2
+    assert paired["mean_difference"] == pytest.approx(sum(diffs) / 2)
+    assert paired["verdict"] in ("scratch better", "undecided", "cudfkd better")
+    assert "paired difference" in (out / "results.md").read_text()
     # Everything is finished now: a second call plans nothing to run.
     again = plan(yaml.safe_load(open(config)), ["cudfkd", "scratch"], [0, 1], out)
     assert {r["state"] for r in again} == {"done"}
@@ -57,7 +73,7 @@ def test_bench_interrupted_run_is_resumed(fmnist_teacher, tmp_path):
     assert runs[0]["state"] == "resume"
     # --report-only writes the table of what is finished (nothing yet) and runs nothing.
     run_bench(config, ["cudfkd"], [0], out, report_only=True)
-    assert json.loads((out / "results.json").read_text())[0]["seeds"] == 0
+    assert json.loads((out / "results.json").read_text())["methods"][0]["seeds"] == 0
     assert len((out / "cudfkd" / "seed0" / "metrics.jsonl").read_text().splitlines()) == 1
     run_bench(config, ["cudfkd"], [0], out, progress=False)
     lines = (out / "cudfkd" / "seed0" / "metrics.jsonl").read_text().splitlines()
@@ -79,3 +95,47 @@ def test_bench_teacher_and_set_options_replace_the_configs(fmnist_teacher, tmp_p
     summary = json.loads((out / "dfad" / "seed0" / "summary.json").read_text())
     assert summary["config"]["teacher"] == str(fmnist_teacher)
     assert summary["epochs"] == 1  # --set epochs=1 over the config's 2
+
+
+def test_interval_and_paired_verdict_by_hand(tmp_path):
+    mean, std, half = interval95([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert (mean, std) == (3.0, pytest.approx(math.sqrt(2.5)))
+    assert half == pytest.approx(2.776 * math.sqrt(2.5) / math.sqrt(5))
+    # a beats b by 2 +- 0.1 on every seed (decided); a and c differ by +-1 (undecided).
+    for seed, (a, b, c) in enumerate([(80.0, 78.0, 79.0), (81.0, 78.9, 82.0), (79.0, 77.1, 78.0)]):
+        for name, value in (("a", a), ("b", b), ("c", c)):
+            folder = tmp_path / name / f"seed{seed}"
+            folder.mkdir(parents=True)
+            (folder / "result.json").write_text(json.dumps({"final_acc1": value}))
+    paired = paired_differences(tmp_path, ["a", "b", "c"], [0, 1, 2])
+    assert [(p["versus"], p["verdict"]) for p in paired] == [("b", "a better"),
+                                                            ("c", "undecided")]
+    assert paired[0]["mean_difference"] == pytest.approx(2.0)
+    assert paired[0]["low"] > 0
+
+
+def test_bench_refuses_a_run_with_another_config(fmnist_teacher, tmp_path):
+    config = _config(tmp_path, fmnist_teacher)
+    out = tmp_path / "bench"
+    run_bench(config, ["dfad"], [0], out, overrides=["epochs=1"], progress=False)
+    with pytest.raises(ConfigError, match="was run with rounds=2, but the bench now asks for "
+                                          "rounds=3"):
+        run_bench(config, ["dfad"], [0], out, overrides=["epochs=1", "rounds=3"])
+
+
+def test_bench_jobs_runs_the_queue_in_worker_processes(fmnist_teacher, tmp_path):
+    config = _config(tmp_path, fmnist_teacher)
+    serial, pooled = tmp_path / "serial", tmp_path / "pooled"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))  # each of 2 workers' share
+    try:
+        run_bench(config, ["dfad"], [0, 1], serial, overrides=["epochs=1"], progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    run_bench(config, ["dfad"], [0, 1], pooled, overrides=["epochs=1"], jobs=2)
+    for seed in (0, 1):
+        # Same seeds, same runs: a worker process gives the serial run's metrics.
+        assert metrics_rows(pooled / "dfad" / f"seed{seed}") == \
+            metrics_rows(serial / "dfad" / f"seed{seed}")
+    with pytest.raises(ConfigError, match="--jobs must be >= 1"):
+        run_bench(config, ["dfad"], [0], pooled, jobs=0)

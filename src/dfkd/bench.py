@@ -5,32 +5,51 @@ rounds, batch_size, ...), optional per-method recipes (``recipes: {method: file}
 and the reference trainings (``references: {epochs: N}``). The base always wins
 over a recipe, so every method gets the same teacher, student, budget and seeds.
 Runs live in ``DIR/<method>/seed<k>``; finished runs are skipped and interrupted
-ones resumed, so an interrupted bench loses nothing.
+ones resumed, so an interrupted bench loses nothing, and a run whose stored config
+differs from the current one is refused (naming the key) instead of being mixed in.
+
+``jobs`` > 1 runs the queue in a pool of that many worker processes (never more at
+once), each with ``cores // jobs`` threads. Results are mean ± sample std over seeds
+with a 95% t-interval, and every method is compared with the first one (normally
+``cudfkd``) as a paired difference over the seeds both have finished.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
+import multiprocessing
+import os
 import statistics
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from dfkd.api import build_trainer
 from dfkd.checkpoint import load_model_checkpoint
-from dfkd.config import merge, parse_overrides, read_yaml
+from dfkd.config import load_config, merge, parse_overrides, read_yaml
 from dfkd.data import dataset_info, load_split
 from dfkd.engine import CHECKPOINT, SUMMARY
-from dfkd.errors import ConfigError
+from dfkd.errors import ConfigError, DfkdError
 from dfkd.methods import get_method
 from dfkd.metrics import fidelity_metrics, predict
 from dfkd.report import format_table
 from dfkd.teacher import SupervisedSettings, normalizer, train_supervised
 
 REFERENCES = ("scratch", "kd_with_data")
-COLUMNS = ["final_acc1", "final_agreement", "final_loyalty", "acc1_mean", "acc1_var",
-           "epochs_to_90pct", "seconds_to_90pct", "synthesis_seconds", "student_seconds",
-           "peak_memory_mb"]
+COLUMNS = ["final_acc1", "final_agreement", "final_loyalty", "final_loyalty_official",
+           "acc1_mean", "acc1_var", "epochs_to_90pct", "seconds_to_90pct", "synthesis_seconds",
+           "student_seconds", "peak_memory_mb"]
+# Two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond 30).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+         9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131,
+         16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080, 22: 2.074,
+         23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045,
+         30: 2.042}
 
 
 def plan(config: dict[str, Any], methods: list[str], seeds: list[int], out: Path
@@ -59,17 +78,55 @@ def _method_config(config: dict[str, Any], method: str, seed: int) -> dict[str, 
     return merge(merge(raw, {"method": method}), {**config.get("base", {}), "seed": seed})
 
 
+def _reference_settings(config: dict[str, Any], kind: str, seed: int) -> SupervisedSettings:
+    base = config.get("base", {})
+    _, meta = load_model_checkpoint(base["teacher"])
+    return SupervisedSettings(
+        dataset=dataset_info(meta["dataset"]).name, model=base.get("student", "lenet5_half"),
+        seed=seed, epochs=int((config.get("references") or {}).get("epochs", 10)),
+        device=base.get("device", "auto"), data_root=base.get("data_root"),
+        kd_from=base["teacher"] if kind == "kd_with_data" else None)
+
+
+def run_config(config: dict[str, Any], method: str, seed: int) -> dict[str, Any]:
+    """The resolved configuration of one run, as its folder stores it."""
+    if method in REFERENCES:
+        split = config.get("base", {}).get("eval_split", "test")
+        return {**asdict(_reference_settings(config, method, seed)), "eval_split": split}
+    return load_config(_method_config(config, method, seed)).to_dict()
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def check_same_config(folder: Path, current: dict[str, Any]) -> None:
+    """Refuse to resume or reuse a run whose stored config differs from ``current``."""
+    stored_file = folder / "config.yaml"
+    if not stored_file.is_file():
+        return
+    stored = _flatten(yaml.safe_load(stored_file.read_text()) or {})
+    now = _flatten(current)
+    for key in sorted(set(stored) | set(now)):
+        if stored.get(key, "<unset>") != now.get(key, "<unset>"):
+            raise ConfigError(
+                f"'{folder}' was run with {key}={stored.get(key, '<unset>')!r}, but the bench "
+                f"now asks for {key}={now.get(key, '<unset>')!r}; use another --out, or delete "
+                "that run to redo it")
+
+
 def _reference(config: dict[str, Any], kind: str, seed: int, folder: Path,
                progress: bool) -> dict[str, Any]:
     base = config.get("base", {})
-    teacher_path = base["teacher"]
-    teacher, meta = load_model_checkpoint(teacher_path)
-    info = dataset_info(meta["dataset"])
-    settings = SupervisedSettings(
-        dataset=info.name, model=base.get("student", "lenet5_half"), seed=seed,
-        epochs=int((config.get("references") or {}).get("epochs", 10)),
-        device=base.get("device", "auto"), data_root=base.get("data_root"),
-        kd_from=teacher_path if kind == "kd_with_data" else None)
+    settings = _reference_settings(config, kind, seed)
+    teacher, meta = load_model_checkpoint(base["teacher"])
+    info = dataset_info(settings.dataset)
     student, smeta = train_supervised(settings, folder / "student.pt", progress=progress)
     split = base.get("eval_split", "test")
     images, labels = load_split(info.name, split, settings.data_root)
@@ -79,16 +136,38 @@ def _reference(config: dict[str, Any], kind: str, seed: int, folder: Path,
     t_logits = predict(teacher.to(device), images, 1024, norm, device)
     m = fidelity_metrics(s_logits, t_logits, labels)
     result = {"final_acc1": m["acc1"], "final_agreement": m["agreement"],
-              "final_loyalty": m["loyalty"], "student_seconds": smeta["train_seconds"],
+              "final_loyalty": m["loyalty"], "final_loyalty_official": m["loyalty_official"],
+              "student_seconds": smeta["train_seconds"],
               "teacher_acc1": meta.get(f"{split}_acc1"), "eval_split": split}
     (folder / "result.json").write_text(json.dumps(result, indent=2))
     return result
 
 
+def _run_one(config: dict[str, Any], run: dict[str, Any], progress: bool | None,
+             threads: int | None = None) -> None:
+    """One run of the queue, in this process or in a pool worker."""
+    if threads is not None:
+        import torch
+        torch.set_num_threads(threads)
+    folder = run["folder"]
+    folder.mkdir(parents=True, exist_ok=True)
+    if run["method"] in REFERENCES:
+        _reference(config, run["method"], run["seed"], folder, progress is not False)
+        (folder / "config.yaml").write_text(yaml.safe_dump(run["config"], sort_keys=False))
+        return
+    raw = _method_config(config, run["method"], run["seed"])
+    resume = run["state"] == "resume"
+    build_trainer(raw, folder, resume=resume, overwrite=not resume, progress=progress).fit()
+
+
 def run_bench(config_path: str, methods: list[str], seeds: list[int], out: str | Path,
               dry_run: bool = False, report_only: bool = False, teacher: str | None = None,
-              overrides: list[str] = (), progress: bool | None = None) -> list[dict[str, Any]]:
-    """``teacher`` and ``overrides`` ("key=value") replace keys of the config's base."""
+              overrides: list[str] = (), progress: bool | None = None,
+              jobs: int = 1) -> list[dict[str, Any]]:
+    """``teacher`` and ``overrides`` ("key=value") replace keys of the config's base;
+    ``jobs`` runs at most that many runs at once, each in its own process."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     config = read_yaml(config_path)
     base = merge(config.get("base") or {}, parse_overrides(list(overrides)))
     config["base"] = {**base, "teacher": teacher} if teacher is not None else base
@@ -98,23 +177,40 @@ def run_bench(config_path: str, methods: list[str], seeds: list[int], out: str |
     runs = plan(config, methods, seeds, out)
     if dry_run:
         return runs
+    for run in runs:  # every mismatch is found before any work
+        run["config"] = run_config(config, run["method"], run["seed"])
+        check_same_config(run["folder"], run["config"])
     out.mkdir(parents=True, exist_ok=True)
-    for run in runs:
-        if run["state"] == "done" or report_only:
-            continue
+    todo = [] if report_only else [r for r in runs if r["state"] != "done"]
+    for run in todo:
         print(f"bench: {run['method']} seed {run['seed']} ({run['state']})", flush=True)
-        run["folder"].mkdir(parents=True, exist_ok=True)
-        if run["method"] in REFERENCES:
-            _reference(config, run["method"], run["seed"], run["folder"], progress is not False)
-            continue
-        raw = _method_config(config, run["method"], run["seed"])
-        resume = run["state"] == "resume"
-        trainer = build_trainer(raw, run["folder"], resume=resume, overwrite=not resume,
-                                progress=progress)
-        trainer.fit()
+    if jobs == 1 or len(todo) <= 1:
+        for run in todo:
+            _run_one(config, run, progress)
+    else:
+        _run_pool(config, todo, jobs)
     rows = collect(out, methods, seeds)
-    write_results(out, rows)
+    write_results(out, rows, paired_differences(out, methods, seeds))
     return runs
+
+
+def _run_pool(config: dict[str, Any], todo: list[dict[str, Any]], jobs: int) -> None:
+    """The queue in at most ``jobs`` worker processes; the first failure stops the rest
+    (a stopped run resumes from its last checkpoint next time)."""
+    jobs = min(jobs, len(todo))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")  # no forked copies of torch's threads
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {pool.submit(_run_one, config, run, False, threads): run for run in todo}
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if f.exception() is not None]
+        if failed:
+            pool.shutdown(cancel_futures=True)
+            run = futures[failed[0]]
+            raise DfkdError(f"bench: {run['method']} seed {run['seed']} failed: "
+                            f"{failed[0].exception()}") from failed[0].exception()
+        for future in futures:
+            future.result()
 
 
 def _load_result(folder: Path) -> dict[str, Any] | None:
@@ -124,23 +220,61 @@ def _load_result(folder: Path) -> dict[str, Any] | None:
     return None
 
 
+def interval95(values: list[float]) -> tuple[float, float, float]:
+    """Mean, sample std and the half-width of the 95% t-interval of the mean."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0, math.nan
+    std = statistics.stdev(values)
+    t = _T975.get(len(values) - 1, 1.96)
+    return mean, std, t * std / math.sqrt(len(values))
+
+
 def collect(out: Path, methods: list[str], seeds: list[int]) -> list[dict[str, Any]]:
-    """One row per method: mean and std over seeds of every column."""
+    """One row per method: mean, sample std and 95% interval over seeds of every column."""
     rows = []
     for name in methods:
         results = [r for s in seeds if (r := _load_result(out / name / f"seed{s}"))]
         row: dict[str, Any] = {"method": name, "seeds": len(results)}
         for col in COLUMNS:
             values = [r[col] for r in results if r.get(col) is not None]
-            row[col] = statistics.fmean(values) if values else None
-            row[col + "_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0 \
-                if values else None
+            mean, std, half = interval95(values) if values else (None, None, None)
+            row[col], row[col + "_std"], row[col + "_ci95"] = mean, std, half
         rows.append(row)
     return rows
 
 
-def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+def paired_differences(out: Path, methods: list[str], seeds: list[int],
+                       column: str = "final_acc1") -> list[dict[str, Any]]:
+    """The first method minus each other one, seed by seed (seeds both finished), with a
+    95% t-interval of the mean difference and what it decides."""
+    if not methods:
+        return []
+    first, rows = methods[0], []
+    for other in methods[1:]:
+        diffs = []
+        for seed in seeds:
+            a = _load_result(out / first / f"seed{seed}")
+            b = _load_result(out / other / f"seed{seed}")
+            if a and b and a.get(column) is not None and b.get(column) is not None:
+                diffs.append(a[column] - b[column])
+        if not diffs:
+            continue
+        mean, std, half = interval95(diffs)
+        if math.isnan(half) or abs(mean) <= half:
+            verdict = "undecided"
+        else:
+            verdict = f"{first} better" if mean > 0 else f"{other} better"
+        rows.append({"method": first, "versus": other, "column": column, "seeds": len(diffs),
+                     "mean_difference": mean, "std": std, "ci95": half,
+                     "low": mean - half, "high": mean + half, "verdict": verdict})
+    return rows
+
+
+def write_results(out: Path, rows: list[dict[str, Any]],
+                  paired: list[dict[str, Any]] = ()) -> None:
+    (out / "results.json").write_text(json.dumps({"methods": rows, "paired": list(paired)},
+                                                 indent=2) + "\n")
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -151,12 +285,23 @@ def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
         if value is None:
             return "-"
         digits = 3 if "loyalty" in col else 2
-        return f"{value:.{digits}f} ± {row[col + '_std']:.{digits}f}"
+        text = f"{value:.{digits}f} ± {row[col + '_std']:.{digits}f}"
+        half = row[col + "_ci95"]
+        return text if math.isnan(half) else f"{text} [±{half:.{digits}f}]"
 
     table = format_table(["method", "seeds", *COLUMNS],
                          [[r["method"], r["seeds"], *(cell(r, c) for c in COLUMNS)]
                           for r in rows])
-    (out / "results.md").write_text(table + "\n")
+    text = ("mean ± sample std over seeds [± half-width of the 95% t-interval of the mean]\n\n"
+            + table + "\n")
+    if paired:
+        text += "\npaired difference of final Acc@1 over the same seeds (95% t-interval)\n\n"
+        text += format_table(
+            ["comparison", "seeds", "mean difference", "95% interval", "verdict"],
+            [[f"{p['method']} - {p['versus']}", p["seeds"], f"{p['mean_difference']:+.2f}",
+              "-" if math.isnan(p["ci95"]) else f"[{p['low']:+.2f}, {p['high']:+.2f}]",
+              p["verdict"]] for p in paired]) + "\n"
+    (out / "results.md").write_text(text)
     plot_curves(out, [r["method"] for r in rows])
 
 

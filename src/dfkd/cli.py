@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -109,10 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser(
         "bench", help="compare methods x seeds on one teacher/student pair at one budget",
         description="Runs every method (and the references 'scratch' and 'kd_with_data') for "
-        "every seed under identical conditions, then writes DIR/results.md, results.csv, "
-        "results.json (mean ± std over seeds) and curves.png (needs matplotlib). Finished runs "
-        "are skipped and interrupted ones resumed, so re-running an interrupted bench "
-        "continues it.")
+        "every seed under identical conditions, at most --jobs at once, then writes "
+        "DIR/results.md, results.csv, results.json (mean ± std and a 95%% interval over seeds; "
+        "the first method minus each other one as a paired difference over the same seeds) "
+        "and curves.png (needs matplotlib). Finished runs are skipped and interrupted ones "
+        "resumed, so re-running an interrupted bench continues it; a run whose stored config "
+        "differs from the current one is refused, naming the key.")
     b.add_argument("--config", required=True, metavar="FILE", help="bench YAML (see configs/)")
     b.add_argument("--methods", required=True, help="comma-separated, e.g. cudfkd,scratch")
     b.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
@@ -122,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the shared budget (base), e.g. --set epochs=5")
     b.add_argument("--out", required=True, metavar="DIR")
+    b.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="runs at once, each in its own process with cores/N threads "
+                        "(default: one per CPU core; 1 runs them one after another here)")
     b.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
     b.add_argument("--report-only", action="store_true",
                    help="write the results from the runs finished so far, run nothing "
@@ -250,7 +256,8 @@ def _cmd_bench(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     runs = run_bench(args.config, methods, seeds, args.out, dry_run=args.dry_run,
                      report_only=args.report_only, teacher=args.teacher,
-                     overrides=args.set, progress=_progress(args))
+                     overrides=args.set, progress=_progress(args),
+                     jobs=args.jobs or os.cpu_count() or 1)
     if args.dry_run:
         for run in runs:
             print(f"{run['state']:>6}  {run['method']} seed {run['seed']}  -> {run['folder']}")
