@@ -59,7 +59,9 @@ def safe_load(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):  # garbage, not a forbidden object
+        # A forbidden object is reported as an unsupported or blocked GLOBAL (the wording
+        # varies between PyTorch versions); anything else is damaged bytes.
+        if "global" not in str(exc).lower():
             detail = str(exc).partition("WeightsUnpickler error:")[2].strip()
             detail = detail.splitlines()[0] if detail else _first_line(exc)
             raise CheckpointError(f"{unreadable}: damaged pickle data ({detail})") from exc

@@ -1,25 +1,44 @@
 """ZSKT: Zero-shot Knowledge Transfer via Adversarial Belief Matching
 (Micaelli & Storkey, NeurIPS 2019).
 
-    G maximises  KL(T || S)                                (loss_g = -KL)
-    S minimises  KL(T || S) + beta * sum_l mean((a_s^l - a_t^l)^2)
+    G maximises  D(T || S)                                 (loss_g = -D)
+    S minimises  D(T || S) + beta * sum_l mean((a_s^l - a_t^l)^2)
 with a^l the L2-normalised spatial attention map of layer pair l (see
 ``dfkd.losses.attention_map``). The AT term takes the form of the released code,
 which is what beta = 250 was tuned for (the paper writes an unsquared L2 norm).
 
+D is the KL divergence as the released code computes it (polo5/ZeroShotKnowledgeTransfer,
+solver.py ``divergence``, used by both ``KT_loss_generator`` and ``KT_loss_student``):
+``F.kl_div(log_softmax(s / T), softmax(t / T))`` with PyTorch's default
+``reduction='mean'``, i.e. the sum over the batch *and the classes* divided by B * K,
+and no T^2 factor. That is ``kl_reduction: elementwise`` (the default). ``batch`` takes
+T^2 * KL averaged over the batch only (``dfkd.losses.kd_kl``), K times larger, so
+beta = 250 then weighs the attention term K times less than the original does. The
+released code trains S with Adam (lr 2e-3), which does not see the loss's overall
+scale; this harness's SGD does, so with ``elementwise`` the KD step is K times smaller
+at a given learning rate than with ``batch``.
+
 Layer pairs: ``teacher_layers``/``student_layers`` name modules whose outputs are
 compared. Left unset, they are found by one probe forward of each model: for each
-spatial size above 1x1 that both models produce, the module (called once per
-forward) that last outputs that size, i.e. the end of each resolution stage
-(``layer1..4`` of a ResNet, ``block1..3`` of a WRN, ``bn1``/``bn2`` of LeNet-5).
+spatial size above 1x1 that both models produce, among the modules called once per
+forward that output that size, the last *composite* one (a module with submodules),
+or the last module if none is composite. That is the end of each resolution stage:
+``layer1..4`` of a ResNet; ``block1..3`` of a WRN, the group outputs before the next
+group's BN-ReLU, as the released code's ``activation1..3`` (models/wresnet.py); and,
+in a model without groups such as LeNet-5, the last leaf of each size (``bn1``/``bn2``,
+the normalised conv outputs before the ReLU, where the released LeNet takes its conv
+outputs). The released code has no ResNet; ``layer1..4`` are the group outputs that
+attention transfer (Zagoruyko & Komodakis) uses on ResNets.
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dfkd.errors import ConfigError
@@ -34,6 +53,7 @@ from dfkd.methods.dafl import user_model
 class ZSKTSettings:
     beta: float = 250.0                      # attention-transfer weight (0: KL only)
     tau: float = 1.0                         # KL temperature (the paper uses 1)
+    kl_reduction: Literal["elementwise", "batch"] = "elementwise"  # see the module doc
     clip_g: float = 5.0                      # generator gradient-norm clip (0: none)
     teacher_layers: list[str] | None = None  # None: found automatically (see above)
     student_layers: list[str] | None = None
@@ -48,10 +68,25 @@ class ZSKTSettings:
                               "together, as lists of as many module names")
 
 
+def divergence(student: torch.Tensor, teacher: torch.Tensor, tau: float,
+               reduction: str = "elementwise") -> torch.Tensor:
+    """KL(softmax(t/tau) || softmax(s/tau)): ``elementwise`` as the released code's
+    ``F.kl_div`` default (mean over batch x classes, no tau^2); ``batch``: tau^2 * the
+    batch mean (``dfkd.losses.kd_kl``)."""
+    if reduction == "batch":
+        return kd_kl(student, teacher, tau)
+    log_p_s = F.log_softmax(student.float() / tau, dim=1)
+    log_p_t = F.log_softmax(teacher.float() / tau, dim=1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).mean()
+
+
 def stage_outputs(model: nn.Module, image_shape: tuple[int, ...], device) -> dict[tuple, str]:
-    """Spatial size -> name of the module that last outputs it in one forward."""
+    """Spatial size -> the module that ends that stage in one forward: the last composite
+    module (one with submodules) that outputs that size, else the last module that does.
+    Modules called more than once per forward (shared activations) are skipped."""
     calls: dict[str, int] = {}
     seen: list[tuple[str, tuple]] = []
+    composite = {n: next(m.children(), None) is not None for n, m in model.named_modules()}
 
     def record(name: str):
         def hook(_m, _i, out) -> None:
@@ -70,7 +105,13 @@ def stage_outputs(model: nn.Module, image_shape: tuple[int, ...], device) -> dic
         model.train(training)
         for h in handles:
             h.remove()
-    return {size: name for name, size in seen if calls[name] == 1}  # shared modules skipped
+    stages: dict[tuple, str] = {}
+    for name, size in seen:  # in the order the modules finish: a container after its parts
+        if calls[name] != 1:
+            continue
+        if composite[name] or size not in stages or not composite[stages[size]]:
+            stages[size] = name
+    return stages
 
 
 def _hook(model: nn.Module, names: list[str], key: str) -> FeatureHook:
@@ -121,7 +162,7 @@ class ZSKT(GeneratorMethod):
             t = ctx.teacher(x)
         st = self.frozen_student(x)
         self._forget()
-        kl = kd_kl(st, t, s.tau)
+        kl = divergence(st, t, s.tau, s.kl_reduction)
         loss = -kl
         self.update_generator(loss, clip=s.clip_g)
         return {"loss_g": loss.detach(), "g_kl": kl.detach()}
@@ -133,7 +174,7 @@ class ZSKT(GeneratorMethod):
             with torch.no_grad():
                 t = ctx.teacher(x)
             st = ctx.student(x)
-        kd = kd_kl(st, t, s.tau)
+        kd = divergence(st, t, s.tau, s.kl_reduction)
         if self.layers:
             at = attention_transfer([self.s_hook.outputs[n] for _, n in self.layers],
                                     [self.t_hook.outputs[n] for n, _ in self.layers])
