@@ -13,7 +13,7 @@ import torch
 import yaml
 from torch import nn
 
-from dfkd import distributed
+from dfkd import distributed, runlock
 from dfkd.checkpoint import load_model_checkpoint, safe_load
 from dfkd.config import load_config, merge
 from dfkd.data import dataset_info, load_split
@@ -28,7 +28,7 @@ from dfkd.engine import (
 )
 from dfkd.errors import ConfigError, DfkdError
 from dfkd.methods import get_method
-from dfkd.models import create_model
+from dfkd.models import create_model, resolve_spec
 
 
 def prepare_out_dir(out: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> Path:
@@ -93,7 +93,10 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
     taken as model inputs. Returns the run summary and the trained student.
     """
     cfg = load_config(_split_settings(method, settings))
-    out = prepare_out_dir(out_dir, resume, overwrite) if out_dir is not None else None
+    out = None
+    if out_dir is not None:
+        runlock.hold(out_dir)  # one writer per run folder, before anything is touched
+        out = prepare_out_dir(out_dir, resume, overwrite)
     spec = ImageSpec(num_classes, tuple(image_shape), tuple(mean), tuple(std))
     eval_data = EvalData(*test_data) if test_data is not None else None
     trainer = Trainer(cfg, teacher, student, spec, eval_data, out, progress=progress)
@@ -129,12 +132,14 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
     student = create_model(cfg.student, info.num_classes, info.image_shape[0])
     out = Path(out_dir)
     if distributed.current().is_main:  # one process prepares the folder, the others wait
+        runlock.hold(out)  # one writer per run folder, before anything is touched
         prepare_out_dir(out, resume, overwrite)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     distributed.barrier()
-    spec = ImageSpec(info.num_classes, info.image_shape, info.mean, info.std)
+    spec = ImageSpec(info.num_classes, info.image_shape, info.mean, info.std, info.name)
     trainer = Trainer(cfg, teacher, student, spec, EvalData(images, labels), out,
-                      teacher_acc1=meta.get(f"{cfg.eval_split}_acc1"), progress=progress)
+                      teacher_acc1=meta.get(f"{cfg.eval_split}_acc1"), progress=progress,
+                      student_arch=resolve_spec(cfg.student))
     if resume:
         trainer.resume(state)
     return trainer

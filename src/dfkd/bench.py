@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from dfkd import runlock
 from dfkd.api import build_trainer
 from dfkd.checkpoint import load_model_checkpoint
 from dfkd.config import load_config, merge, parse_overrides, read_yaml
@@ -37,7 +38,8 @@ from dfkd.engine import CHECKPOINT, SUMMARY
 from dfkd.errors import ConfigError, DfkdError
 from dfkd.methods import get_method
 from dfkd.metrics import fidelity_metrics, predict
-from dfkd.report import format_table
+from dfkd.report import METRICS_FILE, PlotUnavailable, format_table, read_metrics
+from dfkd.report import plot_curves as draw_curves
 from dfkd.teacher import SupervisedSettings, normalizer, train_supervised
 
 REFERENCES = ("scratch", "kd_with_data")
@@ -150,10 +152,10 @@ def _run_one(config: dict[str, Any], run: dict[str, Any], progress: bool | None,
         import torch
         torch.set_num_threads(threads)
     folder = run["folder"]
-    folder.mkdir(parents=True, exist_ok=True)
     if run["method"] in REFERENCES:
-        _reference(config, run["method"], run["seed"], folder, progress is not False)
-        (folder / "config.yaml").write_text(yaml.safe_dump(run["config"], sort_keys=False))
+        with runlock.holding(folder):
+            _reference(config, run["method"], run["seed"], folder, progress is not False)
+            (folder / "config.yaml").write_text(yaml.safe_dump(run["config"], sort_keys=False))
         return
     raw = _method_config(config, run["method"], run["seed"])
     resume = run["state"] == "resume"
@@ -180,17 +182,17 @@ def run_bench(config_path: str, methods: list[str], seeds: list[int], out: str |
     for run in runs:  # every mismatch is found before any work
         run["config"] = run_config(config, run["method"], run["seed"])
         check_same_config(run["folder"], run["config"])
-    out.mkdir(parents=True, exist_ok=True)
-    todo = [] if report_only else [r for r in runs if r["state"] != "done"]
-    for run in todo:
-        print(f"bench: {run['method']} seed {run['seed']} ({run['state']})", flush=True)
-    if jobs == 1 or len(todo) <= 1:
+    with runlock.holding(out):  # one bench per folder; each run locks its own folder too
+        todo = [] if report_only else [r for r in runs if r["state"] != "done"]
         for run in todo:
-            _run_one(config, run, progress)
-    else:
-        _run_pool(config, todo, jobs)
-    rows = collect(out, methods, seeds)
-    write_results(out, rows, paired_differences(out, methods, seeds))
+            print(f"bench: {run['method']} seed {run['seed']} ({run['state']})", flush=True)
+        if jobs == 1 or len(todo) <= 1:
+            for run in todo:
+                _run_one(config, run, progress)
+        else:
+            _run_pool(config, todo, jobs)
+        rows = collect(out, methods, seeds)
+        write_results(out, rows, paired_differences(out, methods, seeds))
     return runs
 
 
@@ -306,30 +308,18 @@ def write_results(out: Path, rows: list[dict[str, Any]],
 
 
 def plot_curves(out: Path, methods: list[str]) -> bool:
-    """Test accuracy against epoch and wall time for every method (needs matplotlib)."""
+    """Every run's curves in ``out/curves.png`` (the figure of ``dfkd plot``: accuracy and
+    agreement by epoch and wall time, loss terms, λ, adversarial weight, v*)."""
+    runs = [(f"{name} {folder.name}", read_metrics(folder))
+            for name in methods for folder in sorted((out / name).glob("seed*"))
+            if (folder / METRICS_FILE).is_file()]
+    runs = [(label, rows) for label, rows in runs if rows]
+    if not runs:  # references only: they log no epochs
+        return False
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+        draw_curves(runs, out / "curves.png", title=f"dfkd bench: {out.name}")
+    except PlotUnavailable:
         print("bench: matplotlib is not installed, so no curves.png "
               "(pip install 'dfkd[plot]')")
         return False
-    fig, (ax_epoch, ax_time) = plt.subplots(1, 2, figsize=(11, 4))
-    for name in methods:
-        for folder in sorted((out / name).glob("seed*")):
-            metrics = folder / "metrics.jsonl"
-            if not metrics.exists():
-                continue
-            rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-            label = f"{name} {folder.name}"
-            ax_epoch.plot([r["epoch"] for r in rows], [r["acc1"] for r in rows], label=label)
-            ax_time.plot([r["elapsed_seconds"] for r in rows], [r["acc1"] for r in rows],
-                         label=label)
-    ax_epoch.set(xlabel="epoch", ylabel="test Acc@1 (%)")
-    ax_time.set(xlabel="training wall time (s)", ylabel="test Acc@1 (%)")
-    ax_epoch.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=120)
-    plt.close(fig)
     return True

@@ -30,13 +30,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dfkd import distributed
-from dfkd.checkpoint import atomic_save, safe_load
+from dfkd import distributed, runlock
+from dfkd.checkpoint import atomic_save, safe_load, save_student_files
 from dfkd.config import RunConfig
 from dfkd.errors import DfkdError
 from dfkd.methods import MethodContext, get_method
 from dfkd.metrics import accuracy, fidelity_metrics, predict, run_summary
 from dfkd.report import save_image_grid
+from dfkd.teacher_wrap import FrozenTeacher
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -49,6 +50,7 @@ class ImageSpec:
     image_shape: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    dataset: str | None = None   # recorded in student.pt, so the student knows its data
 
 
 @dataclass
@@ -147,31 +149,20 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-class FrozenTeacher(nn.Module):
-    """The teacher, frozen: no gradients, and eval mode whatever ``train()`` is called
-    with, so its BN statistics never drift on synthetic data."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model.eval().requires_grad_(False)
-
-    def train(self, mode: bool = True) -> FrozenTeacher:
-        return self
-
-    def forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
-        return self.model(x, **kwargs)
-
-
 class Trainer:
     """Owns one run: models, optimisers, method, output folder and the loop."""
 
     def __init__(self, cfg: RunConfig, teacher: nn.Module, student: nn.Module,
                  spec: ImageSpec, eval_data: EvalData | None, out_dir: Path | None,
-                 teacher_acc1: float | None = None, progress: bool | None = None) -> None:
+                 teacher_acc1: float | None = None, progress: bool | None = None,
+                 student_arch: str | None = None) -> None:
         self.cfg = cfg
         self.dist = distributed.current()
         self.device = resolve_device(cfg.device)
         self.spec = spec
+        # How student.pt rebuilds the student: a zoo name or a model spec (None for a
+        # module built in Python, which the user rebuilds).
+        self.student_arch = student_arch
         self.out_dir = out_dir
         self.teacher_acc1 = teacher_acc1
         # Only rank 0 talks and writes; every rank computes.
@@ -310,7 +301,30 @@ class Trainer:
             state = self.state_dict()  # a collective: every rank takes part
             if self.is_main:
                 atomic_save(state, self.out_dir / CHECKPOINT)
+                save_student_files(self.out_dir, self.student, self.student_meta())
             distributed.barrier()
+
+    def student_meta(self) -> dict[str, Any]:
+        """student.pt's metadata, in train-teacher's format: what rebuilds the model and
+        normalises its inputs, and its metrics at the last finished epoch."""
+        cfg, spec = self.cfg, self.spec
+        last = self.history[-1] if self.history else {}
+        split = cfg.eval_split if self.eval_data is not None else None
+        meta: dict[str, Any] = {
+            "arch": self.student_arch, "dataset": spec.dataset,
+            "num_classes": spec.num_classes, "image_shape": list(spec.image_shape),
+            "mean": list(spec.mean), "std": list(spec.std), "dfkd_kind": "distilled",
+            "method": cfg.method, "teacher": cfg.teacher, "seed": cfg.seed,
+            "epoch": self.epoch, "epochs": cfg.epochs, "eval_split": split,
+            "teacher_acc1": self.teacher_acc1,
+        }
+        if self.student_arch is None:
+            meta["module_class"] = f"{type(self.student).__module__}." \
+                                   f"{type(self.student).__qualname__}"
+        for key in ("acc1", "acc5", "agreement", "loyalty", "loyalty_official"):
+            if key in last:  # {split}_acc1 as train-teacher writes test_acc1 and val_acc1
+                meta[f"{split}_{key}"] = last[key]
+        return meta
 
     def resume(self, state: dict[str, Any] | None = None) -> None:
         """Continue from ``state``, or from the checkpoint in the run folder."""
@@ -404,6 +418,12 @@ class Trainer:
     def fit(self, stop_after_epoch: int | None = None) -> dict[str, Any]:
         """Train to the configured end, or checkpoint and return after epoch
         ``stop_after_epoch`` (a time-sliced job; ``resume`` continues it exactly)."""
+        if self.out_dir is None or not self.is_main:
+            return self._fit(stop_after_epoch)
+        with runlock.holding(self.out_dir):  # re-entrant: build_trainer may hold it already
+            return self._fit(stop_after_epoch)
+
+    def _fit(self, stop_after_epoch: int | None) -> dict[str, Any]:
         cfg = self.cfg
         end = cfg.epochs if stop_after_epoch is None else min(stop_after_epoch, cfg.epochs)
         total = cfg.epochs * cfg.rounds

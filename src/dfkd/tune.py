@@ -20,7 +20,6 @@ several machines work on one study. ``distill`` ignores ``search:``.
 from __future__ import annotations
 
 import csv
-import fcntl
 import math
 import os
 import warnings
@@ -29,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from dfkd import runlock
 from dfkd.api import build_trainer
 from dfkd.config import load_config, merge, parse_overrides, read_yaml
 from dfkd.engine import CHECKPOINT, Interrupted, NonFiniteLoss
@@ -112,27 +112,6 @@ def _suggest(trial, key: str, spec: dict[str, Any]) -> Any:
                                log=bool(spec.get("log")))
 
 
-class _FolderLock:
-    """An exclusive advisory lock on DIR/tune.lock, released by the OS if we die."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / "tune.lock"
-
-    def __enter__(self) -> _FolderLock:
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            self.file.close()
-            raise DfkdError(f"another dfkd tune is running on '{self.path.parent}'; wait for "
-                            "it, or give each process a --storage URL of one shared "
-                            "database") from exc
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.file.close()
-
-
 def run_tune(recipe_path: str, teacher: str | None, trials: int, out: str | os.PathLike,
              overrides: list[str] = (), storage: str | None = None,
              study_name: str | None = None, seed: int = 0,
@@ -161,7 +140,7 @@ def run_tune(recipe_path: str, teacher: str | None, trials: int, out: str | os.P
     url = storage or f"sqlite:///{(out / STUDY_DB).resolve()}"
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
 
-    with _FolderLock(out):
+    with runlock.holding(out):  # one tune per folder: its running trials are then stale
         # A worker of a shared study that stops beating for 2 minutes is taken for dead:
         # its trial fails and is queued again with the same values (and run folder).
         rdb = optuna.storages.RDBStorage(
