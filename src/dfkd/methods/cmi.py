@@ -1,21 +1,37 @@
-"""CMI: Contrastive Model Inversion (Fang et al., IJCAI 2021).
+"""CMI: Contrastive Model Inversion (Fang et al., IJCAI 2021), as in the authors' code
+(zju-vipa/CMI, ``datafree/synthesis/contrastive.py`` and ``scripts/cmi/cmi_cifar10.sh``).
 
 Every round re-initialises the generator, draws a batch of latent codes z (learned
-too) with random target classes y, and trains G and z with Adam for ``g_steps``:
+too) with random target classes y, and trains G and z with Adam for ``g_steps``.
+Each step makes two views of x = G(z), per sample:
 
-    L = w_bn R_BN + w_ce CE(T(x), y) + w_adv L_adv + w_cr InfoNCE
+* the global view x_g: zero-pad ``padding`` pixels, random crop back, random flip;
+* the local view x_l: a random resized crop (area ``local_scale`` of the image, aspect
+  3/4 to 4/3, bilinear) and a random flip.
 
-with x = G(z), L_adv CuDFKD/CMI's masked adversarial KL (only on samples where S
-agrees with T), and InfoNCE contrasting T's penultimate features of x and of a
-shifted, flipped view x', both passed through a small projection head, against the
-features of earlier rounds' samples (a bounded feature bank) as extra negatives.
-The head persists across rounds and learns with the generator. The lowest-loss
-batch of a round goes into the sample bank (and its features into the feature
-bank); the student learns KD on the sample bank.
+    L = w_bn R_BN(x_g) + w_ce CE(T(x_g), y) + w_adv L_adv(x_g) + w_cr L_cr
+
+L_adv is the masked adversarial KL (only samples where S agrees with T). L_cr is
+contrastive over T's features f: for every BatchNorm layer of T, the per-sample
+channel means of its input, concatenated. A small head h (Linear, ReLU, Linear,
+L2-normalised; it persists across rounds and learns with G) projects the local and
+the global features of the current batch and of ``negatives`` rows drawn from the
+feature bank (earlier rounds' features, both views). Each local projection must pick
+its own global projection among all global projections, current and banked:
+
+    logits = h(f_l) . stop_grad(h(f_g))^T / cr_tau,  CE against the diagonal,
+
+averaged over the current rows, plus the average over the banked rows when the bank is
+not empty. The global side is detached, so G learns through the local view (and the
+BN, CE and adversarial terms) and the banked rows train the head only.
+
+The lowest-loss batch of a round goes into the sample bank, and its features (local and
+global) into the feature bank; the student learns KD on the sample bank.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfkd.errors import ConfigError
-from dfkd.losses import info_nce, masked_adversarial
+from dfkd.hooks import batchnorm_layers
+from dfkd.losses import masked_adversarial
 from dfkd.methods import register_method
-from dfkd.methods.bank import BankMethod, SampleBank, jitter
-from dfkd.methods.dafl import teacher_features
+from dfkd.methods.bank import BankMethod, SampleBank, random_crop_flip
 
 
 @dataclass
@@ -35,33 +51,118 @@ class CMISettings:
     w_bn: float = 1.0        # BatchNorm statistics term
     w_ce: float = 1.0        # CE to the target classes
     w_adv: float = 0.5       # masked adversarial term
-    w_cr: float = 0.8        # contrastive (InfoNCE) term
-    cr_tau: float = 0.2      # InfoNCE temperature
+    w_cr: float = 0.8        # contrastive term
+    cr_tau: float = 0.2      # contrastive temperature
     adv_tau: float = 1.0     # temperature of the adversarial KL
-    head_dim: int = 128      # projection head output
-    negatives: int = 1024    # feature-bank rows drawn as extra negatives per step
-    view_shift: int = 4      # pixel shift of the contrastive view
-    jitter: int = 2          # random shift of the student's bank batches
+    head_dim: int = 256      # projection head output
+    negatives: int = 4096    # feature-bank rows drawn (without replacement) per step
+    feature_bank_size: int = 40960  # rows of the feature bank; 0 = unbounded
+    local_scale: tuple[float, float] = (0.25, 1.0)  # area range of the local view's crop
+    padding: int = 4         # global view and student batches: zero pad + random crop
+    flip: bool = True        # ... and random horizontal flip (both views), per sample
     tau: float = 20.0        # KD temperature of the student step
-    bank_size: int = 10240
+    bank_size: int = 0       # 0 keeps every batch (the original's image pool)
 
     def validate(self) -> None:
         for name in ("cr_tau", "adv_tau", "tau"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"cmi.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("head_dim", "bank_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"cmi.{name} must be >= 1, got {getattr(self, name)}")
+        if self.head_dim < 1:
+            raise ConfigError(f"cmi.head_dim must be >= 1, got {self.head_dim}")
+        for name in ("negatives", "feature_bank_size", "padding", "bank_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"cmi.{name} must be >= 0, got {getattr(self, name)}")
+        low, high = self.local_scale
+        if not 0 < low <= high <= 1:
+            raise ConfigError(f"cmi.local_scale must satisfy 0 < low <= high <= 1, "
+                              f"got {self.local_scale}")
+
+
+def resized_crop(images: torch.Tensor, boxes: torch.Tensor, mirror: torch.Tensor
+                 ) -> torch.Tensor:
+    """Per sample i: the box (top, left, height, width) = boxes[i], in pixels (continuous),
+    resampled bilinearly to the input's size, mirrored if mirror[i]. Differentiable."""
+    n, c, h, w = images.shape
+    top, left, bh, bw = boxes.float().unbind(1)
+    sign = 1.0 - 2.0 * mirror.float()
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = sign * bw / w                 # normalised half-width, mirrored or not
+    theta[:, 0, 2] = (2 * left + bw) / w - 1       # normalised centre
+    theta[:, 1, 1] = bh / h
+    theta[:, 1, 2] = (2 * top + bh) / h - 1
+    theta = theta.to(device=images.device, dtype=images.dtype)
+    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
+                         align_corners=False)
+
+
+def random_resized_crop(images: torch.Tensor, scale: tuple[float, float],
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True
+                        ) -> torch.Tensor:
+    """RandomResizedCrop (+ RandomHorizontalFlip) drawn for each sample: area fraction
+    ~ U(scale), log aspect (width / height) ~ U(log ratio), sides capped at the image's
+    (torchvision re-draws instead), position uniform. CPU RNG, so resume is exact."""
+    n, _, h, w = images.shape
+    area = torch.empty(n).uniform_(*scale) * h * w
+    aspect = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1])).exp()
+    bw = (area * aspect).sqrt().clamp(max=w)
+    bh = (area / aspect).sqrt().clamp(max=h)
+    top, left = torch.rand(n) * (h - bh), torch.rand(n) * (w - bw)
+    mirror = torch.rand(n) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return resized_crop(images, torch.stack([top, left, bh, bw], 1), mirror)
+
+
+class InstanceMeans:
+    """While active, keeps the per-sample channel mean of every BatchNorm layer's input
+    (CMI's features; the original's InstanceMeanHook on each BN layer)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = batchnorm_layers(model)
+        self.index = {id(m): i for i, m in enumerate(self.layers)}
+        self.active = False
+        self.means: list[torch.Tensor | None] = [None] * len(self.layers)
+        self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
+
+    def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], _out) -> None:
+        if self.active:
+            x = inputs[0].float()
+            self.means[self.index[id(module)]] = x.mean(dim=list(range(2, x.dim()))) \
+                if x.dim() > 2 else x
+
+    def __call__(self, forward, x: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """``forward(x)`` and the features it produced, (N, sum of BN input channels)."""
+        self.means = [None] * len(self.layers)
+        self.active = True
+        try:
+            out = forward(x)
+        finally:
+            self.active = False
+        return out, torch.cat(self.means, dim=1)
 
 
 class ProjectionHead(nn.Module):
+    """The original's MLPHead: Linear(d, d), ReLU, Linear(d, head_dim), L2-normalised."""
+
     def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(dim_in, dim_in), nn.ReLU(inplace=True),
                                  nn.Linear(dim_in, dim_out))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features.float())
+        return F.normalize(self.net(features.float()), dim=1)
+
+
+def contrastive_loss(local: torch.Tensor, global_: torch.Tensor, n_current: int,
+                     tau: float) -> torch.Tensor:
+    """CMI's loss on projected rows [current; banked]: row i of ``local`` must pick row i
+    of ``global_`` (detached: keys carry no gradient) at temperature ``tau``; the mean over
+    the current rows plus, if any, the mean over the banked rows."""
+    logits = local @ global_.detach().t() / tau
+    per_row = F.cross_entropy(logits, torch.arange(len(local), device=local.device),
+                              reduction="none")
+    if len(local) > n_current:
+        return per_row[:n_current].mean() + per_row[n_current:].mean()
+    return per_row.mean()
 
 
 @register_method
@@ -74,15 +175,15 @@ class CMI(BankMethod):
         super().__init__(ctx, settings)
         self.generator = ctx.make_generator()
         self.nz = self.generator.nz
-        self.teacher_features = teacher_features(ctx.teacher)
+        self.features = InstanceMeans(ctx.teacher)
         with torch.no_grad():
             probe = torch.zeros(2, *ctx.image_shape, device=ctx.device)
-            dim = self.teacher_features(ctx.normalize(probe))[1].flatten(1).shape[1]
+            dim = self.features(ctx.teacher, ctx.normalize(probe))[1].shape[1]
         self.head = ProjectionHead(dim, settings.head_dim).to(ctx.device)
         self.head_ddp = ctx.wrap(self.head)  # gradients averaged over ranks
-        self.opt_head = torch.optim.Adam(self.head.parameters(), lr=ctx.generator.lr,
-                                         betas=(0.5, 0.999))
-        self.feature_bank = SampleBank(settings.bank_size)
+        # Adam with its default betas for the head, as the original (G and z use 0.5).
+        self.opt_head = torch.optim.Adam(self.head.parameters(), lr=ctx.generator.lr)
+        self.feature_bank = SampleBank(settings.feature_bank_size)
 
     def start_synthesis(self) -> None:
         ctx = self.ctx
@@ -98,32 +199,35 @@ class CMI(BankMethod):
         s, ctx = self.settings, self.ctx
         with ctx.autocast():
             images = self.generator(self.z)
+            x_global = ctx.normalize(random_crop_flip(images, s.padding, s.flip))
+            x_local = ctx.normalize(random_resized_crop(images, s.local_scale, flip=s.flip))
             with self.bn_hook:
-                t, feats = self.teacher_features(ctx.normalize(images))
+                t, f_global = self.features(ctx.teacher, x_global)
                 bn = self.bn_hook.loss()
-            _, view_feats = self.teacher_features(ctx.normalize(jitter(images, s.view_shift)))
-        feats, view_feats = feats.flatten(1).float(), view_feats.flatten(1).float()
+            _, f_local = self.features(ctx.teacher, x_local)
         ce = F.cross_entropy(t.float(), self.targets)
-        rows = [feats, view_feats]
+        n = len(f_local)
+        banked_local = banked_global = f_local[:0]
         if len(self.feature_bank) and s.negatives > 0:
-            rows.append(self.feature_bank.sample(s.negatives))
-        # One call of the head (one DDP forward per backward): [x; x'; bank].
-        projected = self.head_ddp(torch.cat(rows))
-        n = len(feats)
-        cr = info_nce(projected[:n], projected[n:2 * n], projected[2 * n:], s.cr_tau)
+            banked_local, banked_global = self.feature_bank.sample_distinct(s.negatives).chunk(2, 1)
+        # One call of the head (one DDP forward per backward): [local; banked; global; banked].
+        projected = self.head_ddp(torch.cat([f_local, banked_local, f_global, banked_global]))
+        p_local, p_global = projected.chunk(2)
+        cr = contrastive_loss(p_local, p_global, n, s.cr_tau)
         loss = s.w_bn * bn + s.w_ce * ce + s.w_cr * cr
         terms = {"g_bn": bn.detach(), "g_ce": ce.detach(), "g_cr": cr.detach()}
         if s.w_adv > 0:
-            adv = masked_adversarial(self.frozen_student(ctx.normalize(images)), t, s.adv_tau)
+            adv = masked_adversarial(self.frozen_student(x_global), t, s.adv_tau)
             loss = loss + s.w_adv * adv
             terms["g_adv"] = adv.detach()
         better = loss.detach() < self.best_loss
         self.best_loss = torch.where(better, loss.detach(), self.best_loss)
+        features = torch.cat([f_local, f_global], 1).detach()
         if self.best_images is None:
-            self.best_images, self.best_features = images.detach(), feats.detach()
+            self.best_images, self.best_features = images.detach(), features
         else:
             self.best_images = torch.where(better, images.detach(), self.best_images)
-            self.best_features = torch.where(better, feats.detach(), self.best_features)
+            self.best_features = torch.where(better, features, self.best_features)
         self.opt_g.zero_grad(set_to_none=True)
         self.opt_head.zero_grad(set_to_none=True)
         loss.backward()

@@ -9,8 +9,9 @@ each with a random target class y, with Adam for ``g_steps`` iterations:
 where x' is x after a random shift of up to ``jitter`` pixels and a random flip,
 R_BN is the BatchNorm statistics term and R_TV the total variation. After each
 step x is clamped to valid pixels. The batch with the lowest loss of the round
-goes into the sample bank, and the student learns KD on the bank.
-``w_adv: 0`` is DeepInversion, ``w_adv > 0`` is ADI.
+goes into the sample bank, and the student learns KD on the bank, each image
+zero-padded by ``padding`` pixels, randomly cropped back and flipped on its own (the
+originals' data loader). ``w_adv: 0`` is DeepInversion, ``w_adv > 0`` is ADI.
 """
 
 from __future__ import annotations
@@ -35,23 +36,26 @@ class DeepInvSettings:
     w_adv: float = 0.0     # ADI competition 1 - JS(T, S); 0 = plain DeepInversion
     adv_tau: float = 3.0   # temperature of the competition term
     lr: float = 0.1        # Adam on the inputs
-    jitter: int = 2        # random shift in pixels (also on the student's bank batches)
+    jitter: int = 2        # synthesis: random roll of the whole batch, in pixels
+    padding: int = 4       # student batches: per-sample zero pad + random crop (originals: 4)
+    flip: bool = True      # student batches: per-sample random horizontal flip
     tau: float = 20.0      # KD temperature of the student step
-    bank_size: int = 10240
+    bank_size: int = 0     # 0 keeps every batch (the originals' image pool)
 
     def validate(self) -> None:
         for name in ("tau", "adv_tau", "lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"deepinv.{name} must be > 0, got {getattr(self, name)}")
-        if self.bank_size < 1:
-            raise ConfigError(f"deepinv.bank_size must be >= 1, got {self.bank_size}")
+        for name in ("bank_size", "padding", "jitter"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"deepinv.{name} must be >= 0, got {getattr(self, name)}")
 
 
 def competition(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:
     """ADI's mean(1 - JS(softmax(t / tau), softmax(s / tau))), JS in nats."""
     p_t = F.softmax(teacher.float() / tau, dim=1)
     p_s = F.softmax(student.float() / tau, dim=1)
-    return (1.0 - js_divergence(p_t, p_s)).mean()
+    return (1.0 - js_divergence(p_t, p_s)).mean().float()
 
 
 @register_method
