@@ -1,5 +1,6 @@
 """dfkd: data-free knowledge distillation for PyTorch (CuDFKD and its baselines)."""
 
+import dfkd.launcher_watch  # noqa: F401  (first: torchrun workers die with their launcher)
 from dfkd.api import distill
 from dfkd.config import RunConfig, load_config
 from dfkd.errors import ConfigError, DatasetError, DfkdError

@@ -6,11 +6,8 @@ no-op, so the single-process path pays nothing.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import os
-import signal
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,31 +30,11 @@ class DistInfo:
         return self.rank == 0
 
 
-def stop_with_launcher() -> None:
-    """Ask Linux to send this worker SIGTERM when its launcher (torchrun) dies.
-
-    torchrun's workers outlive a SIGKILLed launcher and would go on writing the run
-    folder. With the parent-death signal they stop instead: the engine's SIGTERM handler
-    finishes the round, checkpoints atomically (every rank gets the signal, so the
-    collectives still meet) and exits, and ``--resume`` continues exactly.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1  # <linux/prctl.h>
-    if libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:
-        return  # not fatal: the worker merely keeps the old behaviour
-    if os.getppid() != parent:  # the launcher died before the signal was armed
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def init_from_env(device: str = "auto") -> DistInfo:
     """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    stop_with_launcher()
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         use_cuda = device != "cpu" and torch.cuda.is_available()
