@@ -375,6 +375,9 @@ def test_fast_warmup_epochs_synthesise_only(fmnist_teacher, tmp_path):
     first, second = metrics_rows(tmp_path)
     assert "g_adv" not in first and "loss_s" not in first
     assert "g_adv" in second and second["loss_s"] > 0
+    # The engine held the LR schedule through the warm-up: the cosine starts after it.
+    assert first["lr"] == second["lr"] == 0.1
+    assert trainer.sched_s.T_max == 1
     now = trainer.method.ctx.student_raw.state_dict()
     assert not all(torch.equal(now[k], v) for k, v in student.items())
 

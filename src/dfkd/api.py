@@ -14,7 +14,7 @@ import yaml
 from torch import nn
 
 from dfkd import distributed, runlock
-from dfkd.checkpoint import load_model_checkpoint, safe_load
+from dfkd.checkpoint import STUDENT, STUDENT_SAFETENSORS, load_model_checkpoint, safe_load
 from dfkd.config import load_config, merge
 from dfkd.data import dataset_info, load_split
 from dfkd.engine import (
@@ -32,22 +32,29 @@ from dfkd.models import create_model, resolve_spec
 
 
 def prepare_out_dir(out: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> Path:
-    """Check the output folder before any work: writable, and not someone else's run."""
+    """Check the output folder before any work: writable, and not someone else's run, and
+    take its lock (one writer per folder) before anything in it is touched."""
     out = Path(out)
     if resume:
         if not (out / CHECKPOINT).is_file():
             raise DfkdError(f"cannot resume: '{out / CHECKPOINT}' does not exist")
+        runlock.hold(out)
         return out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DfkdError(f"output folder '{out}' is not writable: {exc.strerror or exc}") from exc
+    runlock.hold(out)
     existing = [n for n in (CHECKPOINT, METRICS, SUMMARY) if (out / n).exists()]
     if existing and not overwrite:
         raise DfkdError(f"'{out}' already holds a run ({', '.join(existing)}); pass "
                         f"--resume {out} to continue it or --overwrite to replace it")
     if existing:
-        for name in (CHECKPOINT, METRICS, SUMMARY, "config.yaml"):
+        for name in (CHECKPOINT, METRICS, SUMMARY, "config.yaml", STUDENT, STUDENT_SAFETENSORS,
+                     "curves.png"):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "samples", ignore_errors=True)
     try:
-        out.mkdir(parents=True, exist_ok=True)
         probe = out / ".dfkd-write-test"
         probe.write_text("")
         probe.unlink()
@@ -93,10 +100,7 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
     taken as model inputs. Returns the run summary and the trained student.
     """
     cfg = load_config(_split_settings(method, settings))
-    out = None
-    if out_dir is not None:
-        runlock.hold(out_dir)  # one writer per run folder, before anything is touched
-        out = prepare_out_dir(out_dir, resume, overwrite)
+    out = prepare_out_dir(out_dir, resume, overwrite) if out_dir is not None else None
     spec = ImageSpec(num_classes, tuple(image_shape), tuple(mean), tuple(std))
     eval_data = EvalData(*test_data) if test_data is not None else None
     trainer = Trainer(cfg, teacher, student, spec, eval_data, out, progress=progress)
@@ -132,7 +136,6 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
     student = create_model(cfg.student, info.num_classes, info.image_shape[0])
     out = Path(out_dir)
     if distributed.current().is_main:  # one process prepares the folder, the others wait
-        runlock.hold(out)  # one writer per run folder, before anything is touched
         prepare_out_dir(out, resume, overwrite)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     distributed.barrier()

@@ -8,11 +8,13 @@ only, so a crafted pickle is refused instead of executed.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -20,14 +22,42 @@ from torch import nn
 from dfkd.errors import CheckpointError
 from dfkd.models import create_model
 
+# What a distillation leaves in its run folder: the student, ready to use.
+STUDENT = "student.pt"
+STUDENT_SAFETENSORS = "student.safetensors"
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+
+def atomic_save(obj: Any, path: str | os.PathLike, shared: bool = False) -> None:
+    """``torch.save`` to a temporary file, fsync'ed, then renamed over ``path``."""
+    atomic_write(path, lambda f: torch.save(obj, f), shared)
+
+
+def _umask() -> int:
+    try:  # Linux says it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any],
+                 shared: bool = False) -> None:
+    """Let ``write`` fill a temporary file next to ``path``, then rename it over ``path``:
+    readers see the old file or the whole new one, never a part. The file is private
+    (0600, as the temporary file is made) unless ``shared``: then it gets the permissions
+    of a file made the usual way (0666 less the umask), for the files meant to be handed on."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if shared:
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -110,7 +140,78 @@ def load_state_dict_strict(model: nn.Module, state: dict, source: str) -> None:
 def save_model_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> None:
     """A model checkpoint: ``state_dict`` plus the metadata that rebuilds it."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_save({"state_dict": state, "meta": meta}, path)
+    atomic_save({"state_dict": state, "meta": meta}, path, shared=True)
+
+
+def metadata_strings(meta: dict) -> dict[str, str]:
+    """``meta`` as safetensors (and ONNX) metadata, which holds strings only: strings as
+    they are, everything else (numbers, lists, dicts, None) as JSON."""
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+
+
+def metadata_from_strings(fields: dict[str, str]) -> dict[str, Any]:
+    """The inverse of :func:`metadata_strings`."""
+    meta: dict[str, Any] = {}
+    for key, text in fields.items():
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        meta[key] = value if not isinstance(value, str) else text
+    return meta
+
+
+def save_safetensors(path: str | os.PathLike, model: nn.Module, meta: dict) -> None:
+    """The weights as safetensors (no pickle at all), ``meta`` as string fields."""
+    from safetensors.torch import save
+
+    # Own, contiguous storage per tensor: safetensors refuses shared or strided memory.
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    data = save(state, metadata={"format": "pt", **metadata_strings(meta)})
+    atomic_write(path, lambda f: f.write(data), shared=True)
+
+
+def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            fields = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"'{path}' is not a readable safetensors file: "
+                              f"{_first_line(exc)}") from exc
+    fields.pop("format", None)
+    return state, metadata_from_strings(fields)
+
+
+def save_student_files(folder: str | os.PathLike, model: nn.Module, meta: dict) -> None:
+    """``student.pt`` (the ``train-teacher`` format) and ``student.safetensors``, each
+    written atomically."""
+    folder = Path(folder)
+    save_model_checkpoint(folder / STUDENT, model, meta)
+    save_safetensors(folder / STUDENT_SAFETENSORS, model, meta)
+
+
+def _read_model_file(path: Path) -> tuple[dict, dict]:
+    """``(state_dict, meta)`` from a run folder, a .safetensors file or a .pt checkpoint."""
+    if path.is_dir():
+        if not (path / STUDENT).is_file():
+            hint = (" It holds a run that has not finished an epoch yet, or one made before "
+                    "dfkd wrote student.pt.") if (path / "checkpoint.pt").is_file() else ""
+            raise CheckpointError(f"'{path}' holds no {STUDENT}: not a run folder of "
+                                  f"'dfkd distill'.{hint}")
+        path = path / STUDENT
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint '{path}' does not exist")
+        return load_safetensors(path)
+    ckpt = safe_load(path)
+    if ckpt.get("format") == "dfkd-run-1":
+        raise CheckpointError(
+            f"'{path}' is a run checkpoint (for --resume), not a model; use the run's "
+            f"{STUDENT}, or give the run folder '{path.parent}' itself")
+    return ckpt.get("state_dict", ckpt), dict(ckpt.get("meta", {}))
 
 
 def load_model_checkpoint(
@@ -119,18 +220,23 @@ def load_model_checkpoint(
 ) -> tuple[nn.Module, dict]:
     """Rebuild a model from a dfkd checkpoint, or from a zoo file given its architecture.
 
-    Zoo checkpoints (a bare state_dict, or one under ``'state_dict'``) carry no
-    metadata, so ``arch`` and ``num_classes`` must then be given.
+    ``path`` is a ``.pt`` checkpoint, a ``.safetensors`` file with dfkd metadata, or a
+    run folder of ``dfkd distill`` (its ``student.pt``). Zoo checkpoints (a bare
+    state_dict, or one under ``'state_dict'``) carry no metadata, so ``arch`` and
+    ``num_classes`` must then be given. ``arch`` is a zoo name or a model spec
+    (``package.module:callable``, ``path/to/file.py:callable``).
     """
-    ckpt = safe_load(path)
-    meta = dict(ckpt.get("meta", {}))
-    state = ckpt.get("state_dict", ckpt)
+    state, meta = _read_model_file(Path(path))
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"'{path}' has no state_dict of tensors")
     state = {k.removeprefix("module."): v for k, v in state.items()}  # DDP-saved zoo files
     # dfkd metadata wins: the arguments are for zoo files that carry none.
     arch = meta.get("arch") or arch
     num_classes = meta.get("num_classes") or num_classes
+    if arch is None and num_classes is not None and meta:
+        raise CheckpointError(
+            f"'{path}' does not name its architecture (its model was built in Python); "
+            "pass it (--teacher-model SPEC, or --model SPEC for evaluate and export)")
     if arch is None or num_classes is None:
         raise CheckpointError(
             f"'{path}' carries no dfkd metadata; name its architecture and dataset "
@@ -144,6 +250,5 @@ def load_model_checkpoint(
         in_channels = first_conv.shape[1] if first_conv is not None else 3
     model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
     load_state_dict_strict(model, state, str(path))
-    meta.setdefault("arch", arch)
-    meta.setdefault("num_classes", num_classes)
+    meta["arch"], meta["num_classes"] = arch, num_classes  # what the model was built as
     return model, meta

@@ -17,13 +17,16 @@ EPILOG = """examples:
   dfkd distill --teacher runs/teacher.pt --student lenet5_half --method cudfkd --out runs/cudfkd
   dfkd distill --config configs/fashion_mnist/cudfkd_lenet5.yaml --set epochs=1 --out runs/smoke
   dfkd distill --resume runs/cudfkd
+  dfkd evaluate runs/cudfkd                  # the run's student (runs/cudfkd/student.pt)
+  dfkd export runs/cudfkd --format onnx --out student.onnx
+  dfkd plot runs/cudfkd runs/dafl --out curves.png
 """
 
 
 def _parser() -> argparse.ArgumentParser:
     from dfkd.data import DATASETS
     from dfkd.methods import list_methods
-    from dfkd.models import list_models
+    from dfkd.models import SPEC_HELP, list_models
 
     p = argparse.ArgumentParser(
         prog="dfkd", description="Data-free knowledge distillation: train a student to imitate "
@@ -49,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                        "the checkpoint. With a student architecture this is the 'from scratch' "
                        "reference; with --kd-from it is the 'KD with data' reference.")
     t.add_argument("--dataset", default="fashion_mnist", help=f"one of {', '.join(DATASETS)}")
-    t.add_argument("--model", default="lenet5", help=f"one of {', '.join(list_models())}")
+    t.add_argument("--model", default="lenet5", metavar="SPEC",
+                   help=f"architecture: {SPEC_HELP} (default lenet5; zoo: "
+                        f"{', '.join(list_models())})")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
@@ -64,11 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, metavar="FILE", help="checkpoint to write")
     common(t)
 
-    e = sub.add_parser("evaluate", help="test accuracy of a checkpoint",
-                       description="Acc@1 (and Acc@5 with more than 5 classes) on the test set.")
-    e.add_argument("--checkpoint", required=True, metavar="FILE")
+    e = sub.add_parser(
+        "evaluate", help="test accuracy of a checkpoint or of a run's student",
+        description="Acc@1 (and Acc@5 with more than 5 classes) on the test set (or --split "
+        "val). PATH is a model checkpoint (train-teacher's .pt, a student.pt or "
+        "student.safetensors, a zoo file with --model and --dataset) or a run folder of "
+        "'dfkd distill', whose student.pt is evaluated; on the split the run was measured on "
+        "(summary.json's eval_split: test unless the run used --eval-split val) it gives "
+        "the summary's final_acc1.")
+    e.add_argument("path", nargs="?", metavar="PATH", help="checkpoint file or run folder")
+    e.add_argument("--checkpoint", metavar="PATH", help="the same as PATH")
     e.add_argument("--dataset", default=None, help="needed only if the checkpoint does not say")
-    e.add_argument("--model", default=None, help="architecture, for zoo checkpoints only")
+    e.add_argument("--model", default=None, metavar="SPEC",
+                   help=f"architecture, for checkpoints without dfkd metadata: {SPEC_HELP}")
     e.add_argument("--split", choices=("test", "val"), default="test",
                    help="real data to measure on (default test; val: the held-out part of the "
                         "training set, for choosing configurations)")
@@ -80,15 +93,24 @@ def _parser() -> argparse.ArgumentParser:
         description="Run a data-free distillation. Settings come from the defaults, then "
         "--config FILE, then the flags below, then each --set key=value (dotted keys, "
         "e.g. --set cudfkd.tau=4 --set student_optim.lr=0.05). Writes DIR/metrics.jsonl "
-        "(one line per epoch), DIR/samples/epoch_NNN.png, DIR/checkpoint.pt (each epoch) "
-        "and DIR/summary.json. Ctrl-C saves a checkpoint; --resume DIR continues exactly.",
+        "(one line per epoch), DIR/samples/epoch_NNN.png, DIR/checkpoint.pt (each epoch), "
+        "the student as DIR/student.pt and DIR/student.safetensors (each epoch), "
+        "DIR/summary.json and, with matplotlib, DIR/curves.png. Ctrl-C saves a checkpoint; "
+        "--resume DIR continues exactly.",
         epilog=f"methods: {', '.join(list_methods())}\nmodels: {', '.join(list_models())}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--config", metavar="FILE", help="YAML recipe (see configs/)")
-    d.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint")
-    d.add_argument("--teacher-model", metavar="NAME",
-                   help="teacher architecture, only for zoo checkpoints without dfkd metadata")
-    d.add_argument("--student", metavar="NAME", help="student architecture")
+    d.add_argument("--teacher", metavar="CKPT",
+                   help="teacher checkpoint: train-teacher's .pt, a distilled student (a run "
+                        "folder, its student.pt or student.safetensors), or a zoo file with "
+                        "--teacher-model")
+    d.add_argument("--teacher-model", metavar="SPEC",
+                   help="teacher architecture, only for checkpoints without dfkd metadata: "
+                        f"{SPEC_HELP}")
+    d.add_argument("--student", metavar="SPEC",
+                   help=f"student architecture (default lenet5_half): {SPEC_HELP}. "
+                        "config.yaml and student.pt record it, so --resume and evaluate "
+                        "rebuild it")
     d.add_argument("--method", metavar="NAME", help="distillation method (default cudfkd)")
     d.add_argument("--dataset", metavar="NAME",
                    help="test data for evaluation (default: the teacher's dataset)")
@@ -161,6 +183,43 @@ def _parser() -> argparse.ArgumentParser:
     tu.add_argument("--study-name", default=None, help="default: the recipe's file name")
     tu.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
     common(tu)
+
+    x = sub.add_parser(
+        "export", help="write a model as ONNX, TorchScript or safetensors",
+        description="Export a model checkpoint or a run's student. onnx: a dynamic batch "
+        "axis (input 'input', output 'logits'), the metadata as metadata properties, and a "
+        "check that runs the file in onnxruntime and compares its logits with PyTorch's "
+        "(max abs difference printed; must be below 1e-4); needs pip install "
+        "'dfkd[export]'. torchscript: traced, checked the same way. safetensors: the "
+        "weights and the metadata as string fields. The model takes normalised inputs, "
+        "(x / 255 - mean) / std with the mean and std of its metadata.",
+        epilog="example:\n  dfkd export runs/cudfkd --format onnx --out student.onnx",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    x.add_argument("path", nargs="?", metavar="PATH", help="checkpoint file or run folder")
+    x.add_argument("--checkpoint", metavar="PATH", help="the same as PATH")
+    x.add_argument("--format", required=True, choices=("onnx", "torchscript", "safetensors"))
+    x.add_argument("--out", required=True, metavar="FILE", help="file to write")
+    x.add_argument("--model", default=None, metavar="SPEC",
+                   help=f"architecture, for checkpoints without dfkd metadata: {SPEC_HELP}")
+    x.add_argument("--dataset", default=None,
+                   help="for checkpoints without dfkd metadata: sizes the input")
+    x.add_argument("--opset", type=int, default=None, help="ONNX opset (default: PyTorch's)")
+    x.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show full tracebacks on errors")
+
+    pl = sub.add_parser(
+        "plot", help="draw the curves of one or more runs into a PNG",
+        description="One figure, one line per run: Acc@1 and Agreement@1 by epoch and by "
+        "training wall time, the loss terms (student and generator), the pace λ, the "
+        "adversarial weight and the v* statistics of the self-paced weights; panels whose "
+        "keys no run logged are left out. A folder that is not a run (a bench or tune "
+        "output) stands for every run below it. Needs pip install 'dfkd[plot]'.",
+        epilog="example:\n  dfkd plot runs/cudfkd runs/dafl --out compare.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
+    pl.add_argument("--out", required=True, metavar="FILE.png", help="image to write")
+    pl.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                    help="show full tracebacks on errors")
     return p
 
 
@@ -188,10 +247,23 @@ def _cmd_train_teacher(args) -> int:
     return 0
 
 
+def _model_path(args) -> str:
+    """PATH or --checkpoint PATH: one of them."""
+    from dfkd.errors import ConfigError
+
+    if args.path and args.checkpoint and args.path != args.checkpoint:
+        raise ConfigError("give the checkpoint once: PATH or --checkpoint PATH")
+    path = args.path or args.checkpoint
+    if not path:
+        raise ConfigError("which model? give a checkpoint file or a run folder (PATH)")
+    return path
+
+
 def _cmd_evaluate(args) -> int:
     from dfkd.teacher import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_root=args.data_root,
+    result = evaluate_checkpoint(_model_path(args), dataset=args.dataset,
+                                 data_root=args.data_root,
                                  device=args.device or "auto", model=args.model,
                                  split=args.split)
     if args.json:
@@ -208,7 +280,7 @@ def _cmd_distill(args) -> int:
     from dfkd.config import merge, parse_overrides, read_yaml
     from dfkd.distributed import init_from_env
     from dfkd.errors import ConfigError
-    from dfkd.report import result_table
+    from dfkd.report import draw_run_curves, result_table
 
     if args.resume:
         if args.out and args.out != args.resume:
@@ -241,7 +313,9 @@ def _cmd_distill(args) -> int:
                   f"{out}")
         else:
             print(result_table(summary))
-            print(f"results in {out}/ (summary.json, metrics.jsonl, samples/, checkpoint.pt)")
+            curves = ", curves.png" if draw_run_curves(out) else ""
+            print(f"results in {out}/ (summary.json, metrics.jsonl, samples/, checkpoint.pt, "
+                  f"student.pt, student.safetensors{curves})")
     return 0
 
 
@@ -280,6 +354,24 @@ def _cmd_tune(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from dfkd.export import export_model
+
+    for line in export_model(_model_path(args), args.format, args.out, model_spec=args.model,
+                             dataset=args.dataset, opset=args.opset):
+        print(line)
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from dfkd.report import plot_run_folders
+
+    labels = plot_run_folders(args.runs, args.out)
+    print(f"wrote {args.out} ({len(labels)} run{'s' if len(labels) > 1 else ''}: "
+          f"{', '.join(labels)})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -287,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = {"train-teacher": _cmd_train_teacher, "evaluate": _cmd_evaluate,
-               "distill": _cmd_distill, "bench": _cmd_bench, "tune": _cmd_tune}[args.command]
+               "distill": _cmd_distill, "bench": _cmd_bench, "tune": _cmd_tune,
+               "export": _cmd_export, "plot": _cmd_plot}[args.command]
     try:
         return handler(args)
     except DfkdError as exc:

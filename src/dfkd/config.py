@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from typing import Any, Literal
 import yaml
 
 from dfkd.errors import ConfigError
+from dfkd.generators import GeneratorConfig
+from dfkd.methods import get_method, list_methods
 
 
 @dataclass
@@ -26,16 +29,6 @@ class StudentOptimConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
-
-
-@dataclass
-class GeneratorConfig:
-    nz: int | None = None   # None: sized from the image shape (see generators.py)
-    ngf: int | None = None
-    width: int | None = None    # channels of the projected input, in units of ngf
-    stages: int | None = None   # up-sampling stages (x2 each)
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.99)
 
 
 @dataclass
@@ -113,6 +106,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"'{key}' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"'{key}' must be a finite number, got {value!r}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -214,8 +209,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_config(raw: dict[str, Any]) -> RunConfig:
     """Validate a raw dict (recipe merged with overrides) into a :class:`RunConfig`."""
-    from dfkd.methods import get_method, list_methods
-
     raw = dict(raw)
     raw.pop("search", None)  # dfkd tune's search space (see tune.py); a run ignores it
     method_name = raw.get("method", RunConfig.method)
@@ -225,9 +218,8 @@ def load_config(raw: dict[str, Any]) -> RunConfig:
     cfg.method_settings = build_dataclass(
         method_cls.Settings, sections.get(method_name) or {}, method_name + "."
     )
-    from dfkd.methods.bank import BankMethod
-
-    if cfg.g_steps == 0 and issubclass(method_cls, BankMethod):
-        raise ConfigError(f"method '{method_name}' synthesises each round's bank batch in "
-                          "g_steps optimisation steps, so 'g_steps' must be >= 1, got 0")
+    if cfg.g_steps < method_cls.min_g_steps:
+        raise ConfigError(f"method '{method_name}' synthesises each round's samples in "
+                          f"g_steps optimisation steps, so 'g_steps' must be >= "
+                          f"{method_cls.min_g_steps}, got {cfg.g_steps}")
     return cfg

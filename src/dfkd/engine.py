@@ -214,7 +214,10 @@ class Trainer:
         self.opt_s = torch.optim.SGD(self.student.parameters(), lr=opt.lr, momentum=opt.momentum,
                                      weight_decay=opt.weight_decay,
                                      foreach=None if not cuda else True)
-        self.sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt_s, T_max=cfg.epochs)
+        # The cosine schedule spans the epochs in which the student learns (after a warm-up).
+        learning_epochs = max(1, cfg.epochs - self.method.warmup_epochs)
+        self.sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt_s,
+                                                                  T_max=learning_epochs)
 
         self.eval_data = eval_data
         self.teacher_test_logits: torch.Tensor | None = None
@@ -359,7 +362,8 @@ class Trainer:
         self.method.end_synthesis()
         self._sync()
         t1 = time.perf_counter()
-        for _ in range(cfg.kd_steps):
+        student_learns = self.epoch >= self.method.warmup_epochs
+        for _ in range(cfg.kd_steps if student_learns else 0):
             loss, logs = self.method.student_loss()
             self.opt_s.zero_grad(set_to_none=True)
             loss.backward()
@@ -395,7 +399,8 @@ class Trainer:
     def _end_epoch(self) -> dict[str, Any]:
         cfg = self.cfg
         lr = self.opt_s.param_groups[0]["lr"]
-        self.sched_s.step()
+        if self.epoch >= self.method.warmup_epochs:
+            self.sched_s.step()
         row: dict[str, Any] = {"epoch": self.epoch + 1, **self.evaluate(), "lr": lr,
                                **self.method.status()}
         row.update({k: v / cfg.rounds for k, v in sorted(self.sums.items())})

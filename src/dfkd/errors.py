@@ -2,7 +2,13 @@
 
 
 class DfkdError(Exception):
-    """A user-facing error: a missing file, a bad setting, an unknown name."""
+    """A user-facing error: a missing file, a bad setting, an unknown name.
+
+    Its text is always one line: a message that quotes a multi-line parser error (YAML)
+    or a value with line breaks is folded, so the CLI prints exactly one line."""
+
+    def __str__(self) -> str:
+        return " ".join(super().__str__().split())
 
 
 class DatasetError(DfkdError):

@@ -14,12 +14,25 @@ normalise them with the dataset's mean and std before the teacher sees them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from dfkd.errors import ConfigError
+
+
+@dataclass
+class GeneratorConfig:
+    """The ``generator:`` section of a run config (validated by :mod:`dfkd.config`)."""
+
+    nz: int | None = None   # None: sized from the image shape (default_generator_size)
+    ngf: int | None = None
+    width: int | None = None    # channels of the projected input, in units of ngf
+    stages: int | None = None   # up-sampling stages (x2 each)
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
 
 
 class GeneratorSize(NamedTuple):

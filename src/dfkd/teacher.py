@@ -20,7 +20,7 @@ from dfkd.engine import resolve_device, seed_everything
 from dfkd.errors import DfkdError
 from dfkd.losses import kd_kl
 from dfkd.metrics import accuracy, predict
-from dfkd.models import create_model
+from dfkd.models import create_model, resolve_spec
 
 
 @dataclass
@@ -64,7 +64,10 @@ def normalizer(mean, std, device: torch.device):
 def evaluate_checkpoint(path: str, dataset: str | None = None, data_root: str | None = None,
                         device: str = "auto", batch_size: int = 1024,
                         model: str | None = None, split: str = "test") -> dict[str, Any]:
-    """Acc@1 (and Acc@5 with more than 5 classes) of a checkpoint on ``split``."""
+    """Acc@1 (and Acc@5 with more than 5 classes) of a checkpoint on ``split``.
+
+    ``path``: a model checkpoint (``.pt`` or ``.safetensors``) or a run folder of
+    ``dfkd distill``, whose ``student.pt`` is evaluated."""
     dev = resolve_device(device)
     # One read of the file: a named dataset sizes a zoo model; otherwise the
     # checkpoint's own metadata names both the model and its dataset.
@@ -77,7 +80,9 @@ def evaluate_checkpoint(path: str, dataset: str | None = None, data_root: str | 
             raise DfkdError(f"'{path}' does not name its dataset; pass --dataset NAME")
         info = dataset_info(meta["dataset"])
     images, labels = load_split(info.name, split, data_root)
-    logits = predict(net.to(dev), images, batch_size, normalizer(info.mean, info.std, dev), dev)
+    # The normalisation the model was trained with (its metadata's), else the dataset's.
+    mean, std = meta.get("mean") or info.mean, meta.get("std") or info.std
+    logits = predict(net.to(dev), images, batch_size, normalizer(mean, std, dev), dev)
     return {"checkpoint": str(path), "arch": meta["arch"], "dataset": info.name, "split": split,
             **accuracy(logits, labels)}
 
@@ -139,7 +144,7 @@ def train_supervised(settings: SupervisedSettings, out: str | Path | None = None
     acc1 = accuracy(predict(model, test_x, 1024, norm, device), test_y)["acc1"]
     val_acc1 = accuracy(predict(model, val_x, 1024, norm, device), val_y)["acc1"]
     meta = {
-        "arch": s.model, "dataset": info.name, "num_classes": info.num_classes,
+        "arch": resolve_spec(s.model), "dataset": info.name, "num_classes": info.num_classes,
         "image_shape": list(info.image_shape), "mean": list(info.mean), "std": list(info.std),
         "test_acc1": acc1, "val_acc1": val_acc1, "train_seconds": round(train_seconds, 1),
         "settings": asdict(s), "dfkd_kind": "kd_with_data" if s.kd_from else "supervised",

@@ -25,7 +25,7 @@ def list_methods() -> list[str]:
 
 
 def get_method(name: str) -> type[Method]:
-    if name not in _METHODS:
+    if not isinstance(name, str) or name not in _METHODS:
         close = difflib.get_close_matches(str(name), _METHODS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(
@@ -34,7 +34,16 @@ def get_method(name: str) -> type[Method]:
     return _METHODS[name]
 
 
-from dfkd.methods import cmi, cudfkd, dafl, deepinv, dfad, dfq, fast, zskt  # noqa: E402,F401  (registration)
+from dfkd.methods import (  # noqa: E402,F401  (registration)
+    cmi,
+    cudfkd,
+    dafl,
+    deepinv,
+    dfad,
+    dfq,
+    fast,
+    zskt,
+)
 
 __all__ = ["GeneratorMethod", "Method", "MethodContext", "get_method", "list_methods",
            "register_method"]

@@ -167,19 +167,11 @@ class BankMethod(Method):
     def make_bn_hook(self) -> BNStatsHook:
         return BNStatsHook(self.ctx.teacher)
 
-    def in_warmup(self) -> bool:
-        """True while the student must not learn yet (Fast's warm-up epochs)."""
-        return False
-
     def pixel_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised values of pixels 0 and 1, per channel, for clamping inputs."""
         return (0 - self.ctx.mean) / self.ctx.std, (1 - self.ctx.mean) / self.ctx.std
 
     def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if self.in_warmup():
-            # A loss with no path to the student: its gradients stay None, so the optimiser
-            # leaves it untouched (no weight decay, no momentum), and no BN statistics move.
-            return torch.zeros((), device=self.ctx.device, requires_grad=True), {}
         s = self.settings
         x01 = random_crop_flip(self.bank.sample(self.ctx.batch_size), s.padding, s.flip)
         x = self.ctx.normalize(x01)

@@ -10,8 +10,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from dfkd.config import GeneratorConfig
-from dfkd.generators import Generator, default_generator_size
+from dfkd.generators import Generator, GeneratorConfig, default_generator_size
 from dfkd.hooks import BNStatsHook
 
 
@@ -52,6 +51,9 @@ class Method:
     name: ClassVar[str]
     Settings: ClassVar[type]
     needs_bn: ClassVar[bool] = False   # needs BatchNorm statistics in the teacher
+    # Fewest generator steps per round the method works with: a bank method synthesises
+    # each round's batch in its g_steps, so it needs at least one (config.load_config).
+    min_g_steps: ClassVar[int] = 0
 
     def __init__(self, ctx: MethodContext, settings: Any) -> None:
         self.ctx = ctx
@@ -60,6 +62,12 @@ class Method:
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
+
+    @property
+    def warmup_epochs(self) -> int:
+        """Epochs at the start of a run in which only the sample source learns: the engine
+        runs no student step and holds the student's LR schedule (Fast's warm-up)."""
+        return 0
 
     def start_synthesis(self) -> None:
         """Called at the start of every round, before its ``g_steps`` generator steps."""

@@ -23,6 +23,7 @@ from dfkd.errors import ConfigError, DfkdError
 from dfkd.losses import activation_l1, entropy_of_mean, kd_kl, onehot_ce
 from dfkd.methods import register_method
 from dfkd.methods.base import GeneratorMethod
+from dfkd.teacher_wrap import user_model  # also imported from here by zskt
 
 FeatureFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -37,13 +38,6 @@ class DAFLSettings:
     def validate(self) -> None:
         if self.tau <= 0:
             raise ConfigError(f"dafl.tau must be > 0, got {self.tau}")
-
-
-def user_model(teacher: nn.Module) -> nn.Module:
-    """The user's module inside the engine's ``FrozenTeacher`` wrapper, if any."""
-    from dfkd.engine import FrozenTeacher  # lazy: the engine imports the methods
-
-    return teacher.model if isinstance(teacher, FrozenTeacher) else teacher
 
 
 def teacher_features(model: nn.Module) -> FeatureFn:

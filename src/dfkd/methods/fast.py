@@ -165,8 +165,12 @@ class Fast(BankMethod):
     def make_bn_hook(self) -> BNStatsHook:
         return MomentumBNHook(self.ctx.teacher, self.settings.bn_mmt)
 
+    @property
+    def warmup_epochs(self) -> int:
+        return self.settings.warmup
+
     def in_warmup(self) -> bool:
-        return self.epoch < self.settings.warmup
+        return self.epoch < self.warmup_epochs
 
     def start_synthesis(self) -> None:
         ctx, s = self.ctx, self.settings

@@ -7,6 +7,12 @@ with forward hooks (see :mod:`dfkd.hooks`), so user models work unmodified.
 """
 
 from dfkd.models import lenet, resnet, vgg, wrn  # noqa: F401  (registration)
-from dfkd.models.registry import create_model, list_models, register_model
+from dfkd.models.registry import (
+    SPEC_HELP,
+    create_model,
+    list_models,
+    register_model,
+    resolve_spec,
+)
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["SPEC_HELP", "create_model", "list_models", "register_model", "resolve_spec"]
