@@ -53,8 +53,20 @@ needs_fmnist = pytest.mark.skipif(
 
 
 @needs_fmnist
+def official_train(name: str, data_root=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official training set, put back together from the train and val splits."""
+    x, y = load_split(name, "train", data_root=data_root)
+    xv, yv = load_split(name, "val", data_root=data_root)
+    n = len(y) + len(yv)
+    held = torch.zeros(n, dtype=torch.bool)
+    held[val_indices(name, n)] = True
+    full_x, full_y = torch.empty((n, *x.shape[1:]), dtype=x.dtype), torch.empty(n, dtype=y.dtype)
+    full_x[~held], full_y[~held], full_x[held], full_y[held] = x, y, xv, yv
+    return full_x, full_y
+
+
 def test_real_fashion_mnist():
-    x, y = load_split("fashion_mnist", "train")
+    x, y = official_train("fashion_mnist")
     xt, yt = load_split("fashion_mnist", "test")
     assert x.shape == (60000, 1, 32, 32) and xt.shape == (10000, 1, 32, 32)
     assert x.dtype == torch.uint8 and y.dtype == torch.int64 and yt.dtype == torch.int64
@@ -66,7 +78,8 @@ def test_real_fashion_mnist():
     assert x[:, :, border].max() == 0 and xt[:, :, border].max() == 0
     # The published statistic of the unpadded 28x28 training images.
     assert x[:, :, 2:30, 2:30].double().div(255).mean().item() == pytest.approx(0.2860, abs=5e-5)
-    assert load_split("fashion_mnist", "train")[0] is x  # cached in-process
+    train = load_split("fashion_mnist", "train")[0]
+    assert load_split("fashion_mnist", "train")[0] is train  # cached in-process
 
 
 @needs_fmnist
@@ -189,7 +202,8 @@ def test_cifar10(tmp_path, no_standard_dirs):
         # Protocol 2 from Python 3 stores bytes via _codecs.encode, like re-saved archives.
         (folder / f).write_bytes(pickle.dumps(batch, protocol=2))
     for root in (tmp_path, folder):  # the parent folder or the batches folder itself
-        x, y = load_split("cifar10", "train", data_root=root)
+        assert len(load_split("cifar10", "val", data_root=root)[1]) == 1  # a tenth of 10
+        x, y = official_train("cifar10", data_root=root)
         assert x.shape == (10, 3, 32, 32) and y.tolist() == [1, 9] * 5
         r = rows["data_batch_3"][1]
         for c in range(3):  # rows hold the R plane, then G, then B, each 32x32 row-major
@@ -471,5 +485,7 @@ def test_val_split_is_fixed_disjoint_and_seeded():
     # Every class is represented in val (about 500 each).
     counts = torch.bincount(val_y, minlength=10)
     assert counts.min() > 400
+    assert len(val_indices("fashion_mnist", 30000)) == 3000  # a tenth of a smaller set
+    assert len(val_indices("tiny_imagenet", 100000)) == 10000
     with pytest.raises(DatasetError, match="use one of train, val, test"):
         load_split("fashion_mnist", "validation")

@@ -40,6 +40,7 @@ def test_second_writer_is_refused_and_writes_nothing(fmnist_teacher, held):
     folder, proc = held
     pid = proc.pid
     (folder / "metrics.jsonl").write_text('{"epoch": 1}\n')  # what the holder has written
+    (folder / "checkpoint.pt").write_bytes(b"the holder's checkpoint")
     before = _listing(folder)
     raw = {"teacher": str(fmnist_teacher), "epochs": 1, "rounds": 1}
     holder = f"pid {pid} on {socket.gethostname()}, since "
