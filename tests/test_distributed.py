@@ -52,6 +52,8 @@ def test_bank_methods_share_one_bank_over_two_processes(fmnist_teacher, tmp_path
     """Every rank adds all ranks' samples, so rank 0's checkpoint holds the common bank
     (CMI's head and Fast's meta generator are synchronised too): the resume is exact."""
     run = [*RUN, "--method", method, "--set", "g_steps=2", "--set", f"{method}.bank_size=80"]
+    if method == "fast":  # a warm-up epoch, then the student learns and G_meta's layer resets
+        run += ["--set", "fast.warmup=1", "--set", "fast.reset_l0_epoch=1"]
     full, split = tmp_path / "full", tmp_path / "split"
     result = torchrun("--teacher", str(fmnist_teacher), "--out", str(full), *run)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -150,3 +150,11 @@ def test_killed_study_resumes_to_the_promised_count(fmnist_teacher, tmp_path):
     origins = sorted(int(r["retry_of"] or r["number"]) for r in finished)
     assert origins == [0, 1, 3]
     assert [r["epoch"] for r in metrics_rows(out / "trials" / "0001")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("method", ["cudfkd", "dafl", "dfad", "zskt", "dfq", "deepinv", "cmi",
+                                    "fast"])
+def test_every_fashion_mnist_recipe_has_a_valid_search_space(method):
+    path = f"configs/fashion_mnist/{method}_lenet5.yaml"
+    space = parse_search(read_yaml(path), path)
+    assert "student_optim.lr" in space and "g_steps" in space  # shared by every method

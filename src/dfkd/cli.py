@@ -344,7 +344,8 @@ def _cmd_tune(args) -> int:
     from dfkd.tune import run_tune
 
     extra = [f"device={args.device}"] if args.device else []
-    extra += [f"data_root={args.data_root}"] if args.data_root else []
+    # JSON-quoted: the path stays a string whatever it looks like in YAML (~, yes, 1e3)
+    extra += [f"data_root={json.dumps(args.data_root)}"] if args.data_root else []
     study = run_tune(args.config, args.teacher, args.trials, args.out,
                      overrides=[*extra, *args.set], storage=args.storage,
                      study_name=args.study_name, seed=args.seed, progress=_progress(args))
