@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The Fashion-MNIST comparison tables (clean and 20%-noisy-label teacher) on one GPU machine:
-# every method x seed runs as its own `dfkd bench` process, all at once (the LeNet pair is
-# launch-bound, so one process per run keeps the GPU and the CPU cores busy), then
-# `dfkd bench --report-only` writes each table. Run from the repository root:
+# one `dfkd bench` per table, side by side, each running its queue of method x seed runs with
+# --jobs JOBS worker processes (the LeNet pair is launch-bound, so one process per CPU core
+# keeps the GPU and the cores busy; both benches together use at most nproc processes).
+# `dfkd bench --report-only` then writes each table. Run from the repository root:
 #   FMNIST_DIR=.fmnist OUT=runs/gpu_bench bash benchmarks/gpu_bench.sh
-# Knobs: PYTHON, CONFIG (bench YAML), SEEDS, METHODS, DEADLINE (seconds each run may take; runs not
-# finished by then are left resumable and reported as missing seeds), TEACHER_EPOCHS.
+# Knobs: PYTHON, CONFIG (bench YAML), SEEDS, METHODS, DEADLINE (seconds the benches may take;
+# runs not finished by then are left resumable and reported as missing seeds), JOBS,
+# TEACHER_EPOCHS.
 set -uo pipefail
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 CONFIG=${CONFIG:-configs/fashion_mnist/bench.yaml}
@@ -29,17 +31,16 @@ $DFKD train-teacher --model lenet5 --epochs "${TEACHER_EPOCHS:-10}" --seed 0 --l
 wait
 cat "$OUT"/logs/teacher*.log
 echo "teachers: $((SECONDS - start)) s"
-for seed in $SEEDS; do
-    for m in $METHODS; do
-        timeout "$DEADLINE" $DFKD bench --config "$CONFIG" --methods "$m" --seeds "$seed" \
-            --teacher $T --out "$OUT/clean" --no-progress > "$OUT/logs/clean_${m}_$seed.log" 2>&1 &
-        timeout "$DEADLINE" $DFKD bench --config "$CONFIG" --methods "$m" --seeds "$seed" \
-            --teacher $N --out "$OUT/noisy" --no-progress > "$OUT/logs/noisy_${m}_$seed.log" 2>&1 &
-    done
+all=$(echo $METHODS | tr ' ' ','); seeds=$(echo $SEEDS | tr ' ' ',')
+JOBS=${JOBS:-$(( $(nproc) / 2 ))}
+for table in clean noisy; do
+    teacher=$T; [ $table = noisy ] && teacher=$N
+    timeout "$DEADLINE" $DFKD bench --config "$CONFIG" --methods "$all" --seeds "$seeds" \
+        --teacher $teacher --out "$OUT/$table" --jobs "$JOBS" --no-progress \
+        > "$OUT/logs/$table.log" 2>&1 &
 done
 wait
 echo "runs: $((SECONDS - start)) s"
-all=$(echo $METHODS | tr ' ' ','); seeds=$(echo $SEEDS | tr ' ' ',')
 for table in clean noisy; do
     teacher=$T; [ $table = noisy ] && teacher=$N
     echo "== $table teacher"

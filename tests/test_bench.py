@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -139,3 +142,54 @@ def test_bench_jobs_runs_the_queue_in_worker_processes(fmnist_teacher, tmp_path)
             metrics_rows(serial / "dfad" / f"seed{seed}")
     with pytest.raises(ConfigError, match="--jobs must be >= 1"):
         run_bench(config, ["dfad"], [0], pooled, jobs=0)
+
+
+
+def _alive_children(pid: int) -> list[int]:
+    """Live (non-zombie) processes whose parent is ``pid``."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.append(pid)
+        except OSError:
+            pass
+    return alive
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_killed_bench_takes_its_workers_with_it(fmnist_teacher, tmp_path):
+    config = _config(tmp_path, fmnist_teacher)
+    out = tmp_path / "bench"
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "dfkd", "bench", "--config", config, "--methods", "dfad",
+         "--seeds", "0,1", "--set", "epochs=50", "--jobs", "2", "--out", str(out),
+         "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "dfad" / "seed0" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and metrics.read_text().strip()):
+        assert bench.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    workers = _alive_children(bench.pid)
+    assert len(workers) >= 2  # the queue runs in worker processes
+    bench.kill()  # SIGKILL: the bench cannot tell its workers
+    bench.wait()
+    deadline = time.time() + 20
+    while _alive(workers):
+        assert time.time() < deadline, f"orphan bench workers: {_alive(workers)}"
+        time.sleep(0.1)
+    assert (out / "dfad" / "seed0" / "checkpoint.pt").is_file()  # resumable

@@ -34,8 +34,9 @@ from dfkd.api import build_trainer
 from dfkd.checkpoint import load_model_checkpoint
 from dfkd.config import load_config, merge, parse_overrides, read_yaml
 from dfkd.data import dataset_info, load_split
-from dfkd.engine import CHECKPOINT, SUMMARY
+from dfkd.engine import CHECKPOINT, SUMMARY, Interrupted
 from dfkd.errors import ConfigError, DfkdError
+from dfkd.launcher_watch import die_with_parent
 from dfkd.methods import get_method
 from dfkd.metrics import fidelity_metrics, predict
 from dfkd.report import METRICS_FILE, PlotUnavailable, format_table, read_metrics
@@ -145,12 +146,8 @@ def _reference(config: dict[str, Any], kind: str, seed: int, folder: Path,
     return result
 
 
-def _run_one(config: dict[str, Any], run: dict[str, Any], progress: bool | None,
-             threads: int | None = None) -> None:
-    """One run of the queue, in this process or in a pool worker."""
-    if threads is not None:
-        import torch
-        torch.set_num_threads(threads)
+def _run_one(config: dict[str, Any], run: dict[str, Any], progress: bool | None) -> None:
+    """One run of the queue."""
     folder = run["folder"]
     if run["method"] in REFERENCES:
         with runlock.holding(folder):
@@ -160,6 +157,19 @@ def _run_one(config: dict[str, Any], run: dict[str, Any], progress: bool | None,
     raw = _method_config(config, run["method"], run["seed"])
     resume = run["state"] == "resume"
     build_trainer(raw, folder, resume=resume, overwrite=not resume, progress=progress).fit()
+
+
+def _pool_run(config: dict[str, Any], run: dict[str, Any], threads: int) -> None:
+    """One run in a pool worker, with its share of the cores. A run stopped by a signal
+    (the bench died: see ``die_with_parent``; or Ctrl-C) has checkpointed its round; the
+    worker then ends instead of waiting for work from a bench that is gone."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        _run_one(config, run, False)
+    except Interrupted as exc:
+        os._exit(exc.exit_code)
 
 
 def run_bench(config_path: str, methods: list[str], seeds: list[int], out: str | Path,
@@ -202,8 +212,10 @@ def _run_pool(config: dict[str, Any], todo: list[dict[str, Any]], jobs: int) -> 
     jobs = min(jobs, len(todo))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")  # no forked copies of torch's threads
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(_run_one, config, run, False, threads): run for run in todo}
+    # Workers stop (checkpointing their round) when the bench dies, e.g. under `timeout`.
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+                             initializer=die_with_parent) as pool:
+        futures = {pool.submit(_pool_run, config, run, threads): run for run in todo}
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in done if f.exception() is not None]
         if failed:

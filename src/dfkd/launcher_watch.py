@@ -31,16 +31,23 @@ def _parent_is_launcher() -> bool:
     return any(name in cmd for name in _LAUNCHERS)
 
 
-def stop_with_launcher() -> None:
-    """Arm the parent-death signal in a torchrun worker (Linux; elsewhere a no-op)."""
-    if not os.environ.get("TORCHELASTIC_RUN_ID") or not sys.platform.startswith("linux"):
-        return
+def die_with_parent() -> bool:
+    """Ask Linux for SIGTERM when this process's parent dies; False where that is not
+    available (other systems)."""
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        armed = libc.prctl(1, signal.SIGTERM, 0, 0, 0) == 0  # PR_SET_PDEATHSIG
+        return libc.prctl(1, signal.SIGTERM, 0, 0, 0) == 0  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        armed = False
-    if armed and not _parent_is_launcher():  # the launcher died before the signal was armed
+        return False
+
+
+def stop_with_launcher() -> None:
+    """Arm the parent-death signal in a torchrun worker (a no-op outside torchrun)."""
+    if not os.environ.get("TORCHELASTIC_RUN_ID"):
+        return
+    if die_with_parent() and not _parent_is_launcher():  # the launcher died before arming
         os.kill(os.getpid(), signal.SIGTERM)
 
 
