@@ -378,6 +378,9 @@ def test_fast_warmup_epochs_synthesise_only(fmnist_teacher, tmp_path):
     # The engine held the LR schedule through the warm-up: the cosine starts after it.
     assert first["lr"] == second["lr"] == 0.1
     assert trainer.sched_s.T_max == 1
+    summary = trainer.summary()  # 1 epoch of 2 rounds x 2 student steps of 8 samples
+    assert summary["student_samples_per_second"] == pytest.approx(
+        2 * 2 * 8 / trainer.timers["student_seconds"])
     now = trainer.method.ctx.student_raw.state_dict()
     assert not all(torch.equal(now[k], v) for k, v in student.items())
 

@@ -487,8 +487,9 @@ class Trainer:
             **run_summary(acc, elapsed),
             "teacher_acc1": self.teacher_acc1,
             **{k: round(v, 3) for k, v in self.timers.items()},
-            "student_samples_per_second": self.epoch * self.cfg.rounds * self.cfg.kd_steps
-            * self.cfg.batch_size / students,
+            # Student steps run only after a warm-up (Fast): count the epochs that had them.
+            "student_samples_per_second": max(0, self.epoch - self.method.warmup_epochs)
+            * self.cfg.rounds * self.cfg.kd_steps * self.cfg.batch_size / students,
             "peak_memory_mb": round(peak_memory_mb(self.device), 1),
             "device": str(self.device),
             "world_size": self.dist.world_size,
