@@ -145,30 +145,26 @@ def test_bench_jobs_runs_the_queue_in_worker_processes(fmnist_teacher, tmp_path)
 
 
 
+def _state_and_parent(pid: int | str) -> tuple[str, int] | None:
+    """A process's state letter and parent pid from /proc, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def _alive(pids) -> list[int]:
+    """The pids that name a live (non-zombie) process."""
+    return [int(p) for p in pids if (info := _state_and_parent(p)) and info[0] != "Z"]
+
+
 def _alive_children(pid: int) -> list[int]:
-    """Live (non-zombie) processes whose parent is ``pid``."""
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry))
-    return found
-
-
-def _alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    alive.append(pid)
-        except OSError:
-            pass
-    return alive
+    """Live processes whose parent is ``pid``."""
+    children = [e for e in filter(str.isdigit, os.listdir("/proc"))
+                if (info := _state_and_parent(e)) and info[1] == pid]
+    return _alive(children)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
