@@ -10,6 +10,7 @@ from conftest import Const
 from torch import nn
 
 from dfkd.config import GeneratorConfig
+from dfkd.errors import ConfigError
 from dfkd.methods import MethodContext
 from dfkd.methods.cudfkd import CuDFKD, CuDFKDSettings
 
@@ -129,3 +130,159 @@ def test_pace_counts_student_steps():
     fresh = _method(lambda_0=2.0, pace=0.5)
     fresh.load_state_dict(state)
     assert fresh.lam == pytest.approx(3.5)
+
+
+def _losses_method(losses: torch.Tensor, **settings) -> CuDFKD:
+    """A method whose per-sample KD losses are exactly ``losses`` (l1 loss of 3 logits)."""
+    method = _method(kd_loss="l1", weighting="sample", **settings)
+    st = torch.zeros(len(losses), 3)
+    t = torch.stack([3 * losses, torch.zeros_like(losses), torch.zeros_like(losses)], 1)
+    method.student_teacher_logits = lambda: (st.clone().requires_grad_(True), t)
+    return method
+
+
+def test_quantile_pace_admits_the_same_fraction_at_any_loss_scale():
+    losses = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    weights = {}
+    for scale in (1.0, 100.0):
+        method = _losses_method(scale * losses, pace_mode="quantile", curriculum="hard",
+                                q0=0.5, q_end=0.5)
+        _, logs = method.student_loss()
+        # hard: admitted iff l < the median of the window (this batch): 4 of 8 samples.
+        assert logs["sp_weight"].item() == 0.5 and logs["sp_below_half"].item() == 0.5
+        assert method.lam == pytest.approx(scale * 0.45)
+        soft = _losses_method(scale * losses, pace_mode="quantile", curriculum="log",
+                              q0=0.5, q_end=0.5, lambda_0=2.0)
+        _, logs = soft.student_loss()
+        weights[scale] = logs["sp_weight"].item()
+    # log: v*(2 l / lambda_q; 2), the same weights whatever the scale
+    expect = sum(_log_weight(2 * v / 0.45, 2.0) for v in losses.tolist()) / 8
+    assert weights[1.0] == pytest.approx(expect, rel=1e-5)
+    assert weights[100.0] == pytest.approx(expect, rel=1e-5)
+    # The linear pace at lambda 2 sees 100x losses as all too hard, and 1x as all easy.
+    lin = _losses_method(100 * losses, curriculum="hard", lambda_0=2.0)
+    assert lin.student_loss()[1]["sp_weight"].item() == 0.0
+
+
+def test_quantile_pace_with_batch_weighting_uses_batch_means():
+    method = _method(kd_loss="l1", weighting="batch", pace_mode="quantile", curriculum="hard",
+                     q0=0.5, q_end=0.5)
+    means = []
+    for k in (1.0, 3.0, 2.0):
+        t = torch.tensor([[3 * k, 0.0, 0.0]])
+        method.student_teacher_logits = lambda t=t: (torch.zeros(1, 3, requires_grad=True), t)
+        method.student_loss()
+        means.append(k)
+    assert method.lam == pytest.approx(2.0)  # median of the batch means 1, 3, 2
+    assert method.quantile.count == 3
+
+
+def test_quantile_q_grows_over_the_epochs_and_is_logged():
+    method = _method(epochs=5, pace_mode="quantile", q0=0.2, q_end=1.0)
+    method.on_epoch_start(0)
+    assert method.status()["q"] == pytest.approx(0.2)
+    method.on_epoch_start(4)
+    assert method.status()["q"] == pytest.approx(1.0)
+    assert "q" not in _method().status()
+
+
+def _generator_method(**settings) -> CuDFKD:
+    """A CuDFKD with a real (tiny) generator and a teacher/student that record their input."""
+    seen: dict[str, list[torch.Tensor]] = {"teacher": [], "student": []}
+
+    class Record(nn.Module):
+        def __init__(self, key):
+            super().__init__()
+            self.key = key
+            self.lin = nn.Linear(64, 3)
+
+        def forward(self, x):
+            seen[self.key].append(x.detach().clone())
+            return self.lin(x.flatten(1))
+
+    teacher = Record("teacher").eval().requires_grad_(False)
+    student = Record("student")
+    ctx = MethodContext(teacher=teacher, student=student, student_raw=student, num_classes=3,
+                        image_shape=(1, 8, 8), mean=torch.zeros(1, 1, 1, 1),
+                        std=torch.ones(1, 1, 1, 1), device=torch.device("cpu"), batch_size=8,
+                        epochs=2, generator=GeneratorConfig(nz=8, ngf=4))
+    method = CuDFKD(ctx, CuDFKDSettings(**settings))
+    for p in method.generator.parameters():  # images far apart, not all near 0.5
+        nn.init.normal_(p)
+    method.seen = seen
+    return method
+
+
+def test_replay_mixes_a_bounded_pool_into_student_batches():
+    method = _generator_method(replay=12, replay_frac=0.25)
+    fresh, pools = [], []
+    for step in range(3):
+        pools.append(None if method.replay.data is None else method.replay.data.clone())
+        torch.manual_seed(step)
+        method.student_loss()
+        torch.manual_seed(step)
+        method.generator.eval()
+        fresh.append(method.generator(method.sample_z()).detach())
+        method.generator.train()
+    # Step 1 has no past images: all 8 fresh ones are used and kept.
+    assert torch.equal(method.seen["student"][0], fresh[0])
+    # Later steps: 6 fresh images, then 2 drawn from the pool as it was (past images only).
+    batch = method.seen["student"][-1]
+    assert batch.shape == (8, 1, 8, 8)
+    assert torch.equal(batch[:6], fresh[-1][:6])
+    for img in batch[6:]:
+        assert any(torch.equal(img, row) for row in pools[-1])
+    assert torch.equal(method.seen["teacher"][-1], batch)  # T and S see the same images
+    # 8 + 6 + 6 fresh images were added; the pool keeps the latest 12.
+    assert len(method.replay) == 12
+    assert torch.equal(method.replay.latest(6), fresh[-1][:6])
+    # The pool is checkpointed: a resumed method holds the same rows.
+    other = _generator_method(replay=12, replay_frac=0.25)
+    other.load_state_dict(method.state_dict())
+    assert torch.equal(other.replay.latest(12), method.replay.latest(12))
+
+
+def test_augment_crops_and_flips_each_sample_for_student_and_teacher():
+    method = _generator_method(augment=True, padding=2)
+    torch.manual_seed(0)
+    method.student_loss()
+    torch.manual_seed(0)
+    method.generator.eval()
+    plain = method.generator(method.sample_z()).detach()
+    batch = method.seen["student"][-1]
+    assert not torch.equal(batch, plain)
+    assert torch.equal(method.seen["teacher"][-1], batch)
+    # Every view is a shifted (zero-padded) and maybe mirrored copy of its own image.
+    padded = torch.nn.functional.pad(plain, (2, 2, 2, 2))
+    for i in range(len(batch)):
+        views = [padded[i, :, r:r + 8, c:c + 8] for r in range(5) for c in range(5)]
+        views += [v.flip(-1) for v in views]
+        assert any(torch.equal(batch[i], v) for v in views)
+
+
+def test_new_settings_are_validated():
+    for bad in ({"q0": 0.0}, {"q_end": 1.5}, {"window": 0}, {"replay": -1},
+                {"replay_frac": 1.0}, {"padding": -1}):
+        with pytest.raises(ConfigError):
+            CuDFKDSettings(**bad).validate()
+
+
+def test_resume_is_exact_with_quantile_pace_replay_and_augment(fmnist_teacher, tmp_path):
+    from conftest import metrics_rows
+
+    from dfkd.api import build_trainer
+
+    raw = {"teacher": str(fmnist_teacher), "epochs": 3, "rounds": 2, "g_steps": 1,
+           "kd_steps": 2, "batch_size": 16, "sample_grid": 0,
+           "cudfkd": {"pace_mode": "quantile", "weighting": "sample", "window": 40,
+                      "replay": 40, "augment": True}}
+    build_trainer(raw, tmp_path / "full", overwrite=True, progress=False).fit()
+    build_trainer(raw, tmp_path / "split", overwrite=True, progress=False).fit(
+        stop_after_epoch=1)
+    build_trainer(raw, tmp_path / "split", resume=True, progress=False).fit()
+    rows = metrics_rows(tmp_path / "full")
+    assert metrics_rows(tmp_path / "split") == rows
+    # The curriculum is logged each epoch: lambda (a loss quantile), q, v* statistics.
+    assert [r["q"] for r in rows] == pytest.approx([0.5, 0.7, 0.9])
+    for r in rows:
+        assert 0 < r["sp_weight"] <= 1 and 0 <= r["sp_below_half"] <= 1 and r["lambda"] > 0

@@ -102,3 +102,21 @@ def test_pace_and_adversarial_ramp_schedule():
     ramp2 = cur.AdversarialRamp(1.0, 0.15, 0.2, 0.75, 400)
     assert ramp2(81) == 1.0 and ramp2(82) == pytest.approx(1.15)
     assert ramp2(399) == pytest.approx(1.0 + 0.15 * 219)
+
+
+def test_quantile_pace_window_quantile_and_schedule():
+    pace = cur.QuantilePace(q0=0.5, q_end=0.9, window=4, epochs=5)
+    assert [pace.q(e) for e in (0, 2, 4, 9)] == pytest.approx([0.5, 0.7, 0.9, 0.9])
+    pace.push(torch.tensor([4.0, 1.0, 3.0]))
+    assert pace(0) == pytest.approx(3.0)            # median of 1, 3, 4
+    pace.push(torch.tensor([2.0, 10.0]))            # 4.0 (the oldest) drops out
+    assert sorted(pace.values.tolist()) == [1.0, 2.0, 3.0, 10.0]
+    # torch's linear interpolation: q 0.9 of [1, 2, 3, 10] is 3 + 0.7 * 7
+    assert pace(4) == pytest.approx(7.9) and pace.last == pytest.approx(7.9)
+    # A resumed pace holds the same window and drops the same oldest values (1, 3) next.
+    fresh = cur.QuantilePace(q0=0.5, q_end=0.9, window=4, epochs=5)
+    fresh.load_state_dict(pace.state_dict(), torch.device("cpu"))
+    for p in (pace, fresh):
+        p.push(torch.tensor([0.0, 0.5]))
+    assert sorted(fresh.values.tolist()) == sorted(pace.values.tolist()) == [0.0, 0.5, 2.0, 10.0]
+    assert fresh(2) == pace(2)

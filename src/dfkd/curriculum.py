@@ -15,9 +15,13 @@ surrogate never increases.
         hard or noisy samples (the robustness argument).
 
 The pace ``lambda_k = lambda_0 + a k`` grows with the student step k, admitting
-harder samples over time; the generator's adversarial weight grows by
-``grad_adv`` after each 0-based epoch e with ``floor(E begin) < e < floor(E end)``
-(strict at both ends, as in the official code).
+harder samples over time. That pace is in loss units, so it fits one loss scale only
+(the paper's CIFAR ResNets with an L1 loss). :class:`QuantilePace` is the scale-free
+alternative: lambda is the q-quantile of a window of recent losses, with q growing over
+the run, so the same fraction of samples is admitted whatever the scale.
+
+The generator's adversarial weight grows by ``grad_adv`` after each 0-based epoch e
+with ``floor(E begin) < e < floor(E end)`` (strict at both ends, as in the official code).
 """
 
 from __future__ import annotations
@@ -101,3 +105,56 @@ class AdversarialRamp:
         # Growth steps taken before this epoch: after each e in (start, stop) with e < epoch.
         grown = max(0, min(epoch, stop) - start - 1)
         return self.w_adv0 + self.grad_adv * grown
+
+
+class QuantilePace:
+    """lambda = the q-quantile of the last ``window`` student losses, q moving linearly
+    from ``q0`` (first epoch) to ``q_end`` (last epoch).
+
+    v* is then taken on the loss measured in units of that quantile,
+    ``v*(l lambda_0 / lambda_q; lambda_0)``: for ``hard`` and ``soft`` this is exactly
+    v*(l; lambda_q) (a sample is admitted iff l < lambda_q, a fraction q of recent
+    losses), and for ``log`` lambda_0 only sets how sharp the step at lambda_q is. The
+    window (losses per sample, or batch means with ``weighting: batch``) lives on the
+    losses' device and is checkpointed, so a resumed run continues exactly.
+    """
+
+    def __init__(self, q0: float, q_end: float, window: int, epochs: int) -> None:
+        self.q0, self.q_end, self.epochs = q0, q_end, epochs
+        self.window = window
+        self.values: torch.Tensor | None = None   # ring buffer, allocated on first push
+        self.count = 0
+        self.next = 0
+        self.last = float("nan")                  # the latest lambda, for the logs
+
+    def q(self, epoch: int) -> float:
+        return self.q0 + (self.q_end - self.q0) * min(1.0, epoch / max(1, self.epochs - 1))
+
+    def push(self, losses: torch.Tensor) -> None:
+        """Add losses (any shape) to the window, dropping the oldest beyond its size."""
+        losses = losses.detach().flatten().float()[-self.window:]
+        if self.values is None:
+            self.values = losses.new_empty(self.window)
+        index = (self.next + torch.arange(len(losses), device=losses.device)) % self.window
+        self.values[index] = losses
+        self.next = (self.next + len(losses)) % self.window
+        self.count = min(self.count + len(losses), self.window)
+
+    def __call__(self, epoch: int) -> float:
+        """The current lambda: the q(epoch)-quantile of the window (push first)."""
+        if self.values is None:
+            raise RuntimeError("QuantilePace has no losses yet: push some first")
+        self.last = torch.quantile(self.values[: self.count], self.q(epoch)).item()
+        return self.last
+
+    def state_dict(self) -> dict:
+        values = None if self.values is None else self.values[: self.count].clone()
+        if values is not None and self.count == self.window:  # oldest first
+            values = torch.roll(self.values, -self.next).clone()
+        return {"values": values, "last": self.last}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.values, self.count, self.next = None, 0, 0
+        self.last = float(state["last"])
+        if state["values"] is not None:
+            self.push(state["values"].to(device))

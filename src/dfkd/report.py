@@ -66,7 +66,7 @@ METRICS_FILE = "metrics.jsonl"
 # Per-epoch keys that are not loss terms; every other number in metrics.jsonl is one,
 # except the v* statistics of the self-paced weights.
 _NOT_TERMS = {"epoch", "acc1", "acc5", "agreement", "loyalty", "loyalty_official", "lr",
-              "lambda", "adv_weight", "synthesis_seconds", "student_seconds",
+              "lambda", "q", "adv_weight", "synthesis_seconds", "student_seconds",
               "elapsed_seconds", "peak_memory_mb", "bank"}
 # Line styles that tell a panel's terms apart when colours name the runs.
 _STYLES: tuple[Any, ...] = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)),

@@ -7,6 +7,17 @@ Student step, on fresh samples from G in eval mode:
 with lambda_k = lambda_0 + pace * k and w_adv growing by grad_adv after each 0-based
 epoch e with floor(E begin) < e < floor(E end). ``curriculum: none`` (the ablation) sets
 v = 1 and stops the ramp: w_adv stays at its constant w_adv0, as in the official code.
+
+Beyond the paper (each off by default and in the official recipes):
+  * ``pace_mode: quantile``: lambda is a running quantile of recent student losses
+    (:class:`dfkd.curriculum.QuantilePace`), so the curriculum admits the same fraction of
+    samples at any loss scale; q grows from ``q0`` to ``q_end`` over the run;
+  * ``replay``: a bounded pool of the latest ``replay`` synthetic images; a fraction
+    ``replay_frac`` of every student batch is drawn from it (against forgetting as G moves);
+  * ``augment``: per-sample pad-``padding`` crop (and flip) of the student's batch, as the
+    bank methods give their students.
+The student logs the mean of v* (``sp_weight``) and the fraction of samples with
+v* < 0.5 (``sp_below_half``); ``lambda`` (and ``q``) are logged each epoch.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from dfkd import curriculum as cur
 from dfkd.errors import ConfigError
 from dfkd.losses import entropy_of_mean, kd_kl, kd_l1, masked_adversarial, onehot_ce
 from dfkd.methods import register_method
+from dfkd.methods.bank import SampleBank, random_crop_flip
 from dfkd.methods.base import GeneratorMethod
 
 
@@ -41,6 +53,17 @@ class CuDFKDSettings:
     # batch: one weight for the batch-mean loss (official code);
     # sample: one weight per sample (the paper's self-paced framing)
     weighting: Literal["batch", "sample"] = "batch"
+    # linear: lambda_k = lambda_0 + pace k (paper); quantile: lambda = q-quantile of the
+    # last `window` losses, q from q0 to q_end over the epochs (scale-free; not in the paper)
+    pace_mode: Literal["linear", "quantile"] = "linear"
+    q0: float = 0.5
+    q_end: float = 0.9
+    window: int = 4096
+    replay: int = 0            # images kept for replay (0 = off; not in the paper)
+    replay_frac: float = 0.5   # share of each student batch drawn from the replay pool
+    augment: bool = False      # per-sample crop (pad `padding`) + flip for the student
+    padding: int = 2
+    flip: bool = True
 
     def validate(self) -> None:
         if not 0.0 <= self.begin <= self.end <= 1.0:
@@ -50,6 +73,16 @@ class CuDFKDSettings:
             raise ConfigError("cudfkd.tau and cudfkd.adv_tau must be > 0")
         if self.curriculum != "none" and self.lambda_0 <= 0:
             raise ConfigError(f"cudfkd.lambda_0 must be > 0, got {self.lambda_0}")
+        if not (0 < self.q0 <= 1 and 0 < self.q_end <= 1):
+            raise ConfigError(f"cudfkd.q0 and cudfkd.q_end are quantiles in (0, 1], got "
+                              f"{self.q0}/{self.q_end}")
+        if self.window < 1:
+            raise ConfigError(f"cudfkd.window must be >= 1, got {self.window}")
+        if self.replay < 0 or not 0 <= self.replay_frac < 1:
+            raise ConfigError(f"cudfkd.replay must be >= 0 and cudfkd.replay_frac in [0, 1), "
+                              f"got {self.replay}/{self.replay_frac}")
+        if self.padding < 0:
+            raise ConfigError(f"cudfkd.padding must be >= 0, got {self.padding}")
 
 
 @register_method
@@ -64,6 +97,9 @@ class CuDFKD(GeneratorMethod):
         self.pace = cur.Pace(s.lambda_0, s.pace)
         self.ramp = cur.AdversarialRamp(s.w_adv0, s.grad_adv, s.begin, s.end, ctx.epochs)
         self.student_steps = 0   # k in lambda_k
+        self.quantile = cur.QuantilePace(s.q0, s.q_end, s.window, ctx.epochs) \
+            if s.pace_mode == "quantile" else None
+        self.replay = SampleBank(s.replay) if s.replay else None
 
     @property
     def adv_weight(self) -> float:
@@ -73,7 +109,41 @@ class CuDFKD(GeneratorMethod):
 
     @property
     def lam(self) -> float:
-        return self.pace(self.student_steps)
+        """The pace in effect: linear in student steps, or the latest quantile."""
+        return self.pace(self.student_steps) if self.quantile is None else self.quantile.last
+
+    def self_paced_weight(self, kd: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        if s.curriculum == "none":
+            return torch.ones_like(kd)
+        if self.quantile is None:
+            return cur.v_star(kd.detach(), self.lam, s.curriculum)
+        self.quantile.push(kd)
+        lam_q = max(self.quantile(self.epoch), 1e-12)
+        return cur.v_star(kd.detach() * (s.lambda_0 / lam_q), s.lambda_0, s.curriculum)
+
+    def student_teacher_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.settings
+        if self.replay is None and not s.augment:
+            return super().student_teacher_logits()
+        with torch.no_grad():
+            self.generator.eval()
+            x01 = self.generator(self.sample_z())
+            self.generator.train()
+            if self.replay is not None:  # past images only; the pool keeps the fresh ones
+                n_old = round(s.replay_frac * len(x01)) if len(self.replay) else 0
+                fresh = x01[: len(x01) - n_old]
+                if n_old:
+                    x01 = torch.cat([fresh, self.replay.sample(n_old)])
+                self.replay.add(fresh)
+            if s.augment:
+                x01 = random_crop_flip(x01, s.padding, s.flip)
+            x = self.ctx.normalize(x01)
+        with self.ctx.autocast():
+            with torch.no_grad():
+                t = self.ctx.teacher(x)
+            st = self.ctx.student(x)
+        return st, t
 
     def generator_step(self) -> dict[str, torch.Tensor]:
         s, ctx = self.settings, self.ctx
@@ -96,21 +166,30 @@ class CuDFKD(GeneratorMethod):
         st, t = self.student_teacher_logits()
         per_sample = s.weighting == "sample"
         kd = kd_l1(st, t, per_sample) if s.kd_loss == "l1" else kd_kl(st, t, s.tau, per_sample)
-        if s.curriculum == "none":
-            weight = torch.ones_like(kd)
-        else:
-            weight = cur.v_star(kd.detach(), self.lam, s.curriculum)
+        weight = self.self_paced_weight(kd)
         loss = (weight * kd).mean()
         self.student_steps += 1
         return loss, {"loss_s": loss.detach(), "kd": kd.detach().mean(),
-                      "sp_weight": weight.mean()}
+                      "sp_weight": weight.mean(), "sp_below_half": (weight < 0.5).float().mean()}
 
     def status(self) -> dict[str, float]:
-        return {"lambda": self.lam, "adv_weight": self.adv_weight}
+        out = {"lambda": self.lam, "adv_weight": self.adv_weight}
+        if self.quantile is not None:
+            out["q"] = self.quantile.q(self.epoch)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "student_steps": self.student_steps}
+        state = {**super().state_dict(), "student_steps": self.student_steps}
+        if self.quantile is not None:
+            state["quantile"] = self.quantile.state_dict()
+        if self.replay is not None:
+            state["replay"] = self.replay.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.student_steps = int(state["student_steps"])
+        if self.quantile is not None:
+            self.quantile.load_state_dict(state["quantile"], self.ctx.device)
+        if self.replay is not None:
+            self.replay.load_state_dict(state["replay"], self.ctx.device)

@@ -1,0 +1,114 @@
+"""CuDFKD ablations on Fashion-MNIST, chosen on the val split (BENCHMARKS.md, issue #12).
+
+Each variant is the recipe plus ``--set`` overrides, run for every seed with
+``--eval-split val`` (the per-epoch metrics, and so the choice, use only the val split:
+5,000 training images no student sees). Once a run has finished, its final student is
+measured on the test set with ``dfkd evaluate --split test``: that number is reported,
+never used to choose. Runs are queued in a pool of ``--jobs`` processes with
+cores/jobs threads each; finished runs are skipped, interrupted ones resumed.
+
+    python benchmarks/cudfkd_ablation.py --teacher runs/bench_fmnist_s9/teacher.pt \\
+        --out runs/ablation --seeds 0,1,2 --set epochs=10 --variants paper,none,quantile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+RECIPE = "configs/fashion_mnist/cudfkd_lenet5.yaml"
+QUANTILE = ["cudfkd.pace_mode=quantile", "cudfkd.weighting=sample"]
+VARIANTS: dict[str, list[str]] = {
+    "paper": [],                                   # the recipe as it is
+    "none": ["cudfkd.curriculum=none"],            # no curriculum (the paper's ablation)
+    "quantile": QUANTILE,                          # the scale-free pace, per-sample v*
+    "quantile_batch": ["cudfkd.pace_mode=quantile"],
+    "replay": ["cudfkd.replay=20000"],             # half of each batch from a replay pool
+    "augment": ["cudfkd.augment=true"],            # per-sample crop + flip for the student
+    "quantile_replay_augment": QUANTILE + ["cudfkd.replay=20000", "cudfkd.augment=true"],
+}
+
+
+def run_one(out: Path, variant: str, seed: int, extra: list[str], threads: int,
+            recipe: str, teacher: str) -> dict:
+    folder = out / variant / f"seed{seed}"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    dfkd = [sys.executable, "-m", "dfkd"]
+    sets = [a for s in VARIANTS[variant] + extra for a in ("--set", s)]
+    if not (folder / "summary.json").exists():
+        resume = (folder / "checkpoint.pt").exists()
+        where = ["--resume", str(folder)] if resume else [
+            "--config", recipe, "--teacher", teacher, "--seed", str(seed), "--out", str(folder),
+            "--eval-split", "val", *sets]
+        with open(out / f"{variant}_seed{seed}.log", "a") as log:
+            subprocess.run([*dfkd, "distill", *where, "--no-progress"], check=True, env=env,
+                           stdout=log, stderr=subprocess.STDOUT)
+    test_file = folder / "test.json"
+    if not test_file.exists():
+        result = subprocess.run([*dfkd, "evaluate", str(folder), "--split", "test", "--json",
+                                 "--no-progress"], check=True, env=env, capture_output=True,
+                                text=True)
+        test_file.write_text(result.stdout)
+    summary = json.loads((folder / "summary.json").read_text())
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return {"variant": variant, "seed": seed, "val": summary["final_acc1"],
+            "test": json.loads(test_file.read_text())["acc1"],
+            "seconds": summary["elapsed_seconds"],
+            "sp_weight": [r.get("sp_weight") for r in rows],
+            "sp_below_half": [r.get("sp_below_half") for r in rows],
+            "lambda": [r.get("lambda") for r in rows]}
+
+
+def mean_std(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--recipe", default=RECIPE)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="overrides for every variant (e.g. epochs=10)")
+    p.add_argument("--jobs", type=int, default=2)
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    jobs = [(v, s) for v in variants for s in seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda j: run_one(out, j[0], j[1], args.set, threads,
+                                                  args.recipe, args.teacher), jobs))
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(f"overrides for all: {args.set or 'none'}; seeds {seeds}; {args.jobs} jobs x "
+          f"{threads} threads\n")
+    print("| variant | val Acc@1 | test Acc@1 | train s | mean v* (first/last epoch) "
+          "| v* < 0.5 (last epoch) |")
+    print("|---|---|---|---|---|---|")
+    for v in variants:
+        rs = [r for r in results if r["variant"] == v]
+        first = statistics.mean(r["sp_weight"][0] for r in rs)
+        last = statistics.mean(r["sp_weight"][-1] for r in rs)
+        below = statistics.mean(r["sp_below_half"][-1] for r in rs)
+        print(f"| {v} | {mean_std([r['val'] for r in rs])} | "
+              f"{mean_std([r['test'] for r in rs])} | "
+              f"{statistics.mean(r['seconds'] for r in rs):.0f} | {first:.3f} / {last:.3f} | "
+              f"{below:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
