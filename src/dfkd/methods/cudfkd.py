@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 
 from dfkd import curriculum as cur
+from dfkd import distributed
 from dfkd.errors import ConfigError
 from dfkd.losses import entropy_of_mean, kd_kl, kd_l1, masked_adversarial, onehot_ce
 from dfkd.methods import register_method
@@ -118,7 +119,9 @@ class CuDFKD(GeneratorMethod):
             return torch.ones_like(kd)
         if self.quantile is None:
             return cur.v_star(kd.detach(), self.lam, s.curriculum)
-        self.quantile.push(kd)
+        # Every rank pushes the losses of all ranks: one window and one lambda everywhere,
+        # so rank 0's checkpoint holds the state of the whole run.
+        self.quantile.push(distributed.all_gather_cat(kd.detach().reshape(-1)))
         lam_q = max(self.quantile(self.epoch), 1e-12)
         return cur.v_star(kd.detach() * (s.lambda_0 / lam_q), s.lambda_0, s.curriculum)
 
