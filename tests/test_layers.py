@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "dfkd"
 PACKAGES = ("methods", "models", "data")   # each counts as one unit
 # Building blocks: no loop, no method, no run config.
 BLOCKS = {"errors", "generators", "hooks", "losses", "curriculum", "metrics", "models", "data",
-          "teacher_wrap", "distributed", "checkpoint", "report", "runlock"}
+          "teacher_wrap", "distributed", "checkpoint", "report", "runlock", "probe", "advice"}
 TOP = {"cli", "api", "bench", "tune", "export", "teacher", "__init__", "__main__"}
 
 

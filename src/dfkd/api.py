@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,9 @@ import torch
 import yaml
 from torch import nn
 
-from dfkd import distributed, runlock
+from dfkd import distributed, recipes, runlock
 from dfkd.checkpoint import STUDENT, STUDENT_SAFETENSORS, load_model_checkpoint, safe_load
-from dfkd.config import load_config, merge
+from dfkd.config import RunConfig, load_config, merge, read_yaml
 from dfkd.data import dataset_info, load_split
 from dfkd.engine import (
     CHECKPOINT,
@@ -65,8 +66,6 @@ def prepare_out_dir(out: str | os.PathLike, resume: bool = False, overwrite: boo
 
 def _split_settings(method: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Route flat keyword settings to the run config or to the method's section."""
-    from dfkd.config import RunConfig
-
     run_keys = {f.name for f in dataclasses.fields(RunConfig)} - {"method_settings"}
     method_keys = {f.name for f in dataclasses.fields(get_method(method).Settings)}
     raw: dict[str, Any] = {"method": method}
@@ -84,36 +83,96 @@ def _split_settings(method: str, settings: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def say(line: str) -> None:
+    """One line for the user on stderr, from rank 0 only."""
+    if distributed.current().is_main:
+        print(f"dfkd: {line}", file=sys.stderr, flush=True)
+
+
 def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
             image_shape: tuple[int, int, int], mean: tuple[float, ...], std: tuple[float, ...],
-            method: str = "cudfkd",
+            method: str | None = None, recipe: str | os.PathLike | None = "auto",
             test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
             out_dir: str | os.PathLike | None = None, resume: bool = False,
             overwrite: bool = False, progress: bool | None = None,
             **settings: Any) -> tuple[dict[str, Any], nn.Module]:
     """Distil ``student`` from ``teacher`` with no training data.
 
+    ``recipe`` is where the settings start from. ``"auto"`` (the default): the validated
+    recipe of the nearest family by ``image_shape`` (grey images of 32 px or less: the
+    Fashion-MNIST recipe; other images up to 48 px: CIFAR-10's; larger: Tiny-ImageNet's;
+    see :mod:`dfkd.recipes`), for ``method`` (default ``cudfkd``). A path (or a name such
+    as ``"configs/fashion_mnist/dafl_lenet5.yaml"``): that recipe, whose ``method`` is used
+    unless ``method`` is given. ``None``: the engine defaults. Only a recipe's training
+    settings are used (its teacher, student and dataset keys are not: the models are the
+    ones given here); the run prints which recipe it started from, and the summary's
+    config (and ``config.yaml``) records it as ``base_recipe``.
+
     ``settings`` are run keys (``epochs``, ``rounds``, ``batch_size``, ``device``...)
-    or the method's own keys (``tau``, ``curriculum``...). ``test_data`` is an
-    optional ``(images, labels)`` pair used only to measure the student: uint8
-    images are scaled and normalised with ``mean``/``std``, float images are
-    taken as model inputs. Returns the run summary and the trained student.
+    or the method's own keys (``tau``, ``curriculum``...); they win over the recipe.
+    ``test_data`` is an optional ``(images, labels)`` pair used only to measure the
+    student: uint8 images are scaled and normalised with ``mean``/``std``, float images
+    are taken as model inputs. With no test data, watch ``synthetic_agreement`` (see
+    :mod:`dfkd.probe`). ``resume=True`` continues the run in ``out_dir`` with the
+    configuration its checkpoint recorded (``settings`` given again win over it).
+    Returns the run summary and the trained student.
     """
-    cfg = load_config(_split_settings(method, settings))
+    state = None
+    if resume:
+        if out_dir is None:
+            raise ConfigError("resume=True continues the run in out_dir; pass out_dir")
+        state = load_run_checkpoint(out_dir)
+        recorded = state["config"]
+        raw = merge(recorded, _split_settings(method or recorded.get("method", "cudfkd"),
+                                              settings))
+    else:
+        raw, line = _start_settings(method, recipe, settings, tuple(image_shape))
+    cfg = load_config(raw)
     out = prepare_out_dir(out_dir, resume, overwrite) if out_dir is not None else None
+    if out is not None and distributed.current().is_main:
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     spec = ImageSpec(num_classes, tuple(image_shape), tuple(mean), tuple(std))
     eval_data = EvalData(*test_data) if test_data is not None else None
-    trainer = Trainer(cfg, teacher, student, spec, eval_data, out, progress=progress)
+    trainer = Trainer(cfg, teacher, student, spec, eval_data, out, progress=progress,
+                      recipe_hint=_recipe_hint(cfg.method, tuple(image_shape)))
     if resume:
-        trainer.resume()
+        trainer.resume(state)
+    elif line is not None:   # once the run is built: a user error stays a one-line message
+        say(line)
     return trainer.fit(), trainer.student
+
+
+def _recipe_hint(method: str, image_shape: tuple[int, int, int]) -> str | None:
+    """The name of the validated recipe for ``method`` on these images, if there is one."""
+    choice = recipes.recipe_for(method, image_shape)
+    return choice.name if choice is not None else None
+
+
+def _start_settings(method: str | None, recipe: str | os.PathLike | None,
+                    settings: dict[str, Any], image_shape: tuple[int, int, int]
+                    ) -> tuple[dict[str, Any], str | None]:
+    """The raw configuration of a new API run (the recipe, then ``settings``), and the line
+    that names the recipe."""
+    if recipe is None:
+        return _split_settings(method or RunConfig.method, settings), None
+    if str(recipe) == "auto":
+        raw = _split_settings(method or RunConfig.method, settings)
+        return recipes.with_base_recipe(raw, image_shape, RunConfig.method)
+    path = recipes.resolve_named(str(recipe))
+    base = recipes.training_settings(read_yaml(path))
+    chosen = method or read_yaml(path).get("method") or RunConfig.method
+    raw = {**merge(base, _split_settings(chosen, settings)), "base_recipe": str(recipe)}
+    return raw, f"starting from the recipe {recipe}; your settings override it"
 
 
 def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool = False,
                   overwrite: bool = False, progress: bool | None = None,
-                  state: dict[str, Any] | None = None) -> Trainer:
+                  state: dict[str, Any] | None = None, base_recipe: bool = False) -> Trainer:
     """Everything ``dfkd distill`` checks and builds, in the order that fails fastest.
-    ``state``: the checkpoint to resume from, if the caller has already read it."""
+    ``state``: the checkpoint to resume from, if the caller has already read it.
+    ``base_recipe``: ``raw`` holds only the user's settings (no recipe), so start them from
+    the recipe of the data's geometry (:mod:`dfkd.recipes`); not on a resume, which keeps
+    what the run recorded."""
     cfg = load_config(raw)
     if not cfg.teacher:
         raise ConfigError("no teacher given: pass --teacher CHECKPOINT (or set 'teacher' in "
@@ -131,6 +190,10 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
     if meta["num_classes"] != info.num_classes:
         raise DfkdError(f"the teacher has {meta['num_classes']} classes but {info.name} has "
                         f"{info.num_classes}")
+    line = None
+    if base_recipe and not resume:
+        raw, line = recipes.with_base_recipe(raw, tuple(info.image_shape), RunConfig.method)
+        cfg = load_config(raw)
     images, labels = load_split(info.name, cfg.eval_split, cfg.data_root)
     seed_everything(cfg.seed)  # the student's initialisation is part of the run's seed
     student = create_model(cfg.student, info.num_classes, info.image_shape[0])
@@ -142,9 +205,12 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
     spec = ImageSpec(info.num_classes, info.image_shape, info.mean, info.std, info.name)
     trainer = Trainer(cfg, teacher, student, spec, EvalData(images, labels), out,
                       teacher_acc1=meta.get(f"{cfg.eval_split}_acc1"), progress=progress,
-                      student_arch=resolve_spec(cfg.student))
+                      student_arch=resolve_spec(cfg.student),
+                      recipe_hint=_recipe_hint(cfg.method, tuple(info.image_shape)))
     if resume:
         trainer.resume(state)
+    if line is not None:   # once the run is built: a user error stays a one-line message
+        say(line)
     return trainer
 
 

@@ -92,14 +92,27 @@ def _parser() -> argparse.ArgumentParser:
         "distill", help="data-free distillation of a student from a teacher checkpoint",
         description="Run a data-free distillation. Settings come from the defaults, then "
         "--config FILE, then the flags below, then each --set key=value (dotted keys, "
-        "e.g. --set cudfkd.tau=4 --set student_optim.lr=0.05). Writes DIR/metrics.jsonl "
+        "e.g. --set cudfkd.tau=4 --set student_optim.lr=0.05). Without --config, the "
+        "defaults are the validated recipe of the nearest family by the images' geometry, "
+        "for the chosen method: grey images of 32 px or less: configs/fashion_mnist/; "
+        "other images up to 48 px (32 px colour): configs/cifar10/ (the ResNet pair); "
+        "larger ones (64 px): configs/tiny_imagenet/. Only its training settings are taken "
+        "(never its teacher, student or dataset); the run prints which recipe it started "
+        "from and config.yaml records it as base_recipe; every flag and --set still wins "
+        "(--set base_recipe=none: the engine defaults; --set base_recipe=FILE: that "
+        "recipe). Each epoch the student is also scored against the teacher on 1024 "
+        "held-out synthetic images (synthetic_agreement, synthetic_loyalty: a signal that "
+        "needs no data), and a run that is not learning says so once, with settings to "
+        "try. Writes DIR/metrics.jsonl "
         "(one line per epoch), DIR/samples/epoch_NNN.png, DIR/checkpoint.pt (each epoch), "
         "the student as DIR/student.pt and DIR/student.safetensors (each epoch), "
         "DIR/summary.json and, with matplotlib, DIR/curves.png. Ctrl-C saves a checkpoint; "
         "--resume DIR continues exactly.",
         epilog=f"methods: {', '.join(list_methods())}\nmodels: {', '.join(list_models())}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("--config", metavar="FILE", help="YAML recipe (see configs/)")
+    d.add_argument("--config", metavar="FILE",
+                   help="YAML recipe (see configs/); without it, the recipe of the images' "
+                        "family (see above)")
     d.add_argument("--teacher", metavar="CKPT",
                    help="teacher checkpoint: train-teacher's .pt, a distilled student (a run "
                         "folder, its student.pt or student.safetensors), or a zoo file with "
@@ -300,12 +313,17 @@ def _cmd_distill(args) -> int:
                  "eval_split": args.eval_split,
                  "data_root": args.data_root}
         raw = merge(raw, {k: v for k, v in flags.items() if v is not None})
-        raw = merge(raw, parse_overrides(args.set))
+        overrides = parse_overrides(args.set)
+        if args.config and "base_recipe" in overrides:
+            raise ConfigError("--set base_recipe picks the recipe to start from when no "
+                              "--config is given; with --config, that file is the recipe")
+        raw = merge(raw, overrides)
         out, resume, state = args.out, False, None
     # Under torchrun, join the process group before anything touches a device.
     dist = init_from_env(raw.get("device") or "auto")
     trainer = build_trainer(raw, out, resume=resume, overwrite=args.overwrite,
-                            progress=_progress(args), state=state)
+                            progress=_progress(args), state=state,
+                            base_recipe=not resume and not args.config)
     summary = trainer.fit(stop_after_epoch=args.stop_after_epoch)
     if dist.is_main:
         if trainer.epoch < trainer.cfg.epochs:
@@ -313,6 +331,11 @@ def _cmd_distill(args) -> int:
                   f"{out}")
         else:
             print(result_table(summary))
+            if summary.get("final_synthetic_agreement") is not None:
+                print(f"data-free signal (student vs teacher on "
+                      f"{summary['synthetic_probe']['size']} held-out synthetic images): "
+                      f"synthetic_agreement {summary['final_synthetic_agreement']:.2f}%, "
+                      f"synthetic_loyalty {summary['final_synthetic_loyalty']:.4f}")
             curves = ", curves.png" if draw_run_curves(out) else ""
             print(f"results in {out}/ (summary.json, metrics.jsonl, samples/, checkpoint.pt, "
                   f"student.pt, student.safetensors{curves})")
@@ -351,7 +374,13 @@ def _cmd_tune(args) -> int:
                      study_name=args.study_name, seed=args.seed, progress=_progress(args))
     best = study.best_trial
     print(f"best: trial {best.number}, final val Acc@1 {best.value:.2f}, {best.params}")
-    print(f"results in {args.out}/ (best.yaml, trials.csv, search.png, study.db)")
+    signal = json.loads((Path(args.out) / "signal.json").read_text())
+    rho = signal["synthetic_agreement"]
+    if rho["spearman"] is not None:
+        print(f"data-free signal: Spearman rank correlation of the final synthetic_agreement "
+              f"with the final val Acc@1 over {rho['n']} completed trials: "
+              f"{rho['spearman']:+.2f}")
+    print(f"results in {args.out}/ (best.yaml, trials.csv, signal.json, search.png, study.db)")
     return 0
 
 

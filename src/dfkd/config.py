@@ -53,13 +53,20 @@ class RunConfig:
     compile: bool = False             # torch.compile the student and generator (opt-in)
     deterministic: bool = False       # deterministic algorithms (exact resume on CUDA)
     sample_grid: int = 64             # synthetic images saved per epoch (0: none)
+    # Held-out synthetic images the data-free signal is measured on each epoch (dfkd.probe;
+    # 0: no signal and no warnings).
+    synthetic_probe: int = 1024
+    # The recipe whose training settings the run started from when it was given none
+    # (dfkd.recipes): a record, or the recipe to start from (none: the engine defaults).
+    base_recipe: str | None = None
     student_optim: StudentOptimConfig = field(default_factory=StudentOptimConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     method_settings: Any = None       # the method's Settings instance (filled by load_config)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name != "method_settings"}
+               if f.name != "method_settings"
+               and not (f.name in _WRITTEN_WHEN_SET and getattr(self, f.name) == f.default)}
         out["student_optim"] = dataclasses.asdict(self.student_optim)
         out["generator"] = dataclasses.asdict(self.generator)
         out["generator"]["betas"] = list(self.generator.betas)
@@ -68,10 +75,16 @@ class RunConfig:
         return out
 
 
+# Keys added after runs were stored: written only when they differ from their default, so the
+# config.yaml of a run made before them still compares equal (dfkd bench refuses to resume or
+# reuse a run whose stored config differs from the one it asks for).
+_WRITTEN_WHEN_SET = frozenset({"synthetic_probe", "base_recipe"})
+
 _RANGES: dict[str, tuple[float, float | None]] = {
     "epochs": (1, None), "rounds": (1, None), "g_steps": (0, None), "kd_steps": (1, None),
     "batch_size": (1, None), "eval_batch_size": (1, None), "seed": (0, None),
-    "sample_grid": (0, None), "lr": (0, None), "momentum": (0, 1), "weight_decay": (0, None),
+    "sample_grid": (0, None), "synthetic_probe": (0, None), "lr": (0, None),
+    "momentum": (0, 1), "weight_decay": (0, None),
     "nz": (1, None), "ngf": (1, None), "width": (1, None), "stages": (1, None),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {"device": ("auto", "cpu", "cuda")}
@@ -140,6 +153,9 @@ def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     names = [f.name for f in dataclasses.fields(cls) if f.name != "method_settings"]
     kwargs = {}
     for key, value in data.items():
+        if not isinstance(key, str):   # YAML allows `null:` or `1:` as keys
+            raise ConfigError(f"config keys are names, got {key!r} in "
+                              f"'{prefix.rstrip('.') or 'config'}'")
         full = prefix + key
         if key not in names:
             raise ConfigError(f"unknown config key '{full}'.{_suggest(key, names)}")

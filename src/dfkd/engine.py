@@ -7,6 +7,11 @@ line in ``metrics.jsonl``, a sample grid and an atomic ``checkpoint.pt`` holding
 everything needed for an exact resume (student, method state, both optimisers,
 scheduler, metric history and every RNG). SIGINT/SIGTERM finish the current
 round, checkpoint it and stop; the run resumes from that round.
+
+Each epoch also measures the data-free signal (:mod:`dfkd.probe`): the student's
+agreement, loyalty and KL with the teacher on a fixed set of held-out synthetic images,
+made once at the start (and kept in the checkpoint); :mod:`dfkd.advice` turns it into
+warnings when the run is not learning.
 """
 
 from __future__ import annotations
@@ -31,11 +36,14 @@ from torch import nn
 from tqdm import tqdm
 
 from dfkd import distributed, runlock
+from dfkd.advice import RunWatch, hints_for
 from dfkd.checkpoint import atomic_save, safe_load, save_student_files
 from dfkd.config import RunConfig
 from dfkd.errors import DfkdError
-from dfkd.methods import MethodContext, get_method
+from dfkd.methods import GeneratorMethod, MethodContext, get_method
 from dfkd.metrics import accuracy, fidelity_metrics, predict, run_summary
+from dfkd.probe import KEYS as SYNTHETIC_KEYS
+from dfkd.probe import SyntheticProbe
 from dfkd.report import save_image_grid
 from dfkd.teacher_wrap import FrozenTeacher
 
@@ -155,7 +163,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, teacher: nn.Module, student: nn.Module,
                  spec: ImageSpec, eval_data: EvalData | None, out_dir: Path | None,
                  teacher_acc1: float | None = None, progress: bool | None = None,
-                 student_arch: str | None = None) -> None:
+                 student_arch: str | None = None, recipe_hint: str | None = None) -> None:
         self.cfg = cfg
         self.dist = distributed.current()
         self.device = resolve_device(cfg.device)
@@ -163,6 +171,9 @@ class Trainer:
         # How student.pt rebuilds the student: a zoo name or a model spec (None for a
         # module built in Python, which the user rebuilds).
         self.student_arch = student_arch
+        # The validated recipe for these images and this method (dfkd.recipes), which the
+        # warnings suggest to a run that did not start from it.
+        self.recipe_hint = recipe_hint
         self.out_dir = out_dir
         self.teacher_acc1 = teacher_acc1
         # Only rank 0 talks and writes; every rank computes.
@@ -191,6 +202,7 @@ class Trainer:
                             "not need them (e.g. dfad, zskt) or a teacher with BatchNorm")
         mean = torch.tensor(spec.mean, device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(spec.std, device=self.device).view(1, -1, 1, 1)
+        self._mean, self._std = mean, std
         use_amp = cuda and cfg.amp
         ctx = MethodContext(
             teacher=self.teacher, student=self.student_ddp, student_raw=self.student,
@@ -229,6 +241,12 @@ class Trainer:
                 self.teacher_acc1 = accuracy(self.teacher_test_logits,
                                              eval_data.labels)["acc1"]
 
+        # The data-free signal: made at the start of fit (dfkd.probe), then checkpointed.
+        self.probe: SyntheticProbe | None = None
+        self._probe_transform = self._pixels_transform(mean, std)
+        self.watch = RunWatch()
+        self._epoch_weights: list[torch.Tensor] | None = None   # the student's, for the watch
+
         # Loop position and accumulators: all of it is checkpointed.
         self.epoch = 0
         self.round = 0
@@ -253,12 +271,15 @@ class Trainer:
 
     def _make_eval_transform(self, data: EvalData, mean, std):
         if data.images.dtype == torch.uint8:
-            def transform(x):
-                x = (x.float() / 255.0 - mean) / std
-                return x.contiguous(memory_format=torch.channels_last) if self.channels_last \
-                    else x
-            return transform
+            return self._pixels_transform(mean, std)
         return lambda x: x.float()
+
+    def _pixels_transform(self, mean, std):
+        """uint8 pixels -> normalised model input."""
+        def transform(x):
+            x = (x.float() / 255.0 - mean) / std
+            return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return transform
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -276,6 +297,8 @@ class Trainer:
             "sums": self.sums,
             "timers": self.timers,
             "teacher_acc1": self.teacher_acc1,
+            "probe": self.probe.state_dict() if self.probe is not None else None,
+            "watch": self.watch.state_dict(),
             "rng": distributed.all_gather_objects(rng_state()),  # one per rank
         }
 
@@ -294,6 +317,10 @@ class Trainer:
         self.history = list(state["history"])
         self.sums = dict(state["sums"])
         self.timers = dict(state["timers"])
+        # Checkpoints written before the signal existed have no probe: fit makes one.
+        probe = state.get("probe")
+        self.probe = SyntheticProbe.from_state(probe) if probe is not None else None
+        self.watch.load_state_dict(state.get("watch"))
         if len(state["rng"]) != self.dist.world_size:
             raise DfkdError(f"this run was checkpointed with {len(state['rng'])} processes; "
                             f"resume it with the same number (now {self.dist.world_size})")
@@ -401,13 +428,14 @@ class Trainer:
         lr = self.opt_s.param_groups[0]["lr"]
         if self.epoch >= self.method.warmup_epochs:
             self.sched_s.step()
-        row: dict[str, Any] = {"epoch": self.epoch + 1, **self.evaluate(), "lr": lr,
-                               **self.method.status()}
+        row: dict[str, Any] = {"epoch": self.epoch + 1, **self.evaluate(),
+                               **self.measure_probe(), "lr": lr, **self.method.status()}
         row.update({k: v / cfg.rounds for k, v in sorted(self.sums.items())})
         row.update({k: round(v, 3) for k, v in self.timers.items()})
         row["peak_memory_mb"] = round(peak_memory_mb(self.device), 1)
         self.history.append(row)
         self.sums = {}
+        self._judge(row)
         if self.out_dir is not None and self.is_main:
             with open(self.out_dir / METRICS, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -419,6 +447,60 @@ class Trainer:
         self.epoch += 1
         self.round = 0
         return row
+
+    # ------------------------------------------------------ the data-free signal
+    def ensure_probe(self) -> None:
+        """Make the run's synthetic probe if it has none (dfkd.probe); before the first
+        student step, also score the untrained student on it (the warnings' baseline)."""
+        if self.probe is not None or not self.cfg.synthetic_probe:
+            return
+        self.probe = SyntheticProbe.create(self.teacher, tuple(self.spec.image_shape),
+                                           self.spec.num_classes, self._mean, self._std,
+                                           self.device, self.cfg.synthetic_probe)
+        if self.epoch == 0 and self.round == 0 and not self.history:
+            self.measure_probe(baseline=True)
+
+    def measure_probe(self, baseline: bool = False) -> dict[str, float]:
+        """synthetic_agreement / synthetic_loyalty / synthetic_kl of the student now."""
+        if self.probe is None:
+            return {}
+        return self.probe.measure(self.student, self.cfg.eval_batch_size,
+                                  self._probe_transform, self.device, baseline=baseline)
+
+    def _trainable(self) -> list[torch.Tensor]:
+        return [p for p in self.student.parameters() if p.requires_grad]
+
+    def _weight_change(self) -> float | None:
+        """How far the student's trainable weights moved since ``_epoch_weights`` was taken
+        (the epoch's start, or the resume point): ||w - w0|| / ||w0||."""
+        if self._epoch_weights is None:
+            return None
+        now = self._trainable()
+        if len(now) != len(self._epoch_weights):
+            return None
+        if not now:
+            return 0.0
+        diff = sum(float((p.detach() - q).float().pow(2).sum()) for p, q in
+                   zip(now, self._epoch_weights))
+        base = sum(float(q.float().pow(2).sum()) for q in self._epoch_weights)
+        return math.sqrt(diff) / max(math.sqrt(base), 1e-12)
+
+    def _judge(self, row: dict[str, Any]) -> None:
+        """The warning of dfkd.advice (at most one per run), on rank 0's stderr."""
+        if self.probe is None:
+            return
+        cfg = self.cfg
+        learned = self.epoch + 1 - self.method.warmup_epochs
+        initial = (self.probe.initial or {}).get("synthetic_kl")
+        hints = hints_for(cfg, generator_method=isinstance(self.method, GeneratorMethod),
+                          recipe_name=self.recipe_hint, student_lr=row["lr"])
+        for warning in self.watch.check(row, learned_epochs=learned,
+                                        student_steps=learned * cfg.rounds * cfg.kd_steps,
+                                        num_classes=self.spec.num_classes,
+                                        initial_kl=initial,
+                                        weight_change=self._weight_change(), hints=hints):
+            if self.is_main:
+                tqdm.write(f"dfkd: warning: {warning['message']}", file=sys.stderr)
 
     def fit(self, stop_after_epoch: int | None = None) -> dict[str, Any]:
         """Train to the configured end, or checkpoint and return after epoch
@@ -434,10 +516,15 @@ class Trainer:
         total = cfg.epochs * cfg.rounds
         bar = tqdm(total=total, initial=self.epoch * cfg.rounds + self.round, disable=not
                    self.progress, desc=cfg.method, unit="round", dynamic_ncols=True)
-        last_acc = self.history[-1].get("acc1") if self.history else None
+        self.ensure_probe()
+        last = self.history[-1] if self.history else {}
+        last_acc = last.get("acc1")
+        shown = {k: last[k] for k in ("synthetic_agreement", "synthetic_loyalty") if k in last}
         with _StopFlag() as stop:
             while self.epoch < end:
                 self.method.on_epoch_start(self.epoch)
+                if self.probe is not None and (self.round == 0 or self._epoch_weights is None):
+                    self._epoch_weights = [p.detach().clone() for p in self._trainable()]
                 while self.round < cfg.rounds:
                     values = self._run_round()
                     self.round += 1
@@ -447,6 +534,7 @@ class Trainer:
                         post.update({k: f"{v:.3g}" for k, v in self.method.status().items()})
                         if last_acc is not None:
                             post["acc1"] = f"{last_acc:.2f}"
+                        post.update({k: f"{v:.3g}" for k, v in shown.items()})
                         bar.set_postfix(post, refresh=False)
                     if distributed.any_rank(stop.signum is not None, self.device):
                         stop.signum = stop.signum or signal.SIGTERM
@@ -455,6 +543,8 @@ class Trainer:
                 if self.round == cfg.rounds:
                     row = self._end_epoch()
                     last_acc = row.get("acc1")
+                    shown = {k: row[k] for k in ("synthetic_agreement", "synthetic_loyalty")
+                             if k in row}
                     if not self.progress and self.is_main:
                         print(_epoch_line(row, cfg.epochs), file=sys.stderr, flush=True)
                 self.save_checkpoint()
@@ -483,6 +573,12 @@ class Trainer:
             "final_agreement": last.get("agreement"),
             "final_loyalty": last.get("loyalty"),
             "final_loyalty_official": last.get("loyalty_official"),
+            # The data-free signal (dfkd.probe): what a user without test data watches.
+            **{f"final_{k}": last.get(k) for k in SYNTHETIC_KEYS},
+            "synthetic_probe": None if self.probe is None else {
+                "size": len(self.probe.images), "seconds": round(self.probe.seconds, 3),
+                "initial": self.probe.initial},
+            "warnings": [dict(w) for w in self.watch.given],
             "eval_split": self.cfg.eval_split if self.eval_data is not None else None,
             **run_summary(acc, elapsed),
             "teacher_acc1": self.teacher_acc1,
@@ -504,8 +600,8 @@ class Trainer:
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {row['epoch']}/{epochs}"]
-    for key in ("acc1", "agreement", "loyalty", "loss_s", "lambda", "adv_weight",
-                "elapsed_seconds"):
+    for key in ("acc1", "agreement", "loyalty", "synthetic_agreement", "synthetic_loyalty",
+                "loss_s", "lambda", "adv_weight", "elapsed_seconds"):
         if key in row:
             parts.append(f"{key} {row[key]:.4g}")
     return "  ".join(parts)

@@ -67,7 +67,8 @@ METRICS_FILE = "metrics.jsonl"
 # except the v* statistics of the self-paced weights.
 _NOT_TERMS = {"epoch", "acc1", "acc5", "agreement", "loyalty", "loyalty_official", "lr",
               "lambda", "q", "adv_weight", "synthesis_seconds", "student_seconds",
-              "elapsed_seconds", "peak_memory_mb", "bank"}
+              "elapsed_seconds", "peak_memory_mb", "bank", "synthetic_agreement",
+              "synthetic_loyalty", "synthetic_kl"}
 # Line styles that tell a panel's terms apart when colours name the runs.
 _STYLES: tuple[Any, ...] = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)),
                             (0, (1, 3)), (0, (8, 2, 1, 2)))
@@ -140,6 +141,8 @@ def _panels(rows: list[dict[str, Any]]) -> list[tuple[str, str, list[str]]]:
         ("Acc@1 (%) by training wall time (s)", WALL_TIME, ["acc1"]),
         ("Agreement@1 (%) by epoch", "epoch", ["agreement"]),
         ("Agreement@1 (%) by training wall time (s)", WALL_TIME, ["agreement"]),
+        ("data-free signal: agreement on the synthetic probe (%)", "epoch",
+         ["synthetic_agreement"]),
         ("student loss terms", "epoch", [k for k in terms if not is_generator_term(k)]),
         ("generator loss terms", "epoch", [k for k in terms if is_generator_term(k)]),
         ("pace λ", "epoch", ["lambda"]),

@@ -15,11 +15,17 @@ pruner. The study lives in Optuna's RDB storage: SQLite in the output folder by
 default, so a killed tune resumes where it was (a trial cut short is run again with
 the same values, from its last checkpoint), or a shared database (``--storage``) so
 several machines work on one study. ``distill`` ignores ``search:``.
+
+Each trial also keeps its final epoch's data-free signal (``synthetic_agreement``,
+``synthetic_loyalty``: dfkd.probe) next to its val Acc@1 in ``trials.csv``, and
+``signal.json`` holds Spearman's rank correlation of each with the final val Acc@1 over
+the completed trials: how well a user with no data would have ranked them.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import warnings
@@ -28,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from dfkd import runlock
+from dfkd import probe, runlock
 from dfkd.api import build_trainer
 from dfkd.config import load_config, merge, parse_overrides, read_yaml
 from dfkd.engine import CHECKPOINT, Interrupted, NonFiniteLoss
@@ -36,6 +42,8 @@ from dfkd.errors import ConfigError, DfkdError
 
 SEARCH = "search"
 STUDY_DB = "study.db"
+SIGNAL = "signal.json"
+SIGNAL_KEYS = ("synthetic_agreement", "synthetic_loyalty")
 
 
 def _optuna():
@@ -210,12 +218,18 @@ def _objective(trial, fixed: dict[str, Any], space: dict[str, dict[str, Any]], o
             print(f"tune: trial {trial.number} diverged: {exc}", flush=True)
             return float("nan")
         acc = trainer.history[-1]["acc1"]
+        for key in SIGNAL_KEYS:  # the data-free signal of the last epoch run
+            if key in trainer.history[-1]:
+                trial.set_user_attr(key, trainer.history[-1][key])
         trial.report(acc, trainer.epoch)
         if trial.should_prune():
             print(f"tune: trial {trial.number} pruned after epoch {trainer.epoch} "
                   f"(val Acc@1 {acc:.2f})", flush=True)
             raise optuna.TrialPruned()
     value = trainer.history[-1]["acc1"]  # the final epoch, never the best one
+    for key in SIGNAL_KEYS:
+        if key in trainer.history[-1]:
+            trial.set_user_attr(key, trainer.history[-1][key])
     print(f"tune: trial {trial.number} val Acc@1 {value:.2f}  {trial.params}", flush=True)
     return value
 
@@ -228,13 +242,18 @@ def write_outputs(study, recipe: dict[str, Any], recipe_path: str, out: Path) ->
     keys = sorted({k for t in rows for k in t.params})
     with open(out / "trials.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["number", "state", "val_acc1", "epochs_run", "retry_of", *keys])
+        writer.writerow(["number", "state", "val_acc1", "epochs_run", "retry_of", *SIGNAL_KEYS,
+                         *keys])
         for t in rows:
             retry_of = _origin(t) if _origin(t) != t.number else ""
             writer.writerow([t.number, t.state.name, t.value, len(t.intermediate_values),
-                             retry_of,
+                             retry_of, *(t.user_attrs.get(k, "") for k in SIGNAL_KEYS),
                              *(t.params.get(k, "") for k in keys)])
     completed = [t for t in rows if t.state == TrialState.COMPLETE]
+    signal = {"trials": "completed", **{
+        key: probe.signal_correlation((t.user_attrs.get(key), t.value) for t in completed)
+        for key in SIGNAL_KEYS}}
+    (out / SIGNAL).write_text(json.dumps(signal, indent=2) + "\n")
     if not completed:
         return
     best = study.best_trial

@@ -1,0 +1,142 @@
+"""Default settings chosen by the data's geometry: the validated recipe of the nearest family.
+
+A run given no recipe (``dfkd distill`` without ``--config``, ``dfkd.distill`` without
+``recipe=``) starts from the recipe that was validated on the family of datasets its images
+look like:
+
+* grey images of 32 px or less: Fashion-MNIST (``configs/fashion_mnist/<method>_lenet5.yaml``);
+* other images up to 48 px (32 px colour): CIFAR-10 (``configs/cifar10/``, the ResNet pair);
+* larger images (64 px): Tiny-ImageNet (``configs/tiny_imagenet/``).
+
+Only the recipe's *training* settings are taken (epochs, rounds, steps, batch size,
+optimisers, generator, the method's section); what names the pair and the data (teacher,
+student, dataset, ...) is the user's. Every setting the user gives wins over the recipe.
+The run records the recipe as ``base_recipe`` in its config; a method with no recipe for
+the family runs on the engine defaults, and says so.
+
+Recipes are read from the installed package (``dfkd/configs``, which the wheel carries) or,
+in a source checkout or editable install, from the repository's ``configs/`` folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dfkd.config import merge, read_yaml
+
+# What names the pair, the data and where to run: never taken from a base recipe.
+PAIR_KEYS = frozenset({"teacher", "teacher_model", "student", "dataset", "data_root",
+                       "eval_split", "device", "method", "search", "base_recipe"})
+NONE = ("none", "null", "")   # base_recipe values that ask for the engine defaults
+
+
+@dataclass(frozen=True)
+class Family:
+    folder: str          # under configs/
+    name: str            # for people
+    geometry: str        # the images it stands for, in words
+    pattern: str         # the file of a method's validated recipe in the folder
+
+
+FASHION_MNIST = Family("fashion_mnist", "Fashion-MNIST", "grey images of 32 px or less",
+                       "{method}_lenet5.yaml")
+CIFAR10 = Family("cifar10", "CIFAR-10", "images of 33-48 px, or 32 px colour",
+                 "{method}_resnet34_resnet18.yaml")   # the official headline pair
+TINY_IMAGENET = Family("tiny_imagenet", "Tiny-ImageNet", "images larger than 48 px",
+                       "{method}_resnet34_resnet18.yaml")
+
+
+@dataclass(frozen=True)
+class BaseRecipe:
+    family: Family
+    path: Path           # the file read
+    name: str            # as recorded: configs/<family>/<file>
+
+
+def recipes_dir() -> Path | None:
+    """The folder holding the recipe families: the installed copy, else the checkout's."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "configs", here.parents[1] / "configs"):
+        if (folder / FASHION_MNIST.folder).is_dir():
+            return folder
+    return None
+
+
+def family_for(image_shape: tuple[int, int, int]) -> Family:
+    """The nearest validated family for images of shape (C, H, W)."""
+    channels, height, width = image_shape
+    side = max(height, width)
+    if channels == 1 and side <= 32:
+        return FASHION_MNIST
+    if side <= 48:   # nearer 32 px than 64 px
+        return CIFAR10
+    return TINY_IMAGENET
+
+
+def recipe_for(method: str, image_shape: tuple[int, int, int]) -> BaseRecipe | None:
+    """The recipe of ``method`` for the family of ``image_shape``, if there is one."""
+    family = family_for(image_shape)
+    root = recipes_dir()
+    if root is None:
+        return None
+    path = root / family.folder / family.pattern.format(method=method)
+    if not path.is_file():
+        return None
+    return BaseRecipe(family, path, f"configs/{family.folder}/{path.name}")
+
+
+def resolve_named(name: str) -> Path:
+    """A recipe given by name: a file, or a path under configs/ (``configs/`` optional)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    root = recipes_dir()
+    if root is not None:
+        rel = name[len("configs/"):] if name.startswith("configs/") else name
+        if (root / rel).is_file():
+            return root / rel
+    return path  # read_yaml names it in its error
+
+
+def training_settings(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A recipe without what names the pair and the data (:data:`PAIR_KEYS`)."""
+    return {k: v for k, v in recipe.items() if k not in PAIR_KEYS}
+
+
+def with_base_recipe(raw: dict[str, Any], image_shape: tuple[int, int, int],
+                     default_method: str) -> tuple[dict[str, Any], str]:
+    """``raw`` (the user's settings, no recipe) on top of the geometry's recipe, and the
+    line that tells the user which recipe it was.
+
+    A ``base_recipe`` key in ``raw`` picks the recipe instead: a name such as
+    ``configs/fashion_mnist/dafl_lenet5.yaml`` (or a path), or ``none`` for the engine
+    defaults."""
+    method = raw.get("method") or default_method
+    if "base_recipe" in raw:
+        asked = raw["base_recipe"]
+        if asked is None or str(asked).strip().lower() in NONE:
+            return {**raw, "base_recipe": None}, \
+                "no recipe (base_recipe: none): the engine defaults, and your settings"
+        path = resolve_named(str(asked))
+        base = training_settings(read_yaml(path))
+        return {**merge(base, raw), "base_recipe": str(asked)}, \
+            f"starting from the recipe {asked}; your settings override it"
+    choice = recipe_for(method, image_shape)
+    geometry = _describe(image_shape)
+    if choice is None:
+        return {**raw, "base_recipe": None}, (
+            f"no recipe given, and none for method '{method}' on {geometry}: the engine "
+            "defaults (pass --config FILE to choose one)")
+    base = training_settings(read_yaml(choice.path))
+    return {**merge(base, raw), "base_recipe": choice.name}, (
+        f"no recipe given: starting from {choice.name}, the {choice.family.name} recipe "
+        f"({choice.family.geometry}; yours are {geometry}); your settings override it")
+
+
+def _describe(image_shape: tuple[int, int, int]) -> str:
+    channels, height, width = image_shape
+    kind = "grey" if channels == 1 else ("colour" if channels == 3 else f"{channels}-channel")
+    side = f"{height} px" if height == width else f"{height}x{width} px"
+    return f"{side} {kind} images"
