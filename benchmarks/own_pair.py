@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 import dfkd
 from dfkd.checkpoint import load_model_checkpoint, save_model_checkpoint
 from dfkd.config import parse_overrides
-from dfkd.engine import CHECKPOINT, SUMMARY
+from dfkd.engine import CHECKPOINT, SUMMARY, Interrupted
 from dfkd.models import create_model, resolve_spec
 
 HERE = Path(__file__).resolve().parent
@@ -258,4 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    try:
+        sys.exit(0 if main() else 1)
+    except Interrupted as exc:  # the checkpoint is saved: the same command resumes
+        print(f"own_pair: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
