@@ -132,12 +132,20 @@ class GeneratorMethod(Method):
         return self.ctx.normalize(self.generator_ddp(self.sample_z(n)))
 
     @torch.no_grad()
-    def fixed_batch(self) -> torch.Tensor:
-        """A fresh batch from G in eval mode, no gradient: what the student trains on."""
+    def fresh_images(self) -> torch.Tensor:
+        """A fresh batch G(z) in [0, 1] from G in eval mode, no gradient."""
         self.generator.eval()
-        x = self.ctx.normalize(self.generator(self.sample_z()))
+        images = self.generator(self.sample_z())
         self.generator.train()
-        return x
+        return images
+
+    def fixed_batch(self) -> torch.Tensor:
+        """A fresh normalised batch from G in eval mode, no gradient."""
+        return self.ctx.normalize(self.fresh_images())
+
+    def student_batch(self) -> torch.Tensor:
+        """What the student trains on (normalised): by default a fresh batch from G."""
+        return self.fixed_batch()
 
     def teacher_with_bn(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A batch G(z) with gradient to G, T's logits on it and the BN-statistics term."""
@@ -156,8 +164,8 @@ class GeneratorMethod(Method):
         self.opt_g.step()
 
     def student_teacher_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """S's logits (with gradient) and T's (without) on a fresh batch from G."""
-        x = self.fixed_batch()
+        """S's logits (with gradient) and T's (without) on the student's batch."""
+        x = self.student_batch()
         with self.ctx.autocast():
             with torch.no_grad():
                 t = self.ctx.teacher(x)

@@ -125,28 +125,21 @@ class CuDFKD(GeneratorMethod):
         lam_q = max(self.quantile(self.epoch), 1e-12)
         return cur.v_star(kd.detach() * (s.lambda_0 / lam_q), s.lambda_0, s.curriculum)
 
-    def student_teacher_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+    @torch.no_grad()
+    def student_batch(self) -> torch.Tensor:
         s = self.settings
         if self.replay is None and not s.augment:
-            return super().student_teacher_logits()
-        with torch.no_grad():
-            self.generator.eval()
-            x01 = self.generator(self.sample_z())
-            self.generator.train()
-            if self.replay is not None:  # past images only; the pool keeps the fresh ones
-                n_old = round(s.replay_frac * len(x01)) if len(self.replay) else 0
-                fresh = x01[: len(x01) - n_old]
-                if n_old:
-                    x01 = torch.cat([fresh, self.replay.sample(n_old)])
-                self.replay.add(fresh)
-            if s.augment:
-                x01 = random_crop_flip(x01, s.padding, s.flip)
-            x = self.ctx.normalize(x01)
-        with self.ctx.autocast():
-            with torch.no_grad():
-                t = self.ctx.teacher(x)
-            st = self.ctx.student(x)
-        return st, t
+            return self.fixed_batch()
+        x01 = self.fresh_images()
+        if self.replay is not None:  # past images only; the pool keeps the fresh ones
+            n_old = round(s.replay_frac * len(x01)) if len(self.replay) else 0
+            fresh = x01[: len(x01) - n_old]
+            if n_old:
+                x01 = torch.cat([fresh, self.replay.sample(n_old)])
+            self.replay.add(fresh)
+        if s.augment:
+            x01 = random_crop_flip(x01, s.padding, s.flip)
+        return self.ctx.normalize(x01)
 
     def generator_step(self) -> dict[str, torch.Tensor]:
         s, ctx = self.settings, self.ctx
