@@ -32,6 +32,7 @@ VARIANTS: dict[str, list[str]] = {
     "paper20": ["epochs=20"],                      # ... at its own 20 epochs
     "none": ["cudfkd.curriculum=none"],            # no curriculum (the paper's ablation)
     "quantile": QUANTILE,                          # the scale-free pace, per-sample v*
+    "quantile20": QUANTILE + ["epochs=20"],        # ... at the recipe's 20 epochs
     "quantile_batch": ["cudfkd.pace_mode=quantile"],
     "replay": ["cudfkd.replay=20000"],             # half of each batch from a replay pool
     "augment": ["cudfkd.augment=true"],            # per-sample crop + flip for the student
