@@ -15,6 +15,7 @@ from torch import nn
 
 import dfkd
 from dfkd import cli, recipes
+from dfkd.bench import _flatten
 from dfkd.config import load_config, read_yaml
 from dfkd.errors import ConfigError
 
@@ -53,16 +54,6 @@ def test_every_method_with_a_recipe_gets_it_and_the_others_the_engine_defaults()
     assert "engine defaults" in line
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
 @pytest.mark.parametrize("method", ["cudfkd", "dafl", "deepinv"])
 def test_the_recipe_gives_every_training_setting_and_never_the_pair(method):
     # The user names their own models and a budget; everything else is the recipe's.
@@ -73,8 +64,8 @@ def test_the_recipe_gives_every_training_setting_and_never_the_pair(method):
     name = f"configs/fashion_mnist/{method}_lenet5.yaml"
     assert cfg.base_recipe == name and name in line and "Fashion-MNIST" in line
     recipe = read_yaml(ROOT / name)
-    resolved = _flat(cfg.to_dict())
-    for key, value in _flat(recipes.training_settings(recipe)).items():
+    resolved = _flatten(cfg.to_dict())
+    for key, value in _flatten(recipes.training_settings(recipe)).items():
         if key == "epochs":
             continue
         assert resolved[key] == value, key
