@@ -40,6 +40,10 @@ VARIANTS: dict[str, list[str]] = {
     "quantile_replay": QUANTILE + ["cudfkd.replay=20000"],
     # The recipe configs/fashion_mnist/cudfkd_lenet5.yaml: what helped on val, 30 epochs
     "final": QUANTILE + ["cudfkd.replay=20000", "epochs=30"],
+    # ... with the adversarial ramp scaled to the budget: at 30 epochs it grows after
+    # epochs 8..21 (14 steps), so 0.32 ends at 4.5 as the 20-epoch recipe does; 0.15 at 2.1
+    "ramp45": QUANTILE + ["cudfkd.replay=20000", "epochs=30", "cudfkd.grad_adv=0.32"],
+    "ramp2": QUANTILE + ["cudfkd.replay=20000", "epochs=30", "cudfkd.grad_adv=0.15"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
     "batch128": ["batch_size=128", "rounds=50"],
     "wide_generator": ["generator.ngf=32"],        # twice the generator's channels

@@ -22,7 +22,7 @@ from dfkd.config import read_yaml
 from dfkd.errors import ConfigError
 
 optuna = pytest.importorskip("optuna")
-from dfkd.tune import parse_search, run_tune  # noqa: E402
+from dfkd.tune import parse_search, recipe_values, run_tune  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -70,6 +70,11 @@ def test_search_space_errors_name_the_key(tmp_path, search, message):
         parse_search(recipe, "recipe.yaml")
 
 
+def test_recipe_value_outside_its_range_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="recipe's cudfkd.tau = 10.0 lies outside"):
+        run_tune(_recipe(tmp_path, cudfkd={"tau": 10.0}), "t.pt", 1, tmp_path / "s")
+
+
 def test_recipe_with_search_runs_with_distill(fmnist_teacher, tmp_path):
     raw = {**read_yaml(_recipe(tmp_path)), "teacher": str(fmnist_teacher)}
     trainer = build_trainer(raw, tmp_path / "run", progress=False)
@@ -81,6 +86,10 @@ def test_study_writes_best_recipe_that_runs(fmnist_teacher, tmp_path):
     study = run_tune(_recipe(tmp_path), str(fmnist_teacher), 3, out, progress=False)
     rows = _trials(out)
     assert [r["state"] for r in rows] == ["COMPLETE"] * 3
+    # Trial 0 is the recipe as written: the study's best is never below it.
+    assert study.trials[0].params == {"generator.lr": 0.005, "cudfkd.tau": 4.0,
+                                      "kd_steps": 2, "cudfkd.kd_loss": "kl"}
+    assert study.best_value >= study.trials[0].value
     for row in rows:  # the value is the final epoch's val Acc@1 of the trial's own run
         summary = (out / "trials" / f"{int(row['number']):04d}" / "summary.json")
         assert summary.is_file()
@@ -156,5 +165,7 @@ def test_killed_study_resumes_to_the_promised_count(fmnist_teacher, tmp_path):
                                     "fast"])
 def test_every_fashion_mnist_recipe_has_a_valid_search_space(method):
     path = f"configs/fashion_mnist/{method}_lenet5.yaml"
-    space = parse_search(read_yaml(path), path)
+    recipe = read_yaml(path)
+    space = parse_search(recipe, path)
+    recipe_values(recipe, space, path)  # trial 0, the recipe itself, lies in the space
     assert "student_optim.lr" in space and "g_steps" in space  # shared by every method

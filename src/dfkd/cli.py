@@ -174,8 +174,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Runs short distillations with values drawn from the recipe's 'search:' "
         "section and keeps the one with the best final-epoch Acc@1 on the val split (a fixed "
         "part of the training set no student trains on; the test set is never read). A "
-        "median pruner stops poor trials early. The study lives in DIR/study.db, so running "
-        "the same command again continues it; --storage URL shares one study between "
+        "median pruner stops poor trials early; trial 0 is the recipe as written. The study "
+        "lives in DIR/study.db, so running the same command again continues it; --storage "
+        "URL shares one study between "
         "machines. Writes DIR/best.yaml (a runnable recipe), DIR/trials.csv, DIR/search.png "
         "and each trial's run in DIR/trials/NNNN. Needs pip install 'dfkd[tune]'.",
         epilog="example:\n  dfkd tune --config configs/fashion_mnist/cudfkd_lenet5.yaml "

@@ -11,7 +11,8 @@ A recipe declares its search space in a ``search:`` section of dotted keys::
 Each trial is a short distillation (the recipe, the sampled values, then ``--set``
 overrides) with ``eval_split: val``; its objective is the **final** epoch's val Acc@1
 (never the test set, never the best epoch). Per-epoch val accuracy feeds a median
-pruner. The study lives in Optuna's RDB storage: SQLite in the output folder by
+pruner. Trial 0 is the recipe's own values, so the best is never below the starting
+point. The study lives in Optuna's RDB storage: SQLite in the output folder by
 default, so a killed tune resumes where it was (a trial cut short is run again with
 the same values, from its last checkpoint), or a shared database (``--storage``) so
 several machines work on one study. ``distill`` ignores ``search:``.
@@ -110,6 +111,26 @@ def parse_search(recipe: dict[str, Any], source: str) -> dict[str, dict[str, Any
     return space
 
 
+def recipe_values(fixed: dict[str, Any], space: dict[str, dict[str, Any]],
+                  source: str) -> dict[str, Any]:
+    """The value each search key has in the recipe (or the engine default), checked to
+    lie in its range."""
+    table = load_config(fixed).to_dict()
+    values = {}
+    for key, spec in space.items():
+        value = table
+        for part in key.split("."):
+            value = value[part]
+        value = list(value) if isinstance(value, tuple) else value
+        inside = value in spec["choices"] if "choices" in spec else \
+            spec["low"] <= value <= spec["high"]
+        if not inside:
+            raise ConfigError(f"{source}: the recipe's {key} = {value} lies outside its "
+                              f"search range; widen the range to include it")
+        values[key] = value
+    return values
+
+
 def _suggest(trial, key: str, spec: dict[str, Any]) -> Any:
     if "choices" in spec:
         return trial.suggest_categorical(key, spec["choices"])
@@ -140,7 +161,7 @@ def run_tune(recipe_path: str, teacher: str | None, trials: int, out: str | os.P
         raise ConfigError("no teacher given: pass --teacher CHECKPOINT")
     fixed["eval_split"] = "val"  # the objective never reads the test set
     fixed.setdefault("sample_grid", 0)
-    load_config(fixed)  # the fixed part must be valid on its own
+    start = recipe_values(fixed, space, recipe_path)  # also checks the fixed part alone
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = study_name or Path(recipe_path).stem
@@ -159,6 +180,10 @@ def run_tune(recipe_path: str, teacher: str | None, trials: int, out: str | os.P
             study_name=name, storage=rdb, direction="maximize", load_if_exists=True,
             sampler=optuna.samplers.TPESampler(seed=seed),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
+        if not study.trials:
+            # Trial 0 is the recipe as written, so the study's best is never below the
+            # starting point (at the trial budget, on val).
+            study.enqueue_trial(start)
         if not shared:
             # This process holds the folder's lock, so a running trial in the local study
             # is one that a killed tune left behind: run its values again.
