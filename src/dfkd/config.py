@@ -21,7 +21,7 @@ import yaml
 
 from dfkd.errors import ConfigError
 from dfkd.generators import GeneratorConfig
-from dfkd.methods import get_method, list_methods
+from dfkd.methods import GeneratorMethod, get_method, list_methods
 
 
 @dataclass
@@ -52,6 +52,14 @@ class RunConfig:
     channels_last: bool = True        # CUDA only
     compile: bool = False             # torch.compile the student and generator (opt-in)
     deterministic: bool = False       # deterministic algorithms (exact resume on CUDA)
+    # Generator methods: one G forward (eval mode, no gradient) per round makes all kd_steps
+    # student batches (kd_steps x batch_size images at once, e.g. 63 MB for CIFAR-10 at
+    # 10 x 512), instead of one small forward per student step. Same distribution, another
+    # random stream, so runs differ from batched_g: false ones (opt-in; on in GPU recipes).
+    batched_g: bool = False
+    # CUDA only (a no-op on CPU, like amp): the student steps' no-grad teacher forward is
+    # captured once as a CUDA graph and replayed (one launch instead of one per layer).
+    teacher_graph: bool = False
     sample_grid: int = 64             # synthetic images saved per epoch (0: none)
     # Held-out synthetic images the data-free signal is measured on each epoch (dfkd.probe;
     # 0: no signal and no warnings).
@@ -78,7 +86,8 @@ class RunConfig:
 # Keys added after runs were stored: written only when they differ from their default, so the
 # config.yaml of a run made before them still compares equal (dfkd bench refuses to resume or
 # reuse a run whose stored config differs from the one it asks for).
-_WRITTEN_WHEN_SET = frozenset({"synthetic_probe", "base_recipe"})
+_WRITTEN_WHEN_SET = frozenset({"synthetic_probe", "base_recipe", "batched_g",
+                               "teacher_graph"})
 
 _RANGES: dict[str, tuple[float, float | None]] = {
     "epochs": (1, None), "rounds": (1, None), "g_steps": (0, None), "kd_steps": (1, None),
@@ -238,4 +247,8 @@ def load_config(raw: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"method '{method_name}' synthesises each round's samples in "
                           f"g_steps optimisation steps, so 'g_steps' must be >= "
                           f"{method_cls.min_g_steps}, got {cfg.g_steps}")
+    if cfg.batched_g and not issubclass(method_cls, GeneratorMethod):
+        raise ConfigError(f"batched_g batches a generator's forwards, but method "
+                          f"'{method_name}' synthesises from a sample bank; set "
+                          "batched_g: false for it")
     return cfg

@@ -45,7 +45,7 @@ from dfkd.metrics import accuracy, fidelity_metrics, predict, run_summary
 from dfkd.probe import KEYS as SYNTHETIC_KEYS
 from dfkd.probe import SyntheticProbe
 from dfkd.report import save_image_grid
-from dfkd.teacher_wrap import FrozenTeacher
+from dfkd.teacher_wrap import FrozenTeacher, GraphedForward
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -212,6 +212,8 @@ class Trainer:
             autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp
             else contextlib.nullcontext,
             channels_last=self.channels_last,
+            # CUDA only; on CPU the teacher runs as usual (documented, like amp).
+            teacher_infer=GraphedForward(self.teacher) if cuda and cfg.teacher_graph else None,
         )
         self.method = method_cls(ctx, cfg.method_settings)
         if cfg.compile:
@@ -389,8 +391,12 @@ class Trainer:
         self.method.end_synthesis()
         self._sync()
         t1 = time.perf_counter()
-        student_learns = self.epoch >= self.method.warmup_epochs
-        for _ in range(cfg.kd_steps if student_learns else 0):
+        student_steps = cfg.kd_steps if self.epoch >= self.method.warmup_epochs else 0
+        if cfg.batched_g and student_steps:
+            # All the round's student batches from one G forward; each step uses one, so
+            # none is left when the round ends (checkpoints are taken between rounds).
+            self.method.queue_fresh_images(student_steps)
+        for _ in range(student_steps):
             loss, logs = self.method.student_loss()
             self.opt_s.zero_grad(set_to_none=True)
             loss.backward()

@@ -32,3 +32,55 @@ class FrozenTeacher(nn.Module):
 def user_model(teacher: nn.Module) -> nn.Module:
     """The user's module inside a :class:`FrozenTeacher` wrapper, if any."""
     return teacher.model if isinstance(teacher, FrozenTeacher) else teacher
+
+
+class GraphedForward:
+    """A frozen module's no-grad forward, captured as one CUDA graph at its first call and
+    replayed after that: one launch per call instead of one per layer (``teacher_graph``).
+
+    The graph holds fixed input and output buffers: each call copies its input in and
+    returns a copy of the output. A call the graph does not fit (with gradient, on CPU,
+    or with another shape, dtype, layout or autocast state than the first) runs the module
+    as usual. Python forward hooks run at capture only, so it suits calls whose hooks are
+    inactive (the teacher in student steps: BN statistics are read in generator steps)."""
+
+    def __init__(self, module: nn.Module, warmup: int = 3) -> None:
+        self.module = module
+        self.warmup = warmup
+        self.graph: Any = None
+        self.key: tuple | None = None
+        self.static_in: torch.Tensor | None = None
+        self.static_out: torch.Tensor | None = None
+
+    @staticmethod
+    def _key(x: torch.Tensor) -> tuple:
+        return (tuple(x.shape), x.stride(), x.dtype, x.device,
+                torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cuda" or torch.is_grad_enabled():
+            return self.module(x)
+        key = self._key(x)
+        if self.graph is None:
+            self._capture(x, key)
+        elif key != self.key:
+            return self.module(x)
+        self.static_in.copy_(x)
+        self.graph.replay()
+        return self.static_out.clone()
+
+    def _capture(self, x: torch.Tensor, key: tuple) -> None:
+        self.static_in = x.clone()
+        current = torch.cuda.current_stream(x.device)
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(current)   # warm-up on a side stream, as capture requires
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.module(self.static_in)
+        current.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # Capture bakes in the caller's autocast; its weight-cast cache must be off.
+        with torch.autocast("cuda", dtype=key[5], enabled=key[4], cache_enabled=False), \
+                torch.cuda.graph(graph):
+            self.static_out = self.module(self.static_in)
+        self.graph, self.key = graph, key

@@ -32,6 +32,9 @@ class MethodContext:
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     channels_last: bool = False
     wrap: Callable[[nn.Module], nn.Module] = lambda module: module  # DDP when distributed
+    # The teacher's no-grad forward in student steps (a CUDA graph under teacher_graph);
+    # None: the teacher itself.
+    teacher_infer: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def make_generator(self) -> Generator:
         """A generator of the configured size (or the default for the image shape), on device."""
@@ -39,6 +42,10 @@ class MethodContext:
         return Generator(cfg.nz or default.nz, cfg.ngf or default.ngf, self.image_shape,
                          width=cfg.width or default.width,
                          stages=cfg.stages or default.stages).to(self.device)
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """T's logits for a student step (call under ``torch.no_grad``)."""
+        return (self.teacher_infer or self.teacher)(x)
 
     def normalize(self, images01: torch.Tensor) -> torch.Tensor:
         x = (images01 - self.mean) / self.std
@@ -123,6 +130,8 @@ class GeneratorMethod(Method):
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=ctx.generator.lr,
                                       betas=ctx.generator.betas)
         self.bn_hook = BNStatsHook(ctx.teacher) if self.needs_bn else None
+        # batched_g: this round's student batches, made by one G forward, not yet used.
+        self._queued: list[torch.Tensor] = []
 
     def sample_z(self, n: int | None = None) -> torch.Tensor:
         return torch.randn(n or self.ctx.batch_size, self.nz, device=self.ctx.device)
@@ -132,8 +141,25 @@ class GeneratorMethod(Method):
         return self.ctx.normalize(self.generator_ddp(self.sample_z(n)))
 
     @torch.no_grad()
+    def queue_fresh_images(self, steps: int) -> None:
+        """``batched_g``: the next ``steps`` batches of :meth:`fresh_images` from one G
+        forward on ``steps x batch_size`` latent codes. G is in eval mode, so each sample
+        depends on its own z only: the batches are distributed as ``steps`` separate
+        forwards would make them (they use the random stream differently, so they are not
+        the same numbers). The engine queues a round's batches before its student steps,
+        and every student step uses one, so the queue is empty at every checkpoint."""
+        b = self.ctx.batch_size
+        self.generator.eval()
+        images = self.generator(self.sample_z(steps * b))
+        self.generator.train()
+        self._queued = list(images.split(b))
+
+    @torch.no_grad()
     def fresh_images(self) -> torch.Tensor:
-        """A fresh batch G(z) in [0, 1] from G in eval mode, no gradient."""
+        """A fresh batch G(z) in [0, 1] from G in eval mode, no gradient (the next queued
+        batch under ``batched_g``)."""
+        if self._queued:
+            return self._queued.pop(0)
         self.generator.eval()
         images = self.generator(self.sample_z())
         self.generator.train()
@@ -168,7 +194,7 @@ class GeneratorMethod(Method):
         x = self.student_batch()
         with self.ctx.autocast():
             with torch.no_grad():
-                t = self.ctx.teacher(x)
+                t = self.ctx.teacher_logits(x)
             st = self.ctx.student(x)
         return st, t
 
@@ -181,6 +207,9 @@ class GeneratorMethod(Method):
         return images
 
     def state_dict(self) -> dict[str, Any]:
+        if self._queued:  # the engine checkpoints between rounds only
+            raise RuntimeError(f"checkpoint asked for with {len(self._queued)} queued batches "
+                               "left (batched_g); checkpoint between rounds")
         return {"generator": self.generator.state_dict(), "opt_g": self.opt_g.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
