@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue #14, item 3: recipe_wallclock on one CUDA GPU for the CIFAR-10 recipes resnet34 ->
+# resnet18 and wrn40_2 -> wrn16_1, each as the fp32 baseline (no bf16, no channels_last, no
+# batched_g: the path of the numbers measured before batched_g) and as the fast path (the
+# recipe as shipped: bf16, channels_last, batched_g; plus teacher_graph). 2 measured epochs of
+# 40 rounds each (the first warms up); about 6 minutes in all, each run under its own
+# timeout, so a 10-minute limit covers the script. Run from the repository root:
+#   OUT=runs/recipe_wallclock bash benchmarks/recipe_wallclock.sh
+# One table row per run on stdout; JSON per run and logs in $OUT.
+set -uo pipefail
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
+OUT=${OUT:-runs/recipe_wallclock}; mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+EPOCHS=${EPOCHS:-2}
+FP32="--set amp=false --set channels_last=false --set batched_g=false"
+FAST="--set teacher_graph=true"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+run() {  # name timeout config overrides...
+    local name=$1 limit=$2 cfg=$3; shift 3
+    local t0=$SECONDS
+    timeout "$limit" $PY benchmarks/recipe_wallclock.py --config "$cfg" --set device=cuda "$@" \
+        --epochs "$EPOCHS" --json-out "$OUT/$name.json" > "$OUT/$name.out" 2> "$OUT/$name.log"
+    echo "== $name: exit $? after $((SECONDS - t0)) s"
+    grep '^| ' "$OUT/$name.out" | tail -1
+    grep -E '^epochs measured|Error|error' "$OUT/$name.log" | tail -3
+}
+R34=configs/cifar10/cudfkd_resnet34_resnet18.yaml
+WRN=configs/cifar10/cudfkd_wrn40_2_wrn16_1.yaml
+run r34_fast 110 $R34 $FAST
+run wrn_fast 80 $WRN $FAST
+run r34_fp32 200 $R34 $FP32
+run wrn_fp32 140 $WRN $FP32
