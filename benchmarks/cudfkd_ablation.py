@@ -44,6 +44,8 @@ VARIANTS: dict[str, list[str]] = {
     # epochs 8..21 (14 steps), so 0.32 ends at 4.5 as the 20-epoch recipe does; 0.15 at 2.1
     "ramp45": QUANTILE + ["cudfkd.replay=20000", "epochs=30", "cudfkd.grad_adv=0.32"],
     "ramp2": QUANTILE + ["cudfkd.replay=20000", "epochs=30", "cudfkd.grad_adv=0.15"],
+    # ramp45 at 50 epochs (inside the 20-minute budget): 24 growth steps x 0.1875 = 4.5
+    "ramp45_e50": QUANTILE + ["cudfkd.replay=20000", "epochs=50", "cudfkd.grad_adv=0.1875"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
     "batch128": ["batch_size=128", "rounds=50"],
     "wide_generator": ["generator.ngf=32"],        # twice the generator's channels

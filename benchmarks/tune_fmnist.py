@@ -61,12 +61,14 @@ def main() -> None:
                    help="the per-trial budget, the same for every method (e.g. epochs=3)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads per study (default: cores / jobs)")
     args = p.parse_args()
     methods = args.methods.split(",")
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         sys.exit(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda m: tune_one(m, args, threads), methods))
     print(f"{args.trials} trials per method, per-trial overrides {args.set or 'none'}, "
