@@ -38,9 +38,10 @@ VARIANTS: dict[str, list[str]] = {
     "augment": ["cudfkd.augment=true"],            # per-sample crop + flip for the student
     "quantile_replay_augment": QUANTILE + ["cudfkd.replay=20000", "cudfkd.augment=true"],
     "quantile_replay": QUANTILE + ["cudfkd.replay=20000"],
-    # The recipe configs/fashion_mnist/cudfkd_lenet5.yaml: what helped on val, 30 epochs
+    # Stop 10's recipe: what helped on val at 10 epochs, run for 30
     "final": QUANTILE + ["cudfkd.replay=20000", "epochs=30"],
-    # ... with the adversarial ramp scaled to the budget: at 30 epochs it grows after
+    # ... with the adversarial ramp scaled to the budget (ramp45 is the recipe
+    # configs/fashion_mnist/cudfkd_lenet5.yaml since stop 11): at 30 epochs it grows after
     # epochs 8..21 (14 steps), so 0.32 ends at 4.5 as the 20-epoch recipe does; 0.15 at 2.1
     "ramp45": QUANTILE + ["cudfkd.replay=20000", "epochs=30", "cudfkd.grad_adv=0.32"],
     "ramp2": QUANTILE + ["cudfkd.replay=20000", "epochs=30", "cudfkd.grad_adv=0.15"],
