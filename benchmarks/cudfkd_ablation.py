@@ -27,6 +27,7 @@ from dfkd.bench import interval95
 
 RECIPE = "configs/fashion_mnist/cudfkd_lenet5_paper.yaml"  # the faithful method
 QUANTILE = ["cudfkd.pace_mode=quantile", "cudfkd.weighting=sample"]
+FINAL = QUANTILE + ["cudfkd.replay=20000", "epochs=30"]  # stop 10's recipe
 VARIANTS: dict[str, list[str]] = {
     "paper": [],                                   # the recipe as it is
     "paper20": ["epochs=20"],                      # ... at its own 20 epochs
@@ -39,14 +40,14 @@ VARIANTS: dict[str, list[str]] = {
     "quantile_replay_augment": QUANTILE + ["cudfkd.replay=20000", "cudfkd.augment=true"],
     "quantile_replay": QUANTILE + ["cudfkd.replay=20000"],
     # Stop 10's recipe: what helped on val at 10 epochs, run for 30
-    "final": QUANTILE + ["cudfkd.replay=20000", "epochs=30"],
+    "final": FINAL,
     # ... with the adversarial ramp scaled to the budget (ramp45 is the recipe
     # configs/fashion_mnist/cudfkd_lenet5.yaml since stop 11): at 30 epochs it grows after
     # epochs 8..21 (14 steps), so 0.32 ends at 4.5 as the 20-epoch recipe does; 0.15 at 2.1
-    "ramp45": QUANTILE + ["cudfkd.replay=20000", "epochs=30", "cudfkd.grad_adv=0.32"],
-    "ramp2": QUANTILE + ["cudfkd.replay=20000", "epochs=30", "cudfkd.grad_adv=0.15"],
+    "ramp45": FINAL + ["cudfkd.grad_adv=0.32"],
+    "ramp2": FINAL + ["cudfkd.grad_adv=0.15"],
     # ramp45 at 50 epochs (inside the 20-minute budget): 24 growth steps x 0.1875 = 4.5
-    "ramp45_e50": QUANTILE + ["cudfkd.replay=20000", "epochs=50", "cudfkd.grad_adv=0.1875"],
+    "ramp45_e50": FINAL + ["epochs=50", "cudfkd.grad_adv=0.1875"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
     "batch128": ["batch_size=128", "rounds=50"],
     "wide_generator": ["generator.ngf=32"],        # twice the generator's channels

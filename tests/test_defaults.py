@@ -15,8 +15,7 @@ from torch import nn
 
 import dfkd
 from dfkd import cli, recipes
-from dfkd.bench import _flatten
-from dfkd.config import load_config, read_yaml
+from dfkd.config import flatten, load_config, read_yaml
 from dfkd.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,8 +63,8 @@ def test_the_recipe_gives_every_training_setting_and_never_the_pair(method):
     name = f"configs/fashion_mnist/{method}_lenet5.yaml"
     assert cfg.base_recipe == name and name in line and "Fashion-MNIST" in line
     recipe = read_yaml(ROOT / name)
-    resolved = _flatten(cfg.to_dict())
-    for key, value in _flatten(recipes.training_settings(recipe)).items():
+    resolved = flatten(cfg.to_dict())
+    for key, value in flatten(recipes.training_settings(recipe)).items():
         if key == "epochs":
             continue
         assert resolved[key] == value, key

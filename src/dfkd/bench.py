@@ -32,7 +32,7 @@ import yaml
 from dfkd import runlock
 from dfkd.api import build_trainer
 from dfkd.checkpoint import load_model_checkpoint
-from dfkd.config import load_config, merge, parse_overrides, read_yaml
+from dfkd.config import flatten, load_config, merge, parse_overrides, read_yaml
 from dfkd.data import dataset_info, load_split
 from dfkd.engine import CHECKPOINT, SUMMARY, Interrupted
 from dfkd.errors import ConfigError, DfkdError
@@ -99,23 +99,13 @@ def run_config(config: dict[str, Any], method: str, seed: int) -> dict[str, Any]
     return load_config(_method_config(config, method, seed)).to_dict()
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
 def check_same_config(folder: Path, current: dict[str, Any]) -> None:
     """Refuse to resume or reuse a run whose stored config differs from ``current``."""
     stored_file = folder / "config.yaml"
     if not stored_file.is_file():
         return
-    stored = _flatten(yaml.safe_load(stored_file.read_text()) or {})
-    now = _flatten(current)
+    stored = flatten(yaml.safe_load(stored_file.read_text()) or {})
+    now = flatten(current)
     for key in sorted(set(stored) | set(now)):
         if stored.get(key, "<unset>") != now.get(key, "<unset>"):
             raise ConfigError(

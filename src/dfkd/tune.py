@@ -37,7 +37,7 @@ import yaml
 
 from dfkd import probe, runlock
 from dfkd.api import build_trainer
-from dfkd.config import load_config, merge, parse_overrides, read_yaml
+from dfkd.config import flatten, load_config, merge, parse_overrides, read_yaml
 from dfkd.engine import CHECKPOINT, Interrupted, NonFiniteLoss
 from dfkd.errors import ConfigError, DfkdError
 
@@ -115,13 +115,10 @@ def recipe_values(fixed: dict[str, Any], space: dict[str, dict[str, Any]],
                   source: str) -> dict[str, Any]:
     """The value each search key has in the recipe (or the engine default), checked to
     lie in its range."""
-    table = load_config(fixed).to_dict()
+    table = flatten(load_config(fixed).to_dict())
     values = {}
     for key, spec in space.items():
-        value = table
-        for part in key.split("."):
-            value = value[part]
-        value = list(value) if isinstance(value, tuple) else value
+        value = table[key]
         inside = value in spec["choices"] if "choices" in spec else \
             spec["low"] <= value <= spec["high"]
         if not inside:

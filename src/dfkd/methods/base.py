@@ -149,10 +149,7 @@ class GeneratorMethod(Method):
         the same numbers). The engine queues a round's batches before its student steps,
         and every student step uses one, so the queue is empty at every checkpoint."""
         b = self.ctx.batch_size
-        self.generator.eval()
-        images = self.generator(self.sample_z(steps * b))
-        self.generator.train()
-        self._queued = list(images.split(b))
+        self._queued = list(self._eval_forward(self.sample_z(steps * b)).split(b))
 
     @torch.no_grad()
     def fresh_images(self) -> torch.Tensor:
@@ -160,8 +157,13 @@ class GeneratorMethod(Method):
         batch under ``batched_g``)."""
         if self._queued:
             return self._queued.pop(0)
+        return self._eval_forward(self.sample_z())
+
+    @torch.no_grad()
+    def _eval_forward(self, z: torch.Tensor) -> torch.Tensor:
+        """G(z) in eval mode (each sample depends on its own z only), then back to train."""
         self.generator.eval()
-        images = self.generator(self.sample_z())
+        images = self.generator(z)
         self.generator.train()
         return images
 
@@ -201,10 +203,7 @@ class GeneratorMethod(Method):
     @torch.no_grad()
     def preview(self, n: int, seed: int = 0) -> torch.Tensor:
         z = torch.randn(n, self.nz, generator=torch.Generator().manual_seed(seed))
-        self.generator.eval()
-        images = self.generator(z.to(self.ctx.device)).float().cpu()
-        self.generator.train()
-        return images
+        return self._eval_forward(z.to(self.ctx.device)).float().cpu()
 
     def state_dict(self) -> dict[str, Any]:
         if self._queued:  # the engine checkpoints between rounds only
