@@ -28,6 +28,8 @@ from dfkd.bench import interval95
 RECIPE = "configs/fashion_mnist/cudfkd_lenet5_paper.yaml"  # the faithful method
 QUANTILE = ["cudfkd.pace_mode=quantile", "cudfkd.weighting=sample"]
 FINAL = QUANTILE + ["cudfkd.replay=20000", "epochs=30"]  # stop 10's recipe
+TUNED = ["student_optim.lr=0.184", "generator.lr=0.0145", "cudfkd.tau=10.7",
+         "cudfkd.w_bn=1.01", "cudfkd.grad_adv=0.406", "cudfkd.lambda_0=3.43"]
 VARIANTS: dict[str, list[str]] = {
     "paper": [],                                   # the recipe as it is
     "paper20": ["epochs=20"],                      # ... at its own 20 epochs
@@ -48,6 +50,11 @@ VARIANTS: dict[str, list[str]] = {
     "ramp2": FINAL + ["cudfkd.grad_adv=0.15"],
     # ramp45 at 50 epochs (inside the 20-minute budget): 24 growth steps x 0.1875 = 4.5
     "ramp45_e50": FINAL + ["epochs=50", "cudfkd.grad_adv=0.1875"],
+    # ramp45 with dfkd tune's best trial (issue #11: runs/tune_fmnist/cudfkd, trial 2 of 8,
+    # 3-epoch trials on val), every tuned value as best.yaml has it, at the full 30 epochs
+    "tuned": FINAL + TUNED,
+    # ... keeping the ramp scaled to 30 epochs (the tune's grad_adv was chosen at 3 epochs)
+    "tuned_ramp45": FINAL + TUNED + ["cudfkd.grad_adv=0.32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
     "batch128": ["batch_size=128", "rounds=50"],
     "wide_generator": ["generator.ngf=32"],        # twice the generator's channels
@@ -111,6 +118,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="overrides for every variant (e.g. epochs=10); a variant's own win")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads per run (default: cores / jobs)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -119,7 +128,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     jobs = [(v, s) for v in variants for s in seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda j: run_one(out, j[0], j[1], args.set, threads,

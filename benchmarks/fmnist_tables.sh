@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Issue #11: the final Fashion-MNIST tables of BENCHMARKS.md ("All methods on one pair").
+# Every method's recipe (configs/fashion_mnist/, tuned on the val split) at bench.yaml's one
+# budget, for three teachers trained on the train split: clean, and with 20% and 40% of the
+# labels flipped. Seeds: 5 for cudfkd and the two strongest baselines (TOP: the highest val
+# Acc@1 of the tune studies, never test), 3 for the rest and the references. A queue of JOBS
+# runs at a time (cores/JOBS threads each). Finished runs are skipped and interrupted ones
+# resumed, so the same command continues the tables. Run from the repository root:
+#   JOBS=2 bash benchmarks/fmnist_tables.sh            # all three teachers
+#   TEACHERS=clean JOBS=2 bash benchmarks/fmnist_tables.sh
+set -euo pipefail
+OUT=${OUT:-runs/tables}; JOBS=${JOBS:-2}; DFKD=${DFKD:-dfkd}
+TOP=${TOP:-cudfkd,cmi,fast}
+REST=${REST:-deepinv,dfq,zskt,dafl,dfad}
+TEACHERS=${TEACHERS:-clean noise20 noise40}
+BENCH=(--config configs/fashion_mnist/bench.yaml --jobs "$JOBS" --no-progress)
+mkdir -p "$OUT"
+for name in $TEACHERS; do
+    case $name in
+        clean) teacher=$OUT/teacher.pt; noise=0 ;;
+        noise20) teacher=$OUT/teacher_noise20.pt; noise=0.2 ;;
+        noise40) teacher=$OUT/teacher_noise40.pt; noise=0.4 ;;
+        *) echo "unknown teacher '$name' (clean, noise20, noise40)" >&2; exit 2 ;;
+    esac
+    [ -f "$teacher" ] || $DFKD train-teacher --model lenet5 --epochs 10 --seed 0 \
+        --label-noise "$noise" --out "$teacher" --no-progress
+    $DFKD bench "${BENCH[@]}" --teacher "$teacher" --out "$OUT/$name" --methods "$TOP" \
+        --seeds 0,1,2,3,4
+    $DFKD bench "${BENCH[@]}" --teacher "$teacher" --out "$OUT/$name" \
+        --methods "$REST,scratch,kd_with_data" --seeds 0,1,2
+    $DFKD bench "${BENCH[@]}" --teacher "$teacher" --out "$OUT/$name" --report-only \
+        --methods "$TOP,$REST,scratch,kd_with_data" --seeds 0,1,2,3,4
+done
