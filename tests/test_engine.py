@@ -49,18 +49,55 @@ def test_run_writes_every_output(fmnist_teacher, tmp_path):
     assert summary["teacher_acc1"] > 70
 
 
-def test_resume_is_exact(fmnist_teacher, tmp_path):
-    _run(fmnist_teacher, tmp_path / "full").fit()
-    first = _run(fmnist_teacher, tmp_path / "split")
+@pytest.mark.parametrize("extra", [{}, {"student_ema": 0.9}], ids=["plain", "student_ema"])
+def test_resume_is_exact(fmnist_teacher, tmp_path, extra):
+    _run(fmnist_teacher, tmp_path / "full", **extra).fit()
+    first = _run(fmnist_teacher, tmp_path / "split", **extra)
     first.fit(stop_after_epoch=2)
     # A killed run may have written a metrics line after its last checkpoint.
     with open(tmp_path / "split" / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 3, "acc1": -1}\n')
-    raw = {**TINY, "teacher": str(fmnist_teacher)}
+    raw = {**TINY, "teacher": str(fmnist_teacher), **extra}
     resumed = build_trainer(raw, tmp_path / "split", resume=True, progress=False)
     assert resumed.epoch == 2
     resumed.fit()
     assert metrics_rows(tmp_path / "split") == metrics_rows(tmp_path / "full")
+    saved = [safe_load(tmp_path / run / "student.pt")["state_dict"] for run in ("split", "full")]
+    assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[1])
+
+
+def test_student_ema_averages_every_step_and_is_the_kept_student(fmnist_teacher, tmp_path):
+    decay = 0.6
+    trainer = _run(fmnist_teacher, tmp_path, epochs=2, student_ema=decay)
+    live = []   # the live student's float weights and buffers after each student step
+    update = trainer.student_ema.update_parameters
+
+    def record(model):
+        live.append([t.detach().clone() for t in (*model.parameters(), *model.buffers())
+                     if t.is_floating_point()])
+        update(model)
+
+    trainer.student_ema.update_parameters = record
+    summary = trainer.fit()
+    assert len(live) == 2 * TINY["rounds"] * TINY["kd_steps"]
+    expected = live[0]   # the first update copies, then e <- decay e + (1 - decay) w
+    for weights in live[1:]:
+        expected = [decay * e + (1 - decay) * w for e, w in zip(expected, weights)]
+    kept = trainer.kept_student
+    assert kept is not trainer.student
+    kept_floats = [t for t in (*kept.parameters(), *kept.buffers()) if t.is_floating_point()]
+    for e, k in zip(expected, kept_floats, strict=True):
+        torch.testing.assert_close(k, e)
+    assert not all(torch.equal(k, w) for k, w in zip(kept_floats, live[-1]))
+    # The average is what student.pt holds and what acc1 measures; raw_acc1 is the live one.
+    saved = safe_load(tmp_path / "student.pt")["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in kept.state_dict().items())
+    row = metrics_rows(tmp_path)[-1]
+    assert summary["final_acc1"] == row["acc1"] and "raw_acc1" in row
+    _run(fmnist_teacher, tmp_path / "plain", epochs=1).fit()
+    assert "raw_acc1" not in metrics_rows(tmp_path / "plain")[-1]
+    with pytest.raises(ConfigError, match="'student_ema' 1 would keep the initial student"):
+        load_config({"student_ema": 1})
 
 
 def test_refuses_to_overwrite_a_run_without_flag(fmnist_teacher, tmp_path):

@@ -158,6 +158,8 @@ def test_killed_study_resumes_to_the_promised_count(fmnist_teacher, tmp_path):
     # Trials 0, 1 (killed, run again as 2) and 3: three distinct value sets, none lost.
     origins = sorted(int(r["retry_of"] or r["number"]) for r in finished)
     assert origins == [0, 1, 3]
+    values = {tuple(r[k] for k in keys) for r in finished}
+    assert len(values) == 3, "the continued study sampled a finished trial's values again"
     assert [r["epoch"] for r in metrics_rows(out / "trials" / "0001")] == [1, 2, 3]
 
 

@@ -139,7 +139,7 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
         trainer.resume(state)
     elif line is not None:   # once the run is built: a user error stays a one-line message
         say(line)
-    return trainer.fit(), trainer.student
+    return trainer.fit(), trainer.kept_student
 
 
 def _recipe_hint(method: str, image_shape: tuple[int, int, int]) -> str | None:

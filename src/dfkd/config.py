@@ -60,6 +60,12 @@ class RunConfig:
     # CUDA only (a no-op on CPU, like amp): the student steps' no-grad teacher forward is
     # captured once as a CUDA graph and replayed (one launch instead of one per layer).
     teacher_graph: bool = False
+    # Decay of an exponential moving average of the student's weights and BatchNorm buffers,
+    # updated after every student step (torch.optim.swa_utils.AveragedModel). When > 0 the
+    # average is the student that is evaluated, saved and returned, and each epoch also logs
+    # the live student's raw_acc1. Beyond the papers; 0 = off (e.g. 0.999: about the last
+    # 1,000 steps).
+    student_ema: float = 0.0
     sample_grid: int = 64             # synthetic images saved per epoch (0: none)
     # Held-out synthetic images the data-free signal is measured on each epoch (dfkd.probe;
     # 0: no signal and no warnings).
@@ -87,13 +93,13 @@ class RunConfig:
 # config.yaml of a run made before them still compares equal (dfkd bench refuses to resume or
 # reuse a run whose stored config differs from the one it asks for).
 _WRITTEN_WHEN_SET = frozenset({"synthetic_probe", "base_recipe", "batched_g",
-                               "teacher_graph"})
+                               "teacher_graph", "student_ema"})
 
 _RANGES: dict[str, tuple[float, float | None]] = {
     "epochs": (1, None), "rounds": (1, None), "g_steps": (0, None), "kd_steps": (1, None),
     "batch_size": (1, None), "eval_batch_size": (1, None), "seed": (0, None),
     "sample_grid": (0, None), "synthetic_probe": (0, None), "lr": (0, None),
-    "momentum": (0, 1), "weight_decay": (0, None),
+    "momentum": (0, 1), "student_ema": (0, 1), "weight_decay": (0, None),
     "nz": (1, None), "ngf": (1, None), "width": (1, None), "stages": (1, None),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {"device": ("auto", "cpu", "cuda")}
@@ -262,4 +268,7 @@ def load_config(raw: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"batched_g batches a generator's forwards, but method "
                           f"'{method_name}' synthesises from a sample bank; set "
                           "batched_g: false for it")
+    if cfg.student_ema == 1:
+        raise ConfigError("'student_ema' 1 would keep the initial student forever; use a "
+                          "decay below 1 (e.g. 0.999), or 0 for no average")
     return cfg

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from dfkd import distributed, runlock
@@ -232,6 +233,9 @@ class Trainer:
         learning_epochs = max(1, cfg.epochs - self.method.warmup_epochs)
         self.sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt_s,
                                                                   T_max=learning_epochs)
+        # student_ema: an average of the weights and BN buffers, the student that is kept.
+        self.student_ema = None if not cfg.student_ema else AveragedModel(
+            self.student, multi_avg_fn=get_ema_multi_avg_fn(cfg.student_ema), use_buffers=True)
 
         self.eval_data = eval_data
         self.teacher_test_logits: torch.Tensor | None = None
@@ -292,6 +296,7 @@ class Trainer:
             "epoch": self.epoch,
             "round": self.round,
             "student": self.student.state_dict(),
+            "student_ema": None if self.student_ema is None else self.student_ema.state_dict(),
             "opt_s": self.opt_s.state_dict(),
             "sched_s": self.sched_s.state_dict(),
             "method": self.method.state_dict(),
@@ -312,6 +317,8 @@ class Trainer:
                 f"{self.device.type}; a resume is exact only on the same kind of device. "
                 f"Resume it with --device {saved}, or start a new run")
         self.student.load_state_dict(state["student"])
+        if self.student_ema is not None:
+            self.student_ema.load_state_dict(state["student_ema"])
         self.opt_s.load_state_dict(state["opt_s"])
         self.sched_s.load_state_dict(state["sched_s"])
         self.method.load_state_dict(state["method"])
@@ -333,7 +340,7 @@ class Trainer:
             state = self.state_dict()  # a collective: every rank takes part
             if self.is_main:
                 atomic_save(state, self.out_dir / CHECKPOINT)
-                save_student_files(self.out_dir, self.student, self.student_meta())
+                save_student_files(self.out_dir, self.kept_student, self.student_meta())
             distributed.barrier()
 
     def student_meta(self) -> dict[str, Any]:
@@ -401,8 +408,12 @@ class Trainer:
             self.opt_s.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_s.step()
+            if self.student_ema is not None:
+                self.student_ema.update_parameters(self.student)
             add(logs)
         distributed.broadcast_buffers(self.student)
+        if self.student_ema is not None:
+            distributed.broadcast_buffers(self.student_ema.module)
         # One host-device transfer (and one all-reduce under DDP) per round, not per step.
         names = list(terms)
         values = distributed.all_reduce_mean(torch.stack([terms[k] for k in names])).tolist() \
@@ -423,11 +434,19 @@ class Trainer:
             self.sums[name] = self.sums.get(name, 0.0) + value / max(steps, 1)
         return dict(zip(names, values))
 
+    @property
+    def kept_student(self) -> nn.Module:
+        """The student a run evaluates, saves and returns: the average with student_ema."""
+        return self.student if self.student_ema is None else self.student_ema.module
+
     def evaluate(self) -> dict[str, float]:
         if self.eval_data is None:
             return {}
-        logits = self._predict(self.student)
-        return fidelity_metrics(logits, self.teacher_test_logits, self.eval_data.labels)
+        logits = self._predict(self.kept_student)
+        out = fidelity_metrics(logits, self.teacher_test_logits, self.eval_data.labels)
+        if self.student_ema is not None:  # the live student, for comparison
+            out["raw_acc1"] = accuracy(self._predict(self.student), self.eval_data.labels)["acc1"]
+        return out
 
     def _end_epoch(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -470,7 +489,7 @@ class Trainer:
         """synthetic_agreement / synthetic_loyalty / synthetic_kl of the student now."""
         if self.probe is None:
             return {}
-        return self.probe.measure(self.student, self.cfg.eval_batch_size,
+        return self.probe.measure(self.kept_student, self.cfg.eval_batch_size,
                                   self._probe_transform, self.device, baseline=baseline)
 
     def _trainable(self) -> list[torch.Tensor]:

@@ -181,6 +181,10 @@ def run_tune(recipe_path: str, teacher: str | None, trials: int, out: str | os.P
             # Trial 0 is the recipe as written, so the study's best is never below the
             # starting point (at the trial budget, on val).
             study.enqueue_trial(start)
+        else:
+            # A seeded sampler starts its random stream again in every process: seeded as
+            # before, a continued study would sample its first trials' values again.
+            study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
         if not shared:
             # This process holds the folder's lock, so a running trial in the local study
             # is one that a killed tune left behind: run its values again.
