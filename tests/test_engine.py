@@ -80,9 +80,10 @@ def test_student_ema_averages_every_step_and_is_the_kept_student(fmnist_teacher,
     trainer.student_ema.update_parameters = record
     summary = trainer.fit()
     assert len(live) == 2 * TINY["rounds"] * TINY["kd_steps"]
-    expected = live[0]   # the first update copies, then e <- decay e + (1 - decay) w
-    for weights in live[1:]:
-        expected = [decay * e + (1 - decay) * w for e, w in zip(expected, weights)]
+    expected = live[0]   # the first update copies, then e <- d e + (1 - d) w, with the
+    for n, weights in enumerate(live[1:], start=1):   # decay d ramped up from 0.2
+        d = min(decay, (1 + n) / (10 + n))
+        expected = [d * e + (1 - d) * w for e, w in zip(expected, weights)]
     kept = trainer.kept_student
     assert kept is not trainer.student
     kept_floats = [t for t in (*kept.parameters(), *kept.buffers()) if t.is_floating_point()]

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from dfkd import distributed, runlock
@@ -158,6 +158,22 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def _ema_update(decay: float):
+    """AveragedModel's update for student_ema: after the n-th update (n = 1, 2, ...) the
+    average takes min(decay, (1 + n) / (10 + n)) of itself, so it follows the live student
+    early on (a plain 0.999 would still be mostly the initial weights after 1,000 steps).
+    Integer buffers (BatchNorm's batch counter) take the live value."""
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor],
+               n: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():
+            torch._foreach_copy_(averaged, current)
+            return
+        keep = torch.clamp((n + 1) / (n + 10), max=decay).to(averaged[0].dtype)
+        torch._foreach_mul_(averaged, keep)
+        torch._foreach_add_(averaged, torch._foreach_mul(current, 1 - keep))
+    return update
+
+
 class Trainer:
     """Owns one run: models, optimisers, method, output folder and the loop."""
 
@@ -235,7 +251,7 @@ class Trainer:
                                                                   T_max=learning_epochs)
         # student_ema: an average of the weights and BN buffers, the student that is kept.
         self.student_ema = None if not cfg.student_ema else AveragedModel(
-            self.student, multi_avg_fn=get_ema_multi_avg_fn(cfg.student_ema), use_buffers=True)
+            self.student, multi_avg_fn=_ema_update(cfg.student_ema), use_buffers=True)
 
         self.eval_data = eval_data
         self.teacher_test_logits: torch.Tensor | None = None
