@@ -58,6 +58,9 @@ VARIANTS: dict[str, list[str]] = {
     # ramp45 keeping an average of the student (weights and BN buffers, decay 0.999: about
     # the last 1,000 of its 24,000 steps); the live student trains exactly as in ramp45
     "ema": FINAL + ["cudfkd.grad_adv=0.32", "student_ema=0.999"],
+    # ema with the generator's learning rate on the student's cosine (G slows down as S
+    # does; with ema the val curves fall over the last 5 epochs, as loss_s and g_bn rise)
+    "ema_gcos": FINAL + ["cudfkd.grad_adv=0.32", "student_ema=0.999", "cudfkd.g_cosine=true"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": FINAL + ["cudfkd.grad_adv=0.32", "student_ema=0.999", "generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)

@@ -260,6 +260,20 @@ def test_augment_crops_and_flips_each_sample_for_student_and_teacher():
         assert any(torch.equal(batch[i], v) for v in views)
 
 
+def test_g_cosine_sets_the_generator_rate_from_the_epoch():
+    method = _method(epochs=4, g_cosine=True)
+    lr0 = method.ctx.generator.lr
+    rates = []
+    for epoch in (0, 1, 2, 3, 2):   # the last: a resume sets its epoch's rate again
+        method.on_epoch_start(epoch)
+        rates.append(method.opt_g.param_groups[0]["lr"])
+    assert rates == pytest.approx([lr0, lr0 * (1 + 2 ** -0.5) / 2, lr0 / 2,
+                                   lr0 * (1 - 2 ** -0.5) / 2, lr0 / 2])
+    constant = _method(epochs=4)
+    constant.on_epoch_start(3)
+    assert constant.opt_g.param_groups[0]["lr"] == lr0
+
+
 def test_new_settings_are_validated():
     for bad in ({"q0": 0.0}, {"q_end": 1.5}, {"window": 0}, {"replay": -1},
                 {"replay_frac": 1.0}, {"padding": -1}):
@@ -267,7 +281,7 @@ def test_new_settings_are_validated():
             CuDFKDSettings(**bad).validate()
 
 
-def test_resume_is_exact_with_quantile_pace_replay_and_augment(fmnist_teacher, tmp_path):
+def test_resume_is_exact_with_quantile_pace_replay_augment_g_cosine(fmnist_teacher, tmp_path):
     from conftest import metrics_rows
 
     from dfkd.api import build_trainer
@@ -275,7 +289,7 @@ def test_resume_is_exact_with_quantile_pace_replay_and_augment(fmnist_teacher, t
     raw = {"teacher": str(fmnist_teacher), "epochs": 3, "rounds": 2, "g_steps": 1,
            "kd_steps": 2, "batch_size": 16, "sample_grid": 0,
            "cudfkd": {"pace_mode": "quantile", "weighting": "sample", "window": 40,
-                      "replay": 40, "augment": True}}
+                      "replay": 40, "augment": True, "g_cosine": True}}
     build_trainer(raw, tmp_path / "full", overwrite=True, progress=False).fit()
     build_trainer(raw, tmp_path / "split", overwrite=True, progress=False).fit(
         stop_after_epoch=1)

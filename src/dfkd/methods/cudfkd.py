@@ -22,6 +22,7 @@ v* < 0.5 (``sp_below_half``); ``lambda`` (and ``q``) are logged each epoch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -65,6 +66,9 @@ class CuDFKDSettings:
     augment: bool = False      # per-sample crop (pad `padding`) + flip for the student
     padding: int = 2
     flip: bool = True
+    # The generator's learning rate follows a cosine from generator.lr (first epoch) towards
+    # 0, like the student's, so G slows down as S does (not in the paper; off = constant).
+    g_cosine: bool = False
 
     def validate(self) -> None:
         if not 0.0 <= self.begin <= self.end <= 1.0:
@@ -101,6 +105,13 @@ class CuDFKD(GeneratorMethod):
         self.quantile = cur.QuantilePace(s.q0, s.q_end, s.window, ctx.epochs) \
             if s.pace_mode == "quantile" else None
         self.replay = SampleBank(s.replay) if s.replay else None
+
+    def on_epoch_start(self, epoch: int) -> None:
+        super().on_epoch_start(epoch)
+        if self.settings.g_cosine:  # set from the epoch alone, so a resume sets it again
+            lr = 0.5 * self.ctx.generator.lr * (1 + math.cos(math.pi * epoch / self.ctx.epochs))
+            for group in self.opt_g.param_groups:
+                group["lr"] = lr
 
     @property
     def adv_weight(self) -> float:
