@@ -7,8 +7,8 @@ was (dfkd tune's SQLite storage in OUT/METHOD). Then it prints one table: trial 
 recipe as written) against the best trial, on the val split, and the data-free signal's
 Spearman rho with val Acc@1 over each study's completed trials (dfkd tune's signal.json).
 
-    python benchmarks/tune_fmnist.py --teacher runs/bench_fmnist_s9/teacher.pt \\
-        --out runs/tune_fmnist --trials 8 --set epochs=3 --jobs 2
+    python benchmarks/tune_fmnist.py --teacher runs/tables/teacher.pt \\
+        --out runs/tune_fmnist10 --trials 8 --set epochs=10 --jobs 2
 """
 
 from __future__ import annotations
