@@ -63,8 +63,9 @@ class RunConfig:
     # Decay of an exponential moving average of the student's weights and BatchNorm buffers,
     # updated after every student step (torch.optim.swa_utils.AveragedModel). When > 0 the
     # average is the student that is evaluated, saved and returned, and each epoch also logs
-    # the live student's raw_acc1. Beyond the papers; 0 = off (e.g. 0.999: about the last
-    # 1,000 steps).
+    # the live student's raw_acc1. The decay ramps up, min(decay, (1+n)/(10+n)) at the n-th
+    # step, so the average follows the live student early on. Beyond the papers; 0 = off
+    # (e.g. 0.999: about the last 1,000 steps).
     student_ema: float = 0.0
     sample_grid: int = 64             # synthetic images saved per epoch (0: none)
     # Held-out synthetic images the data-free signal is measured on each epoch (dfkd.probe;
