@@ -73,8 +73,11 @@ def test_a_run_leaves_its_student(run_dir):
     assert meta["eval_split"] == summary["eval_split"] == "test"
     assert meta["test_acc1"] == summary["final_acc1"]
     assert meta["test_agreement"] == summary["final_agreement"]
-    # The same weights as the run's final checkpoint.
-    final = safe_load(run_dir / "checkpoint.pt")["student"]
+    # The same weights as the run's final checkpoint (its average, with student_ema).
+    run_state = safe_load(run_dir / "checkpoint.pt")
+    final = run_state["student"] if run_state.get("student_ema") is None else {
+        k.removeprefix("module."): v for k, v in run_state["student_ema"].items()
+        if k.startswith("module.")}
     assert ckpt["state_dict"].keys() == final.keys()
     for key, value in final.items():
         assert torch.equal(ckpt["state_dict"][key], value), key

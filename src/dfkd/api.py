@@ -115,7 +115,8 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
     are taken as model inputs. With no test data, watch ``synthetic_agreement`` (see
     :mod:`dfkd.probe`). ``resume=True`` continues the run in ``out_dir`` with the
     configuration its checkpoint recorded (``settings`` given again win over it).
-    Returns the run summary and the trained student.
+    Returns the run summary and the trained student (your module; with student_ema it
+    holds the average).
     """
     state = None
     if resume:
@@ -139,7 +140,10 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
         trainer.resume(state)
     elif line is not None:   # once the run is built: a user error stays a one-line message
         say(line)
-    return trainer.fit(), trainer.kept_student
+    summary = trainer.fit()
+    if trainer.kept_student is not student:  # student_ema: your module gets the average
+        student.load_state_dict(trainer.kept_student.state_dict())
+    return summary, student
 
 
 def _recipe_hint(method: str, image_shape: tuple[int, int, int]) -> str | None:
