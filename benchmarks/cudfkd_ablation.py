@@ -28,6 +28,8 @@ from dfkd.bench import interval95
 RECIPE = "configs/fashion_mnist/cudfkd_lenet5_paper.yaml"  # the faithful method
 QUANTILE = ["cudfkd.pace_mode=quantile", "cudfkd.weighting=sample"]
 FINAL = QUANTILE + ["cudfkd.replay=20000", "epochs=30"]  # stop 10's recipe
+RAMP45 = FINAL + ["cudfkd.grad_adv=0.32"]                 # stop 11's
+EMA = RAMP45 + ["student_ema=0.999"]                      # stop 12's
 TUNED = ["student_optim.lr=0.184", "generator.lr=0.0145", "cudfkd.tau=10.7",
          "cudfkd.w_bn=1.01", "cudfkd.grad_adv=0.406", "cudfkd.lambda_0=3.43"]
 VARIANTS: dict[str, list[str]] = {
@@ -46,23 +48,21 @@ VARIANTS: dict[str, list[str]] = {
     # ... with the adversarial ramp scaled to the budget (ramp45 is the recipe
     # configs/fashion_mnist/cudfkd_lenet5.yaml since stop 11): at 30 epochs it grows after
     # epochs 8..21 (14 steps), so 0.32 ends at 4.5 as the 20-epoch recipe does; 0.15 at 2.1
-    "ramp45": FINAL + ["cudfkd.grad_adv=0.32"],
+    "ramp45": RAMP45,
     "ramp2": FINAL + ["cudfkd.grad_adv=0.15"],
     # ramp45 at 50 epochs (inside the 20-minute budget): 24 growth steps x 0.1875 = 4.5
     "ramp45_e50": FINAL + ["epochs=50", "cudfkd.grad_adv=0.1875"],
     # ramp45 with dfkd tune's best trial (issue #11: runs/tune_fmnist/cudfkd, trial 2 of 8,
     # 3-epoch trials on val), every tuned value as best.yaml has it, at the full 30 epochs
     "tuned": FINAL + TUNED,
-    # ... keeping the ramp scaled to 30 epochs (the tune's grad_adv was chosen at 3 epochs)
-    "tuned_ramp45": FINAL + TUNED + ["cudfkd.grad_adv=0.32"],
     # ramp45 keeping an average of the student (weights and BN buffers, decay 0.999: about
     # the last 1,000 of its 24,000 steps); the live student trains exactly as in ramp45
-    "ema": FINAL + ["cudfkd.grad_adv=0.32", "student_ema=0.999"],
+    "ema": EMA,
     # ema with the generator's learning rate on the student's cosine (G slows down as S
     # does; with ema the val curves fall over the last 5 epochs, as loss_s and g_bn rise)
-    "ema_gcos": FINAL + ["cudfkd.grad_adv=0.32", "student_ema=0.999", "cudfkd.g_cosine=true"],
+    "ema_gcos": EMA + ["cudfkd.g_cosine=true"],
     # ema with twice the generator's channels (sample diversity)
-    "ema_wide": FINAL + ["cudfkd.grad_adv=0.32", "student_ema=0.999", "generator.ngf=32"],
+    "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
     "batch128": ["batch_size=128", "rounds=50"],
     "wide_generator": ["generator.ngf=32"],        # twice the generator's channels

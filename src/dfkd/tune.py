@@ -175,16 +175,15 @@ def run_tune(recipe_path: str, teacher: str | None, trials: int, out: str | os.P
                 max_retry=3))
         study = optuna.create_study(
             study_name=name, storage=rdb, direction="maximize", load_if_exists=True,
-            sampler=optuna.samplers.TPESampler(seed=seed),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
+        # A seeded sampler starts its random stream again in every process, so it is seeded
+        # past the trials the study holds: a continued study would otherwise sample its
+        # first trials' values again (a new study is seeded with ``seed`` itself).
+        study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
         if not study.trials:
             # Trial 0 is the recipe as written, so the study's best is never below the
             # starting point (at the trial budget, on val).
             study.enqueue_trial(start)
-        else:
-            # A seeded sampler starts its random stream again in every process: seeded as
-            # before, a continued study would sample its first trials' values again.
-            study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
         if not shared:
             # This process holds the folder's lock, so a running trial in the local study
             # is one that a killed tune left behind: run its values again.
