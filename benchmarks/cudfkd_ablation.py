@@ -61,6 +61,9 @@ VARIANTS: dict[str, list[str]] = {
     # ema with the generator's learning rate on the student's cosine (G slows down as S
     # does; with ema the val curves fall over the last 5 epochs, as loss_s and g_bn rise)
     "ema_gcos": EMA + ["cudfkd.g_cosine=true"],
+    # ... only over the last quarter (after the ramp's end, epoch 22.5 of 30), so the runs
+    # follow ema's to the digit until then (ema_gcos stalled seed 1 from epoch 15 on)
+    "ema_glate": EMA + ["cudfkd.g_cosine=true", "cudfkd.g_cosine_start=0.75"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)

@@ -272,11 +272,18 @@ def test_g_cosine_sets_the_generator_rate_from_the_epoch():
     constant = _method(epochs=4)
     constant.on_epoch_start(3)
     assert constant.opt_g.param_groups[0]["lr"] == lr0
+    # g_cosine_start 0.5 of 4 epochs: full rate for epochs 0-2, then the cosine over 2 epochs
+    late = _method(epochs=4, g_cosine=True, g_cosine_start=0.5)
+    rates = []
+    for epoch in range(4):
+        late.on_epoch_start(epoch)
+        rates.append(late.opt_g.param_groups[0]["lr"])
+    assert rates == pytest.approx([lr0, lr0, lr0, lr0 / 2])
 
 
 def test_new_settings_are_validated():
     for bad in ({"q0": 0.0}, {"q_end": 1.5}, {"window": 0}, {"replay": -1},
-                {"replay_frac": 1.0}, {"padding": -1}):
+                {"replay_frac": 1.0}, {"padding": -1}, {"g_cosine_start": 1.0}):
         with pytest.raises(ConfigError):
             CuDFKDSettings(**bad).validate()
 

@@ -68,7 +68,10 @@ class CuDFKDSettings:
     flip: bool = True
     # The generator's learning rate follows a cosine from generator.lr (first epoch) towards
     # 0, like the student's, so G slows down as S does (not in the paper; off = constant).
+    # g_cosine_start: the share of the epochs G keeps its full rate before its cosine begins
+    # (e.g. 0.75, the ramp's end: only the end of the run slows G).
     g_cosine: bool = False
+    g_cosine_start: float = 0.0
 
     def validate(self) -> None:
         if not 0.0 <= self.begin <= self.end <= 1.0:
@@ -88,6 +91,9 @@ class CuDFKDSettings:
                               f"got {self.replay}/{self.replay_frac}")
         if self.padding < 0:
             raise ConfigError(f"cudfkd.padding must be >= 0, got {self.padding}")
+        if not 0 <= self.g_cosine_start < 1:
+            raise ConfigError(f"cudfkd.g_cosine_start is a share of the epochs in [0, 1), "
+                              f"got {self.g_cosine_start}")
 
 
 @register_method
@@ -109,7 +115,9 @@ class CuDFKD(GeneratorMethod):
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
         if self.settings.g_cosine:  # set from the epoch alone, so a resume sets it again
-            lr = 0.5 * self.ctx.generator.lr * (1 + math.cos(math.pi * epoch / self.ctx.epochs))
+            start = self.settings.g_cosine_start * self.ctx.epochs
+            t = max(0.0, epoch - start) / (self.ctx.epochs - start)
+            lr = 0.5 * self.ctx.generator.lr * (1 + math.cos(math.pi * t))
             for group in self.opt_g.param_groups:
                 group["lr"] = lr
 
