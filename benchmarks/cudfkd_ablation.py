@@ -64,6 +64,7 @@ VARIANTS: dict[str, list[str]] = {
     # ... only over the last quarter (after the ramp's end, epoch 22.5 of 30), so the runs
     # follow ema's to the digit until then (ema_gcos stalled seed 1 from epoch 15 on)
     "ema_glate": EMA + ["cudfkd.g_cosine=true", "cudfkd.g_cosine_start=0.75"],
+    "ema_glate50": EMA + ["cudfkd.g_cosine=true", "cudfkd.g_cosine_start=0.5"],  # from 15
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)

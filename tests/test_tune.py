@@ -83,7 +83,8 @@ def test_recipe_with_search_runs_with_distill(fmnist_teacher, tmp_path):
 
 def test_study_writes_best_recipe_that_runs(fmnist_teacher, tmp_path):
     out = tmp_path / "study"
-    study = run_tune(_recipe(tmp_path), str(fmnist_teacher), 3, out, progress=False)
+    study = run_tune(_recipe(tmp_path), str(fmnist_teacher), 3, out,
+                     overrides=["eval_batch_size=1000"], progress=False)
     rows = _trials(out)
     assert [r["state"] for r in rows] == ["COMPLETE"] * 3
     # Trial 0 is the recipe as written: the study's best is never below it.
@@ -99,7 +100,11 @@ def test_study_writes_best_recipe_that_runs(fmnist_teacher, tmp_path):
     best = read_yaml(out / "best.yaml")
     assert best["generator"]["lr"] == study.best_params["generator.lr"]
     assert best["cudfkd"]["kd_loss"] == study.best_params["cudfkd.kd_loss"]
-    assert "Tuned on the val split" in (out / "best.yaml").read_text()
+    header = (out / "best.yaml").read_text()
+    assert "Tuned on the val split" in header
+    # The trials' --set (their budget) is named in the header, not written into the recipe
+    assert "# Each trial ran it with --set eval_batch_size=1000." in header
+    assert best["eval_batch_size"] == 2500
     assert "teacher" not in best and "eval_split" not in best
     summary = build_trainer({**best, "teacher": str(fmnist_teacher)}, tmp_path / "best_run",
                             progress=False).fit()

@@ -198,13 +198,13 @@ def run_tune(recipe_path: str, teacher: str | None, trials: int, out: str | os.P
                     n_trials=trials - done, catch=(),
                     callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)])
             except Interrupted as exc:
-                write_outputs(study, recipe, recipe_path, out)
+                write_outputs(study, recipe, recipe_path, out, overrides)
                 raise Interrupted(f"interrupted; the study is saved in {out}. Run the same "
                                   "dfkd tune command to continue it", exc.exit_code) from exc
             if count() == done:  # every trial of this pass diverged
                 raise DfkdError(f"the last {trials - done} trials all diverged (non-finite "
                                 "loss); narrow the search ranges (learning rates, weights)")
-        write_outputs(study, recipe, recipe_path, out)
+        write_outputs(study, recipe, recipe_path, out, overrides)
     return study
 
 
@@ -259,7 +259,8 @@ def _objective(trial, fixed: dict[str, Any], space: dict[str, dict[str, Any]], o
     return value
 
 
-def write_outputs(study, recipe: dict[str, Any], recipe_path: str, out: Path) -> None:
+def write_outputs(study, recipe: dict[str, Any], recipe_path: str, out: Path,
+                  overrides: list[str] = ()) -> None:
     """best.yaml (a runnable recipe), trials.csv and search.png (needs matplotlib)."""
     from optuna.trial import TrialState
 
@@ -290,6 +291,8 @@ def write_outputs(study, recipe: dict[str, Any], recipe_path: str, out: Path) ->
               f"{best.number} of {len(completed)} completed, final-epoch val Acc@1 "
               f"{best.value:.2f}.\n# Search started from {recipe_path}; study "
               f"'{study.study_name}' in {out}.\n")
+    if overrides:  # the trial budget, which best.yaml leaves to whoever runs it
+        header += f"# Each trial ran it with --set {' --set '.join(overrides)}.\n"
     (out / "best.yaml").write_text(header + yaml.safe_dump(tuned, sort_keys=False))
     plot_search(study, out)
 
