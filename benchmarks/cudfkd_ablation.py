@@ -30,6 +30,7 @@ QUANTILE = ["cudfkd.pace_mode=quantile", "cudfkd.weighting=sample"]
 FINAL = QUANTILE + ["cudfkd.replay=20000", "epochs=30"]  # stop 10's recipe
 RAMP45 = FINAL + ["cudfkd.grad_adv=0.32"]                 # stop 11's
 EMA = RAMP45 + ["student_ema=0.999"]                      # stop 12's
+GLATE = EMA + ["cudfkd.g_cosine=true", "cudfkd.g_cosine_start=0.75"]  # stop 13's
 TUNED = ["student_optim.lr=0.184", "generator.lr=0.0145", "cudfkd.tau=10.7",
          "cudfkd.w_bn=1.01", "cudfkd.grad_adv=0.406", "cudfkd.lambda_0=3.43"]
 VARIANTS: dict[str, list[str]] = {
@@ -63,8 +64,11 @@ VARIANTS: dict[str, list[str]] = {
     "ema_gcos": EMA + ["cudfkd.g_cosine=true"],
     # ... only over the last quarter (after the ramp's end, epoch 22.5 of 30), so the runs
     # follow ema's to the digit until then (ema_gcos stalled seed 1 from epoch 15 on)
-    "ema_glate": EMA + ["cudfkd.g_cosine=true", "cudfkd.g_cosine_start=0.75"],
+    "ema_glate": GLATE,
     "ema_glate50": EMA + ["cudfkd.g_cosine=true", "cudfkd.g_cosine_start=0.5"],  # from 15
+    # ema_glate (the recipe since stop 13) with the BN statistics of 128-sample batches, at
+    # the same samples per epoch (half the steps of each kind)
+    "glate_b128": GLATE + ["batch_size=128", "rounds=50"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
