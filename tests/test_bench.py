@@ -14,7 +14,7 @@ import torch
 import yaml
 from conftest import metrics_rows
 
-from dfkd.bench import collect, interval95, paired_differences, plan, run_bench
+from dfkd.bench import collect, interval95, paired_differences, plan, run_bench, run_config
 from dfkd.errors import ConfigError
 
 
@@ -87,6 +87,27 @@ def test_bench_rejects_unknown_method(fmnist_teacher, tmp_path):
     with pytest.raises(ConfigError, match="unknown method 'cudfdk'"):
         run_bench(_config(tmp_path, fmnist_teacher), ["cudfdk"], [0], tmp_path / "b",
                   dry_run=True)
+
+
+def test_a_recipe_row_runs_its_method_with_its_settings(fmnist_teacher, tmp_path):
+    """recipes: {cudfkd_paper: FILE} is a row of its own that runs FILE's method."""
+    recipe = tmp_path / "paper.yaml"
+    recipe.write_text(yaml.safe_dump({"method": "cudfkd", "epochs": 20,
+                                      "cudfkd": {"tau": 7.0}}))
+    config = yaml.safe_load(open(_config(tmp_path, fmnist_teacher)))
+    config["recipes"] = {"cudfkd_paper": str(recipe)}
+    rows = plan(config, ["cudfkd", "cudfkd_paper"], [0], tmp_path / "b")
+    assert [r["folder"].parent.name for r in rows] == ["cudfkd", "cudfkd_paper"]
+    own, paper = (run_config(config, name, 0) for name in ("cudfkd", "cudfkd_paper"))
+    assert own["method"] == paper["method"] == "cudfkd"
+    assert (own["cudfkd"]["tau"], paper["cudfkd"]["tau"]) == (20.0, 7.0)
+    assert paper["epochs"] == 2  # the base's budget wins over the recipe's
+    config["recipes"] = {"dafl": str(recipe)}  # a method's own row runs that method
+    with pytest.raises(ConfigError, match="recipes.dafl is a 'cudfkd' recipe"):
+        plan(config, ["dafl"], [0], tmp_path / "b")
+    config["recipes"] = {"mine": str(tmp_path / "bench.yaml")}  # no method: the name's
+    with pytest.raises(ConfigError, match="unknown method 'mine'"):
+        plan(config, ["mine"], [0], tmp_path / "b")
 
 
 def test_bench_teacher_and_set_options_replace_the_configs(fmnist_teacher, tmp_path):

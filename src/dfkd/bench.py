@@ -2,7 +2,9 @@
 
 A bench config holds the shared budget (``base``: teacher, student, epochs,
 rounds, batch_size, ...), optional per-method recipes (``recipes: {method: file}``)
-and the reference trainings (``references: {epochs: N}``). The base always wins
+and the reference trainings (``references: {epochs: N}``). A recipe may also give a
+row of its own name (``cudfkd_paper: cudfkd_lenet5_paper.yaml``): that row runs the
+recipe's ``method`` with its settings, beside the method's own row. The base always wins
 over a recipe, so every method gets the same teacher, student, budget and seeds.
 Runs live in ``DIR/<method>/seed<k>``; finished runs are skipped and interrupted
 ones resumed, so an interrupted bench loses nothing, and a run whose stored config
@@ -37,7 +39,7 @@ from dfkd.data import dataset_info, load_split
 from dfkd.engine import CHECKPOINT, SUMMARY, Interrupted
 from dfkd.errors import ConfigError, DfkdError
 from dfkd.launcher_watch import die_with_parent
-from dfkd.methods import get_method
+from dfkd.methods import get_method, list_methods
 from dfkd.metrics import fidelity_metrics, predict
 from dfkd.report import METRICS_FILE, PlotUnavailable, format_table, read_metrics
 from dfkd.report import plot_curves as draw_curves
@@ -60,7 +62,7 @@ def plan(config: dict[str, Any], methods: list[str], seeds: list[int], out: Path
     """Every (method, seed) run with its folder and state: done, resume or new."""
     for name in methods:
         if name not in REFERENCES:
-            get_method(name)  # unknown names fail before any work
+            row_method(config, name)  # unknown names fail before any work
     runs = []
     for name in methods:
         for seed in seeds:
@@ -75,10 +77,22 @@ def plan(config: dict[str, Any], methods: list[str], seeds: list[int], out: Path
     return runs
 
 
-def _method_config(config: dict[str, Any], method: str, seed: int) -> dict[str, Any]:
-    recipe = (config.get("recipes") or {}).get(method)
+def row_method(config: dict[str, Any], name: str) -> str:
+    """The method a row runs: the ``method`` of its recipe, else the row's own name."""
+    recipe = (config.get("recipes") or {}).get(name)
+    method = (read_yaml(recipe) if recipe else {}).get("method", name)
+    get_method(method)
+    if method != name and name in list_methods():
+        raise ConfigError(f"recipes.{name} is a '{method}' recipe ({recipe}); give it a row "
+                          f"name of its own, e.g. {method}_{Path(recipe).stem}")
+    return method
+
+
+def _method_config(config: dict[str, Any], name: str, seed: int) -> dict[str, Any]:
+    recipe = (config.get("recipes") or {}).get(name)
     raw = read_yaml(recipe) if recipe else {}
-    return merge(merge(raw, {"method": method}), {**config.get("base", {}), "seed": seed})
+    return merge(merge(raw, {"method": row_method(config, name)}),
+                 {**config.get("base", {}), "seed": seed})
 
 
 def _reference_settings(config: dict[str, Any], kind: str, seed: int) -> SupervisedSettings:

@@ -152,7 +152,10 @@ def _parser() -> argparse.ArgumentParser:
         "resumed, so re-running an interrupted bench continues it; a run whose stored config "
         "differs from the current one is refused, naming the key.")
     b.add_argument("--config", required=True, metavar="FILE", help="bench YAML (see configs/)")
-    b.add_argument("--methods", required=True, help="comma-separated, e.g. cudfkd,scratch")
+    b.add_argument("--methods", required=True,
+                   help="comma-separated rows: methods, the references scratch and "
+                        "kd_with_data, and rows named in the config's recipes (e.g. "
+                        "cudfkd_paper), e.g. cudfkd,cudfkd_paper,dafl,scratch")
     b.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     b.add_argument("--teacher", metavar="CKPT", default=None,
                    help="teacher checkpoint instead of the config's base.teacher (e.g. a "
