@@ -2,7 +2,8 @@
 # Issue #11: the final Fashion-MNIST tables of BENCHMARKS.md ("All methods on one pair").
 # Every method's recipe (configs/fashion_mnist/, tuned on the val split) at bench.yaml's one
 # budget, for three teachers trained on the train split: clean, and with 20% and 40% of the
-# labels flipped. Seeds: 5 for cudfkd and the two strongest baselines (TOP: the two best
+# labels flipped. Seeds: 5 for cudfkd (both rows: the recipe, and the paper's method alone)
+# and the two strongest baselines (TOP: the two best
 # val Acc@1 of the tune studies, never test; the default is provisional, from the recipes'
 # val at 3 epochs), 3 for the rest and the references. A queue of JOBS
 # runs at a time (cores/JOBS threads each). Finished runs are skipped and interrupted ones
@@ -11,7 +12,7 @@
 #   TEACHERS=clean JOBS=2 bash benchmarks/fmnist_tables.sh
 set -euo pipefail
 OUT=${OUT:-runs/tables}; JOBS=${JOBS:-2}; DFKD=${DFKD:-dfkd}
-TOP=${TOP:-cudfkd,cmi,deepinv}
+TOP=${TOP:-cudfkd,cudfkd_paper,cmi,deepinv}
 REST=${REST:-fast,dfq,zskt,dafl,dfad}
 TEACHERS=${TEACHERS:-clean noise20 noise40}
 BENCH=(--config configs/fashion_mnist/bench.yaml --jobs "$JOBS" --no-progress)
