@@ -106,11 +106,18 @@ def test_study_writes_best_recipe_that_runs(fmnist_teacher, tmp_path):
     assert "# Each trial ran it with --set eval_batch_size=1000." in header
     assert best["eval_batch_size"] == 2500
     assert "teacher" not in best and "eval_split" not in best
+    # Continuing the study with another fixed part (here the batch) is refused up front.
+    with pytest.raises(ConfigError, match="started with batch_size=16, but the recipe and "
+                                          "--set now give batch_size=8"):
+        run_tune(_recipe(tmp_path), str(fmnist_teacher), 4, out,
+                 overrides=["eval_batch_size=1000", "batch_size=8"], progress=False)
+    assert len(study.trials) == 3
     summary = build_trainer({**best, "teacher": str(fmnist_teacher)}, tmp_path / "best_run",
                             progress=False).fit()
     assert summary["eval_split"] == "test" and summary["final_acc1"] is not None
     # A finished study is not run again: the same command only rewrites the outputs.
-    again = run_tune(_recipe(tmp_path), str(fmnist_teacher), 3, out, progress=False)
+    again = run_tune(_recipe(tmp_path), str(fmnist_teacher), 3, out,
+                     overrides=["eval_batch_size=1000"], progress=False)
     assert len(again.trials) == 3
 
 

@@ -34,7 +34,7 @@ import yaml
 from dfkd import runlock
 from dfkd.api import build_trainer
 from dfkd.checkpoint import load_model_checkpoint
-from dfkd.config import flatten, load_config, merge, parse_overrides, read_yaml
+from dfkd.config import first_difference, flatten, load_config, merge, parse_overrides, read_yaml
 from dfkd.data import dataset_info, load_split
 from dfkd.engine import CHECKPOINT, SUMMARY, Interrupted
 from dfkd.errors import ConfigError, DfkdError
@@ -120,12 +120,12 @@ def check_same_config(folder: Path, current: dict[str, Any]) -> None:
         return
     stored = flatten(yaml.safe_load(stored_file.read_text()) or {})
     now = flatten(current)
-    for key in sorted(set(stored) | set(now)):
-        if stored.get(key, "<unset>") != now.get(key, "<unset>"):
-            raise ConfigError(
-                f"'{folder}' was run with {key}={stored.get(key, '<unset>')!r}, but the bench "
-                f"now asks for {key}={now.get(key, '<unset>')!r}; use another --out, or delete "
-                "that run to redo it")
+    key = first_difference(stored, now)
+    if key is not None:
+        raise ConfigError(
+            f"'{folder}' was run with {key}={stored.get(key, '<unset>')!r}, but the bench "
+            f"now asks for {key}={now.get(key, '<unset>')!r}; use another --out, or delete "
+            "that run to redo it")
 
 
 def _reference(config: dict[str, Any], kind: str, seed: int, folder: Path,

@@ -227,6 +227,14 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def first_difference(stored: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """The first dotted key (sorted) whose value differs between two flat configs."""
+    for key in sorted(set(stored) | set(now)):
+        if stored.get(key, "<unset>") != now.get(key, "<unset>"):
+            return key
+    return None
+
+
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():

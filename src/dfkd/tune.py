@@ -37,7 +37,7 @@ import yaml
 
 from dfkd import probe, runlock
 from dfkd.api import build_trainer
-from dfkd.config import flatten, load_config, merge, parse_overrides, read_yaml
+from dfkd.config import first_difference, flatten, load_config, merge, parse_overrides, read_yaml
 from dfkd.engine import CHECKPOINT, Interrupted, NonFiniteLoss
 from dfkd.errors import ConfigError, DfkdError
 
@@ -45,6 +45,10 @@ SEARCH = "search"
 STUDY_DB = "study.db"
 SIGNAL = "signal.json"
 SIGNAL_KEYS = ("synthetic_agreement", "synthetic_loyalty")
+
+
+# Keys that a worker sets for its own machine: a continued study may change them.
+LOCAL_KEYS = ("device", "data_root")
 
 
 def _optuna():
@@ -176,6 +180,7 @@ def run_tune(recipe_path: str, teacher: str | None, trials: int, out: str | os.P
         study = optuna.create_study(
             study_name=name, storage=rdb, direction="maximize", load_if_exists=True,
             pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
+        _check_same_question(study, fixed, out)
         # A seeded sampler starts its random stream again in every process, so it is seeded
         # past the trials the study holds: a continued study would otherwise sample its
         # first trials' values again (a new study is seeded with ``seed`` itself).
@@ -206,6 +211,22 @@ def run_tune(recipe_path: str, teacher: str | None, trials: int, out: str | os.P
                                 "loss); narrow the search ranges (learning rates, weights)")
         write_outputs(study, recipe, recipe_path, out, overrides)
     return study
+
+
+def _check_same_question(study, fixed: dict[str, Any], out: Path) -> None:
+    """A continued study must tune the same fixed part (recipe, --set, teacher), or its
+    trials would answer different questions: refuse a change, naming the key."""
+    now = {k: v for k, v in flatten(fixed).items() if k not in LOCAL_KEYS}
+    stored = study.user_attrs.get("fixed")
+    if stored is None:  # a new study (or one from before this check): remember it
+        study.set_user_attr("fixed", now)
+        return
+    key = first_difference(stored, now)
+    if key is not None:
+        raise ConfigError(
+            f"the study in {out} was started with {key}={stored.get(key, '<unset>')!r}, but "
+            f"the recipe and --set now give {key}={now.get(key, '<unset>')!r}; use another "
+            "--out, or delete that folder to start the study again")
 
 
 def _origin(trial) -> int:
