@@ -78,14 +78,14 @@ def install(method: str, out: Path, trials: int, command: str) -> str:
         if not line.startswith("#") or line.startswith("# Tuned on the val split"):
             break
         about.append(line)
-    best = (study / "best.yaml").read_text()
-    target = INSTALL[method]
+    target, note = INSTALL[method], ""
     if target != RECIPES[method]:
         about.insert(0, f"# The bench's {RECIPES[method].name}: the same recipe, its values "
                         "tuned at the bench's budget. Its comment:")
+        note = " (point bench.yaml's recipes at it)"
+    best = (study / "best.yaml").read_text()
     target.write_text("\n".join(about) + f"\n# Tuned on the val split, never on test: {command}\n"
                       + best)
-    note = "" if target == RECIPES[method] else " (point bench.yaml's recipes at it)"
     return f"{method}: {target} <- {study / 'best.yaml'}{note}"
 
 

@@ -62,7 +62,7 @@ def plan(config: dict[str, Any], methods: list[str], seeds: list[int], out: Path
     """Every (method, seed) run with its folder and state: done, resume or new."""
     for name in methods:
         if name not in REFERENCES:
-            row_method(config, name)  # unknown names fail before any work
+            _row_recipe(config, name)  # unknown names fail before any work
     runs = []
     for name in methods:
         for seed in seeds:
@@ -77,22 +77,21 @@ def plan(config: dict[str, Any], methods: list[str], seeds: list[int], out: Path
     return runs
 
 
-def row_method(config: dict[str, Any], name: str) -> str:
-    """The method a row runs: the ``method`` of its recipe, else the row's own name."""
+def _row_recipe(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """A row's recipe (empty if it has none) with the method the row runs: the recipe's
+    ``method``, else the row's own name."""
     recipe = (config.get("recipes") or {}).get(name)
-    method = (read_yaml(recipe) if recipe else {}).get("method", name)
+    raw = read_yaml(recipe) if recipe else {}
+    method = raw.get("method", name)
     get_method(method)
     if method != name and name in list_methods():
         raise ConfigError(f"recipes.{name} is a '{method}' recipe ({recipe}); give it a row "
                           f"name of its own, e.g. {method}_{Path(recipe).stem}")
-    return method
+    return {**raw, "method": method}
 
 
 def _method_config(config: dict[str, Any], name: str, seed: int) -> dict[str, Any]:
-    recipe = (config.get("recipes") or {}).get(name)
-    raw = read_yaml(recipe) if recipe else {}
-    return merge(merge(raw, {"method": row_method(config, name)}),
-                 {**config.get("base", {}), "seed": seed})
+    return merge(_row_recipe(config, name), {**config.get("base", {}), "seed": seed})
 
 
 def _reference_settings(config: dict[str, Any], kind: str, seed: int) -> SupervisedSettings:
