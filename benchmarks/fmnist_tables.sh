@@ -7,11 +7,12 @@
 # val Acc@1 of the tune studies, never test; the default is provisional, from the recipes'
 # val at 3 epochs), 3 for the rest and the references. A queue of JOBS
 # runs at a time (cores/JOBS threads each). Finished runs are skipped and interrupted ones
-# resumed, so the same command continues the tables. Run from the repository root:
+# resumed, so the same command continues the tables. Then benchmarks/fmnist_claims.py says
+# which of the paper's claims hold ($OUT/claims.md). Run from the repository root:
 #   JOBS=2 bash benchmarks/fmnist_tables.sh            # all three teachers
 #   TEACHERS=clean JOBS=2 bash benchmarks/fmnist_tables.sh
 set -euo pipefail
-OUT=${OUT:-runs/tables}; JOBS=${JOBS:-2}; DFKD=${DFKD:-dfkd}
+OUT=${OUT:-runs/tables}; JOBS=${JOBS:-2}; DFKD=${DFKD:-dfkd}; PYTHON=${PYTHON:-python}
 TOP=${TOP:-cudfkd,cudfkd_paper,cmi,deepinv}
 REST=${REST:-fast,dfq,zskt,dafl,dfad}
 TEACHERS=${TEACHERS:-clean noise20 noise40}
@@ -33,3 +34,8 @@ for name in $TEACHERS; do
     $DFKD bench "${BENCH[@]}" --teacher "$teacher" --out "$OUT/$name" --report-only \
         --methods "$TOP,$REST,scratch,kd_with_data" --seeds 0,1,2,3,4
 done
+# The paper's claims (accuracy, convergence, stability, robustness), paired over the seeds:
+# written to $OUT/claims.md once the three teachers' benches are there.
+if [ -d "$OUT/clean" ] && [ -d "$OUT/noise20" ] && [ -d "$OUT/noise40" ]; then
+    "$PYTHON" benchmarks/fmnist_claims.py --tables "$OUT"
+fi

@@ -84,8 +84,9 @@ def install(method: str, out: Path, trials: int, command: str) -> str:
                         "tuned at the bench's budget. Its comment:")
         note = " (point bench.yaml's recipes at it)"
     best = (study / "best.yaml").read_text()
-    target.write_text("\n".join(about) + f"\n# Tuned on the val split, never on test: {command}\n"
-                      + best)
+    target.write_text("\n".join(about) + "\n# The values below are the study's best trial; "
+                      "the comment above describes the recipe the search started from."
+                      f"\n# Tuned on the val split, never on test: {command}\n" + best)
     return f"{method}: {target} <- {study / 'best.yaml'}{note}"
 
 

@@ -53,7 +53,9 @@ def test_bench_runs_skips_and_aggregates(fmnist_teacher, tmp_path):
     assert rows[1]["final_acc1"] > 50  # one real epoch of supervised training
     scratch = [json.loads((out / "scratch" / f"seed{s}" / "result.json").read_text())
                ["final_acc1"] for s in (0, 1)]
-    (paired,) = results["paired"]
+    # scratch's result has no curve columns (time to 90%, variance over epochs) to pair
+    assert {p["column"] for p in results["paired"]} == {"final_acc1"}
+    (paired,) = [p for p in results["paired"] if p["column"] == "final_acc1"]
     diffs = [a - b for a, b in zip(finals, scratch)]
     assert paired["versus"] == "scratch" and paired["seeds"] == 2
     assert paired["mean_difference"] == pytest.approx(sum(diffs) / 2)
@@ -131,11 +133,27 @@ def test_interval_and_paired_verdict_by_hand(tmp_path):
             folder = tmp_path / name / f"seed{seed}"
             folder.mkdir(parents=True)
             (folder / "result.json").write_text(json.dumps({"final_acc1": value}))
-    paired = paired_differences(tmp_path, ["a", "b", "c"], [0, 1, 2])
+    paired = paired_differences(tmp_path, ["a", "b", "c"], [0, 1, 2], ["final_acc1"])
     assert [(p["versus"], p["verdict"]) for p in paired] == [("b", "a better"),
                                                             ("c", "undecided")]
     assert paired[0]["mean_difference"] == pytest.approx(2.0)
     assert paired[0]["low"] > 0
+
+
+def test_paired_verdict_where_lower_is_better(tmp_path):
+    # a reaches 90% of its final Acc@1 later than b on every seed: b converges faster.
+    for seed, (a, b) in enumerate([(50.0, 30.0), (52.0, 31.0), (49.0, 30.5)]):
+        for name, value in (("a", a), ("b", b)):
+            folder = tmp_path / name / f"seed{seed}"
+            folder.mkdir(parents=True)
+            (folder / "summary.json").write_text(json.dumps({"seconds_to_90pct": value,
+                                                             "final_acc1": 80.0}))
+    (conv,) = paired_differences(tmp_path, ["a", "b"], [0, 1, 2], ["seconds_to_90pct"])
+    assert conv["mean_difference"] == pytest.approx(59.5 / 3)
+    assert conv["verdict"] == "b better"
+    # equal accuracy on every seed: zero spread, nothing decided
+    (acc,) = paired_differences(tmp_path, ["a", "b"], [0, 1, 2], ["final_acc1"])
+    assert acc["mean_difference"] == 0 and acc["verdict"] == "undecided"
 
 
 def test_bench_refuses_a_run_with_another_config(fmnist_teacher, tmp_path):
