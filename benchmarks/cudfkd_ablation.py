@@ -78,6 +78,9 @@ VARIANTS: dict[str, list[str]] = {
     # student steps; about 1.4x the time, still inside the 20-minute budget): the 10-epoch
     # tune of the paper's method (issue #11) chose g_steps 4
     "glate_g4": GLATE + ["g_steps=4"],
+    # ... with half the adversarial ramp (it ends at 2.25, not 4.5): glate_g4's seed 0 led
+    # ema_glate by 1-2 points up to epoch 17, then fell 2.4 behind as the ramp grew
+    "glate_g4_ramp2": GLATE + ["g_steps=4", "cudfkd.grad_adv=0.16"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
