@@ -27,6 +27,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 # Costliest first (seconds per epoch on one CPU thread), so the pool ends together.
 # cudfkd is the quick start's recipe (its additions chosen in the ablations, on val);
 # cudfkd_paper the paper's method alone, tuned like every baseline.
@@ -65,9 +67,28 @@ def row(method: str, out: Path) -> str:
             f"{float(best['val_acc1']):.2f} (trial {best['number']}) | {rho} |")
 
 
+INSTALLED = "# The values below are the study's best trial"  # where an installed header ends
+
+
+def changed_values(study: Path) -> str:
+    """The search keys whose best-trial value differs from trial 0's (the recipe as it
+    was), as 'key a -> b' items."""
+    search = yaml.safe_load((study / "best.yaml").read_text()).get("search") or {}
+    with open(study / "trials.csv") as f:
+        trials = list(csv.DictReader(f))
+    done = [t for t in trials if t["state"] == "COMPLETE"]
+    best = max(done, key=lambda t: float(t["val_acc1"]))
+    first = next(t for t in trials if t["number"] == "0")
+    items = []
+    for key in search:
+        if float(first[key]) != float(best[key]):
+            items.append(f"{key} {float(first[key]):.3g} -> {float(best[key]):.3g}")
+    return ", ".join(items) or "none (the recipe's own values were best)"
+
+
 def install(method: str, out: Path, trials: int, command: str) -> str:
     """Write a finished study's best.yaml as the method's recipe, under the comment that
-    describes the recipe, with the command that tuned it."""
+    describes the recipe, with the command that tuned it and the values it changed."""
     study = out / method
     with open(study / "trials.csv") as f:
         finished = sum(t["state"] in ("COMPLETE", "PRUNED") for t in csv.DictReader(f))
@@ -75,7 +96,7 @@ def install(method: str, out: Path, trials: int, command: str) -> str:
         return f"{method}: {finished} of {trials} trials finished, not installed"
     about = []
     for line in RECIPES[method].read_text().splitlines():
-        if not line.startswith("#") or line.startswith("# Tuned on the val split"):
+        if not line.startswith("#") or line.startswith((INSTALLED, "# Tuned on the val split")):
             break
         about.append(line)
     target, note = INSTALL[method], ""
@@ -84,9 +105,10 @@ def install(method: str, out: Path, trials: int, command: str) -> str:
                         "tuned at the bench's budget. Its comment:")
         note = " (point bench.yaml's recipes at it)"
     best = (study / "best.yaml").read_text()
-    target.write_text("\n".join(about) + "\n# The values below are the study's best trial; "
-                      "the comment above describes the recipe the search started from."
-                      f"\n# Tuned on the val split, never on test: {command}\n" + best)
+    target.write_text("\n".join(about) + f"\n{INSTALLED}; the comment above describes the "
+                      "recipe the search started from.\n"
+                      f"# Changed by the tune: {changed_values(study)}.\n"
+                      f"# Tuned on the val split, never on test: {command}\n" + best)
     return f"{method}: {target} <- {study / 'best.yaml'}{note}"
 
 

@@ -1,0 +1,34 @@
+"""benchmarks/tune_fmnist.py: what an installed recipe's header says the tune changed."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("tune_fmnist",
+                                                  ROOT / "benchmarks" / "tune_fmnist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_changed_values_compare_the_best_trial_with_trial_0(tmp_path):
+    (tmp_path / "best.yaml").write_text(
+        "method: dfad\nsearch:\n  generator.lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n"
+        "  g_steps: {low: 1, high: 3, int: true}\n")
+    (tmp_path / "trials.csv").write_text(
+        "number,state,val_acc1,generator.lr,g_steps\n"
+        "0,COMPLETE,30.0,0.001,1\n"
+        "1,COMPLETE,40.0,0.00074,1\n"   # the best: only the learning rate moved
+        "2,PRUNED,45.0,0.005,3\n"      # pruned trials are never the best
+        "3,FAIL,,0.002,2\n")
+    changed = _load().changed_values
+    assert changed(tmp_path) == "generator.lr 0.001 -> 0.00074"
+    (tmp_path / "trials.csv").write_text(
+        "number,state,val_acc1,generator.lr,g_steps\n0,COMPLETE,50.0,0.001,1\n"
+        "1,COMPLETE,40.0,0.00074,2\n")
+    assert changed(tmp_path) == "none (the recipe's own values were best)"
