@@ -22,10 +22,9 @@ and fails when any comparison goes the other way. Writes TABLES/claims.md and pr
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-from dfkd.bench import compare, seed_values
+from dfkd.bench import compare, interval_text, seed_values
 from dfkd.report import format_table
 
 BASELINES = "dafl,dfad,zskt,dfq,deepinv,cmi,fast"
@@ -65,16 +64,13 @@ def claims(tables: Path, first: str, baselines: list[str], seeds: list[int]
         verdicts = []
         for other in baselines:
             theirs = values(tables, other, seeds, teacher, column, loss)
-            diffs = [mine[s] - theirs[s] for s in seeds if s in mine and s in theirs]
-            if not diffs:
+            row = compare(first, other, mine, theirs, higher)
+            if row is None:
                 continue
-            row = compare(first, other, diffs, higher)
             verdicts.append({f"{first} better": SUPPORTED, f"{other} better": NOT_SUPPORTED,
                              "undecided": UNDECIDED}[row["verdict"]])
-            interval = ("-" if math.isnan(row["ci95"])
-                        else f"[{row['low']:+.2f}, {row['high']:+.2f}]")
             rows.append([claim, what, f"{first} - {other}", row["seeds"],
-                         f"{row['mean_difference']:+.2f}", interval, verdicts[-1]])
+                         f"{row['mean_difference']:+.2f}", interval_text(row), verdicts[-1]])
         if verdicts:
             against_all = (NOT_SUPPORTED if NOT_SUPPORTED in verdicts else
                            SUPPORTED if set(verdicts) == {SUPPORTED} else UNDECIDED)

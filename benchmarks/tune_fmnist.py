@@ -53,17 +53,24 @@ def tune_one(method: str, args: argparse.Namespace, threads: int) -> None:
         subprocess.run(cmd, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def row(method: str, out: Path) -> str:
-    with open(out / method / "trials.csv") as f:
+def read_trials(study: Path) -> tuple[list[dict], dict, dict]:
+    """A study's trials.csv rows, trial 0 (the recipe as it was) and the best completed
+    trial by val Acc@1."""
+    with open(study / "trials.csv") as f:
         trials = list(csv.DictReader(f))
     done = [t for t in trials if t["state"] == "COMPLETE"]
-    pruned = sum(t["state"] == "PRUNED" for t in trials)
     first = next(t for t in trials if t["number"] == "0")
-    best = max(done, key=lambda t: float(t["val_acc1"]))
+    return trials, first, max(done, key=lambda t: float(t["val_acc1"]))
+
+
+def row(method: str, out: Path) -> str:
+    trials, first, best = read_trials(out / method)
+    done = sum(t["state"] == "COMPLETE" for t in trials)
+    pruned = sum(t["state"] == "PRUNED" for t in trials)
     signal = json.loads((out / method / "signal.json").read_text())
     rho = [signal[k]["spearman"] for k in ("synthetic_agreement", "synthetic_loyalty")]
     rho = " / ".join("-" if r is None else f"{r:+.2f}" for r in rho)
-    return (f"| {method} | {len(done)} + {pruned} | {float(first['val_acc1']):.2f} | "
+    return (f"| {method} | {done} + {pruned} | {float(first['val_acc1']):.2f} | "
             f"{float(best['val_acc1']):.2f} (trial {best['number']}) | {rho} |")
 
 
@@ -74,11 +81,7 @@ def changed_values(study: Path) -> str:
     """The search keys whose best-trial value differs from trial 0's (the recipe as it
     was), as 'key a -> b' items."""
     search = yaml.safe_load((study / "best.yaml").read_text()).get("search") or {}
-    with open(study / "trials.csv") as f:
-        trials = list(csv.DictReader(f))
-    done = [t for t in trials if t["state"] == "COMPLETE"]
-    best = max(done, key=lambda t: float(t["val_acc1"]))
-    first = next(t for t in trials if t["number"] == "0")
+    _, first, best = read_trials(study)
     items = []
     for key in search:
         if float(first[key]) != float(best[key]):

@@ -3,23 +3,15 @@ seeds, on hand-made result folders whose verdicts are known."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import BENCHMARKS, load_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "fmnist_claims.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("fmnist_claims", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = BENCHMARKS / "fmnist_claims.py"
 
 
 def _write(tables: Path, teacher: str, name: str, accs: list[float], **extra) -> None:
@@ -39,7 +31,7 @@ def test_claims_by_hand(tmp_path):
     _write(tables, "noise20", "cud", [78.0, 79.0, 77.0])
     _write(tables, "noise20", "a", [74.0, 74.9, 73.1])
     _write(tables, "noise40", "cud", [70.0])
-    claims = _load().claims
+    claims = load_benchmark("fmnist_claims").claims
     rows, overall = claims(tables, "cud", ["a", "b"], [0, 1, 2])
     found = {(r[1], r[2]): (r[3], float(r[4]), r[6]) for r in rows}
     assert found[("final Acc@1, clean teacher", "cud - a")] == (3, pytest.approx(2.0),
@@ -66,7 +58,7 @@ def test_claim_fails_when_a_baseline_is_better(tmp_path):
     _write(tables, "clean", "cud", [70.0, 71.0, 72.0])
     _write(tables, "clean", "a", [75.0, 76.1, 76.9])
     _write(tables, "clean", "b", [60.0, 61.0, 62.1])
-    rows, overall = _load().claims(tables, "cud", ["a", "b"], [0, 1, 2])
+    rows, overall = load_benchmark("fmnist_claims").claims(tables, "cud", ["a", "b"], [0, 1, 2])
     assert [r[6] for r in rows if r[1] == "final Acc@1, clean teacher"] == [
         "not supported", "supported"]
     assert overall[0][4] == "not supported"

@@ -2,18 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("tune_fmnist",
-                                                  ROOT / "benchmarks" / "tune_fmnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def test_changed_values_compare_the_best_trial_with_trial_0(tmp_path):
@@ -26,7 +15,7 @@ def test_changed_values_compare_the_best_trial_with_trial_0(tmp_path):
         "1,COMPLETE,40.0,0.00074,1\n"   # the best: only the learning rate moved
         "2,PRUNED,45.0,0.005,3\n"      # pruned trials are never the best
         "3,FAIL,,0.002,2\n")
-    changed = _load().changed_values
+    changed = load_benchmark("tune_fmnist").changed_values
     assert changed(tmp_path) == "generator.lr 0.001 -> 0.00074"
     (tmp_path / "trials.csv").write_text(
         "number,state,val_acc1,generator.lr,g_steps\n0,COMPLETE,50.0,0.001,1\n"

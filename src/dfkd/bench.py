@@ -269,10 +269,14 @@ CLAIMS = {"final_acc1": True, "seconds_to_90pct": False, "epochs_to_90pct": Fals
           "acc1_var": False}
 
 
-def compare(first: str, other: str, diffs: list[float], higher_is_better: bool = True
-            ) -> dict[str, Any]:
-    """``first`` minus ``other``, one difference per seed: the mean, its 95% t-interval,
-    and the verdict: which one is better, or "undecided" when the interval holds 0."""
+def compare(first: str, other: str, mine: dict[int, float], theirs: dict[int, float],
+            higher_is_better: bool = True) -> dict[str, Any] | None:
+    """``first`` minus ``other`` on the seeds both have (values by seed): the mean
+    difference, its 95% t-interval, and the verdict: which one is better, or "undecided"
+    when the interval holds 0. None when no seed is shared."""
+    diffs = [mine[s] - theirs[s] for s in sorted(mine) if s in theirs]
+    if not diffs:
+        return None
     mean, std, half = interval95(diffs)
     if math.isnan(half) or abs(mean) <= half:
         verdict = "undecided"
@@ -281,6 +285,11 @@ def compare(first: str, other: str, diffs: list[float], higher_is_better: bool =
     return {"method": first, "versus": other, "seeds": len(diffs), "mean_difference": mean,
             "std": std, "ci95": half, "low": mean - half, "high": mean + half,
             "verdict": verdict}
+
+
+def interval_text(row: dict[str, Any]) -> str:
+    """A :func:`compare` row's 95% interval as "[low, high]" ("-" from one seed)."""
+    return "-" if math.isnan(row["ci95"]) else f"[{row['low']:+.2f}, {row['high']:+.2f}]"
 
 
 def seed_values(folder: Path, seeds: list[int], column: str) -> dict[int, float]:
@@ -301,11 +310,10 @@ def paired_differences(out: Path, methods: list[str], seeds: list[int],
     for column in columns or list(CLAIMS):
         a = seed_values(out / methods[0], seeds, column) if methods else {}
         for other in methods[1:]:
-            b = seed_values(out / other, seeds, column)
-            diffs = [a[s] - b[s] for s in seeds if s in a and s in b]
-            if diffs:
-                rows.append({"column": column, **compare(methods[0], other, diffs,
-                                                         CLAIMS.get(column, True))})
+            row = compare(methods[0], other, a, seed_values(out / other, seeds, column),
+                          CLAIMS.get(column, True))
+            if row:
+                rows.append({"column": column, **row})
     return rows
 
 
@@ -339,9 +347,8 @@ def write_results(out: Path, rows: list[dict[str, Any]],
         text += format_table(
             ["column", "comparison", "seeds", "mean difference", "95% interval", "verdict"],
             [[p["column"], f"{p['method']} - {p['versus']}", p["seeds"],
-              f"{p['mean_difference']:+.2f}",
-              "-" if math.isnan(p["ci95"]) else f"[{p['low']:+.2f}, {p['high']:+.2f}]",
-              p["verdict"]] for p in paired]) + "\n"
+              f"{p['mean_difference']:+.2f}", interval_text(p), p["verdict"]]
+             for p in paired]) + "\n"
     (out / "results.md").write_text(text)
     plot_curves(out, [r["method"] for r in rows])
 
