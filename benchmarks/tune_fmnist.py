@@ -54,12 +54,14 @@ def tune_one(method: str, args: argparse.Namespace, threads: int) -> None:
 
 
 def read_trials(study: Path) -> tuple[list[dict], dict, dict]:
-    """A study's trials.csv rows, trial 0 (the recipe as it was) and the best completed
+    """A study's trials.csv rows, trial 0 (the recipe as it was: the attempt of its values
+    that finished, when trial 0 itself was interrupted and retried) and the best completed
     trial by val Acc@1."""
     with open(study / "trials.csv") as f:
         trials = list(csv.DictReader(f))
     done = [t for t in trials if t["state"] == "COMPLETE"]
-    first = next(t for t in trials if t["number"] == "0")
+    zero = [t for t in trials if "0" in (t["number"], t.get("retry_of"))]
+    first = next((t for t in zero if t["state"] in ("COMPLETE", "PRUNED")), zero[0])
     return trials, first, max(done, key=lambda t: float(t["val_acc1"]))
 
 
@@ -70,7 +72,8 @@ def row(method: str, out: Path) -> str:
     signal = json.loads((out / method / "signal.json").read_text())
     rho = [signal[k]["spearman"] for k in ("synthetic_agreement", "synthetic_loyalty")]
     rho = " / ".join("-" if r is None else f"{r:+.2f}" for r in rho)
-    return (f"| {method} | {done} + {pruned} | {float(first['val_acc1']):.2f} | "
+    trial0 = f"{float(first['val_acc1']):.2f}" if first["val_acc1"] else "-"
+    return (f"| {method} | {done} + {pruned} | {trial0} | "
             f"{float(best['val_acc1']):.2f} (trial {best['number']}) | {rho} |")
 
 
