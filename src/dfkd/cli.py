@@ -146,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         "bench", help="compare methods x seeds on one teacher/student pair at one budget",
         description="Runs every method (and the references 'scratch' and 'kd_with_data') for "
         "every seed under identical conditions, at most --jobs at once, then writes "
-        "DIR/results.md, results.csv, results.json (mean ± std and a 95%% interval over seeds; "
+        "DIR/results.md, results.csv, results.json (mean ± std and a 95% interval over seeds; "
         "the first method minus each other one as a paired difference over the same seeds) "
         "and curves.png (needs matplotlib). Finished runs are skipped and interrupted ones "
         "resumed, so re-running an interrupted bench continues it; a run whose stored config "
