@@ -14,7 +14,8 @@ same teacher), on each claim:
 Each comparison is the mean difference with its 95% t-interval: *supported* when the
 interval says CuDFKD is better, *not supported* when it says the baseline is, *undecided*
 when it holds 0. A claim holds against all baselines when every comparison supports it,
-and fails when any comparison goes the other way. Writes TABLES/claims.md and prints it.
+and fails when any comparison goes the other way; a baseline with no runs to pair with
+leaves it undecided. Writes TABLES/claims.md (with the caveats of these rules) and prints it.
 
     python benchmarks/fmnist_claims.py --tables runs/tables
 """
@@ -42,6 +43,17 @@ MEASURES = [
        "final_acc1", False, True) for n in (20, 40)],
 ]
 SUPPORTED, NOT_SUPPORTED, UNDECIDED = "supported", "not supported", "undecided"
+MISSING = "no paired runs"
+VERDICTS = (SUPPORTED, NOT_SUPPORTED, UNDECIDED, MISSING)
+CAVEATS = (
+    "Each verdict is one comparison at 95%, not corrected for the seven baselines: if "
+    "CuDFKD were no different from any of them, one of the seven would still say 'not "
+    "supported' by chance up to about 16% of the time (1 - 0.975^7).",
+    "Convergence and stability are measured against each run's own final Acc@1 and over "
+    "all its epochs (the paper's measures), so a baseline that learns little can converge "
+    "early and vary little: read them beside the accuracy rows.",
+    "A difference that is the same on every seed is undecided below 6 seeds (its "
+    "t-interval has zero width; dfkd.bench.SIGN_SEEDS).")
 
 
 def values(tables: Path, name: str, seeds: list[int], teacher: str, column: str,
@@ -61,22 +73,25 @@ def claims(tables: Path, first: str, baselines: list[str], seeds: list[int]
     rows, overall = [], []
     for claim, what, teacher, column, higher, loss in MEASURES:
         mine = values(tables, first, seeds, teacher, column, loss)
+        if not mine:
+            overall.append([claim, what, len(baselines), f"no runs of {first}", UNDECIDED])
+            continue
         verdicts = []
         for other in baselines:
-            theirs = values(tables, other, seeds, teacher, column, loss)
-            row = compare(first, other, mine, theirs, higher)
-            if row is None:
+            row = compare(first, other, mine, values(tables, other, seeds, teacher, column,
+                                                     loss), higher)
+            if row is None:  # a missing baseline leaves the claim undecided, never supported
+                verdicts.append(MISSING)
+                rows.append([claim, what, f"{first} - {other}", 0, "-", "-", MISSING])
                 continue
             verdicts.append({f"{first} better": SUPPORTED, f"{other} better": NOT_SUPPORTED,
                              "undecided": UNDECIDED}[row["verdict"]])
             rows.append([claim, what, f"{first} - {other}", row["seeds"],
                          f"{row['mean_difference']:+.2f}", interval_text(row), verdicts[-1]])
-        if verdicts:
-            against_all = (NOT_SUPPORTED if NOT_SUPPORTED in verdicts else
-                           SUPPORTED if set(verdicts) == {SUPPORTED} else UNDECIDED)
-            counts = ", ".join(f"{verdicts.count(w)} {w}"
-                               for w in (SUPPORTED, NOT_SUPPORTED, UNDECIDED))
-            overall.append([claim, what, len(verdicts), counts, against_all])
+        against_all = (NOT_SUPPORTED if NOT_SUPPORTED in verdicts else
+                       SUPPORTED if set(verdicts) == {SUPPORTED} else UNDECIDED)
+        counts = ", ".join(f"{verdicts.count(w)} {w}" for w in VERDICTS if w in verdicts)
+        overall.append([claim, what, len(baselines), counts, against_all])
     return rows, overall
 
 
@@ -95,7 +110,7 @@ def main() -> None:
                          "benchmarks/fmnist_tables.sh first (OUT={tables})")
     text = ["Paired differences over the same seeds, with 95% t-intervals. Supported: the "
             "interval says CuDFKD is better; not supported: it says the baseline is better; "
-            "undecided: it holds 0.\n"]
+            "undecided: it holds 0.\n", *(f"- {c}" for c in CAVEATS), ""]
     for first in args.first.split(","):
         rows, overall = claims(tables, first, args.baselines.split(","), seeds)
         text.append(f"### {first} against each baseline\n")

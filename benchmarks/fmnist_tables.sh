@@ -5,19 +5,26 @@
 # labels flipped. Seeds: 5 for cudfkd (both rows: the recipe, and the paper's method alone)
 # and the two strongest baselines (TOP: the two best
 # val Acc@1 of the tune studies, never test; the default is provisional, from the recipes'
-# val at 3 epochs), 3 for the rest and the references. A queue of JOBS
-# runs at a time (cores/JOBS threads each). Finished runs are skipped and interrupted ones
-# resumed, so the same command continues the tables. Then benchmarks/fmnist_claims.py says
-# which of the paper's claims hold ($OUT/claims.md). Run from the repository root:
+# val at 3 epochs), 3 for the rest (REST: every other row unless set) and the references.
+# A queue of JOBS runs at a time (cores/JOBS threads each). Finished runs are skipped and
+# interrupted ones resumed, so the same command continues the tables; a failed run stops
+# its bench, the others still run, and the script exits 1. Then benchmarks/fmnist_claims.py
+# says which of the paper's claims hold ($OUT/claims.md). Run from the repository root:
 #   JOBS=2 bash benchmarks/fmnist_tables.sh            # all three teachers
 #   TEACHERS=clean JOBS=2 bash benchmarks/fmnist_tables.sh
 set -euo pipefail
 OUT=${OUT:-runs/tables}; JOBS=${JOBS:-2}; DFKD=${DFKD:-dfkd}; PYTHON=${PYTHON:-python}
 TOP=${TOP:-cudfkd,cudfkd_paper,cmi,deepinv}
-REST=${REST:-fast,dfq,zskt,dafl,dfad}
+ROWS=cudfkd,cudfkd_paper,dafl,dfad,zskt,dfq,deepinv,cmi,fast
+if [ -z "${REST:-}" ]; then   # every row that is not in TOP, so none is left out
+    REST=$(tr , '\n' <<< "$ROWS" | grep -vxF -f <(tr , '\n' <<< "$TOP") | paste -sd ,) || true
+fi
 TEACHERS=${TEACHERS:-clean noise20 noise40}
 BENCH=(--config configs/fashion_mnist/bench.yaml --jobs "$JOBS" --no-progress)
+"$PYTHON" -c 'import dfkd' 2>/dev/null || {  # before hours of benches, not after
+    echo "PYTHON=$PYTHON cannot import dfkd (set PYTHON=.venv/bin/python)" >&2; exit 2; }
 mkdir -p "$OUT"
+failed=0   # a run that fails stops its bench; the other benches still run
 for name in $TEACHERS; do
     case $name in
         clean) teacher=$OUT/teacher.pt; noise=0 ;;
@@ -28,9 +35,9 @@ for name in $TEACHERS; do
     [ -f "$teacher" ] || $DFKD train-teacher --model lenet5 --epochs 10 --seed 0 \
         --label-noise "$noise" --out "$teacher" --no-progress
     $DFKD bench "${BENCH[@]}" --teacher "$teacher" --out "$OUT/$name" --methods "$TOP" \
-        --seeds 0,1,2,3,4
+        --seeds 0,1,2,3,4 || failed=1
     $DFKD bench "${BENCH[@]}" --teacher "$teacher" --out "$OUT/$name" \
-        --methods "$REST,scratch,kd_with_data" --seeds 0,1,2
+        --methods "$REST,scratch,kd_with_data" --seeds 0,1,2 || failed=1
     $DFKD bench "${BENCH[@]}" --teacher "$teacher" --out "$OUT/$name" --report-only \
         --methods "$TOP,$REST,scratch,kd_with_data" --seeds 0,1,2,3,4
 done
@@ -39,3 +46,4 @@ done
 if [ -d "$OUT/clean" ] && [ -d "$OUT/noise20" ] && [ -d "$OUT/noise40" ]; then
     "$PYTHON" benchmarks/fmnist_claims.py --tables "$OUT"
 fi
+exit $failed

@@ -41,8 +41,18 @@ RECIPES["cudfkd_paper"] = CONFIGS / "cudfkd_lenet5_paper.yaml"
 INSTALL = {**RECIPES, "cudfkd": CONFIGS / "cudfkd_lenet5_bench.yaml"}
 
 
+def finished_trials(study: Path) -> int:
+    """Trials of the study that ran to their end (completed or pruned); 0 before any."""
+    if not (study / "trials.csv").exists():
+        return 0
+    with open(study / "trials.csv") as f:
+        return sum(t["state"] in ("COMPLETE", "PRUNED") for t in csv.DictReader(f))
+
+
 def tune_one(method: str, args: argparse.Namespace, threads: int) -> None:
     out = Path(args.out) / method
+    if finished_trials(out) >= args.trials:
+        return  # done: an installed recipe would no longer be the question the study asked
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     sets = [a for s in args.set for a in ("--set", s)]
@@ -66,6 +76,8 @@ def read_trials(study: Path) -> tuple[list[dict], dict, dict]:
 
 
 def row(method: str, out: Path) -> str:
+    if not finished_trials(out / method):
+        return f"| {method} | 0 + 0 | - | - | - |"
     trials, first, best = read_trials(out / method)
     done = sum(t["state"] == "COMPLETE" for t in trials)
     pruned = sum(t["state"] == "PRUNED" for t in trials)
@@ -96,8 +108,7 @@ def install(method: str, out: Path, trials: int, command: str) -> str:
     """Write a finished study's best.yaml as the method's recipe, under the comment that
     describes the recipe, with the command that tuned it and the values it changed."""
     study = out / method
-    with open(study / "trials.csv") as f:
-        finished = sum(t["state"] in ("COMPLETE", "PRUNED") for t in csv.DictReader(f))
+    finished = finished_trials(study)
     if finished < trials:
         return f"{method}: {finished} of {trials} trials finished, not installed"
     about = []

@@ -14,7 +14,16 @@ import torch
 import yaml
 from conftest import metrics_rows
 
-from dfkd.bench import collect, interval95, paired_differences, plan, run_bench, run_config
+from dfkd.bench import (
+    SIGN_SEEDS,
+    collect,
+    compare,
+    interval95,
+    paired_differences,
+    plan,
+    run_bench,
+    run_config,
+)
 from dfkd.errors import ConfigError
 
 
@@ -154,6 +163,17 @@ def test_paired_verdict_where_lower_is_better(tmp_path):
     # equal accuracy on every seed: zero spread, nothing decided
     (acc,) = paired_differences(tmp_path, ["a", "b"], [0, 1, 2], ["final_acc1"])
     assert acc["mean_difference"] == 0 and acc["verdict"] == "undecided"
+
+
+def test_a_flat_difference_decides_only_from_six_seeds():
+    # one epoch earlier on every seed: a zero-width interval, which a t-test would call
+    # decided at any number of seeds; an exact sign test needs 6 (p = 2 / 2**6)
+    def verdict(n: int) -> str:
+        return compare("a", "b", {s: 3.0 for s in range(n)}, {s: 4.0 for s in range(n)},
+                       higher_is_better=False)["verdict"]
+    assert [verdict(n) for n in (2, 5, SIGN_SEEDS)] == ["undecided", "undecided", "a better"]
+    # float noise in a constant difference (81.0 - 78.9 and 80.0 - 77.9) is still flat
+    assert compare("a", "b", {0: 81.0, 1: 80.0}, {0: 78.9, 1: 77.9})["verdict"] == "undecided"
 
 
 def test_bench_refuses_a_run_with_another_config(fmnist_teacher, tmp_path):

@@ -269,16 +269,24 @@ CLAIMS = {"final_acc1": True, "seconds_to_90pct": False, "epochs_to_90pct": Fals
           "acc1_var": False}
 
 
+# A difference that is the same on every seed (likely for whole epochs) has a zero-width
+# t-interval, which would decide on 2 seeds; it decides only from the seeds at which an
+# exact sign test would too (all of 6 on one side: p = 2 / 2**6 = 0.03).
+SIGN_SEEDS = 6
+
+
 def compare(first: str, other: str, mine: dict[int, float], theirs: dict[int, float],
             higher_is_better: bool = True) -> dict[str, Any] | None:
     """``first`` minus ``other`` on the seeds both have (values by seed): the mean
     difference, its 95% t-interval, and the verdict: which one is better, or "undecided"
-    when the interval holds 0. None when no seed is shared."""
+    when the interval holds 0 (or has zero width on fewer than ``SIGN_SEEDS`` seeds).
+    None when no seed is shared."""
     diffs = [mine[s] - theirs[s] for s in sorted(mine) if s in theirs]
     if not diffs:
         return None
     mean, std, half = interval95(diffs)
-    if math.isnan(half) or abs(mean) <= half:
+    flat = std <= 1e-9 * max(1.0, abs(mean)) and len(diffs) < SIGN_SEEDS
+    if math.isnan(half) or abs(mean) <= half or flat:
         verdict = "undecided"
     else:
         verdict = f"{first if (mean > 0) == higher_is_better else other} better"

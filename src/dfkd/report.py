@@ -32,7 +32,7 @@ def save_image_grid(images: torch.Tensor, path: Path, pad: int = 2) -> None:
 def format_table(headers: list[str], rows: list[list[Any]]) -> str:
     """A plain Markdown table, readable in a terminal too."""
     cells = [[_fmt(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(headers), sep, *(line(r) for r in cells)])
