@@ -309,7 +309,7 @@ def write_outputs(study, recipe: dict[str, Any], recipe_path: str, out: Path,
         tuned = merge(tuned, _nested(key, value))
     tuned[SEARCH] = recipe[SEARCH]
     header = (f"# Tuned on the val split by dfkd tune (never the test set): trial "
-              f"{best.number} of {len(completed)} completed, final-epoch val Acc@1 "
+              f"{best.number}, the best of {len(completed)} completed, final-epoch val Acc@1 "
               f"{best.value:.2f}.\n# Search started from {recipe_path}; study "
               f"'{study.study_name}' in {out}.\n")
     if overrides:  # the trial budget, which best.yaml leaves to whoever runs it
