@@ -39,6 +39,7 @@ RECIPES["cudfkd_paper"] = CONFIGS / "cudfkd_lenet5_paper.yaml"
 # Where --install writes a finished study's best.yaml: over the recipe it started from,
 # except the quick start's, which is chosen at its own 30 epochs (the bench runs 10).
 INSTALL = {**RECIPES, "cudfkd": CONFIGS / "cudfkd_lenet5_bench.yaml"}
+FINISHED = ("COMPLETE", "PRUNED")  # trials.csv states of a trial that ran to its end
 
 
 def finished_trials(study: Path) -> int:
@@ -46,7 +47,7 @@ def finished_trials(study: Path) -> int:
     if not (study / "trials.csv").exists():
         return 0
     with open(study / "trials.csv") as f:
-        return sum(t["state"] in ("COMPLETE", "PRUNED") for t in csv.DictReader(f))
+        return sum(t["state"] in FINISHED for t in csv.DictReader(f))
 
 
 def tune_one(method: str, args: argparse.Namespace, threads: int) -> None:
@@ -71,7 +72,7 @@ def read_trials(study: Path) -> tuple[list[dict], dict, dict]:
         trials = list(csv.DictReader(f))
     done = [t for t in trials if t["state"] == "COMPLETE"]
     zero = [t for t in trials if "0" in (t["number"], t.get("retry_of"))]
-    first = next((t for t in zero if t["state"] in ("COMPLETE", "PRUNED")), zero[0])
+    first = next((t for t in zero if t["state"] in FINISHED), zero[0])
     return trials, first, max(done, key=lambda t: float(t["val_acc1"]))
 
 
