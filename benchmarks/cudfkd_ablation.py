@@ -38,6 +38,11 @@ EMA = RAMP45 + ["student_ema=0.999"]                      # stop 12's
 GLATE = EMA + ["cudfkd.g_cosine=true", "cudfkd.g_cosine_start=0.75"]  # stop 13's
 TUNED = ["student_optim.lr=0.184", "generator.lr=0.0145", "cudfkd.tau=10.7",
          "cudfkd.w_bn=1.01", "cudfkd.grad_adv=0.406", "cudfkd.lambda_0=3.43"]
+# The paper method's values tuned at the bench's 10 epochs (issue #11: trial 5 of
+# runs/tune_fmnist10/cudfkd_paper, 84.44 val at 10 epochs; cudfkd_lenet5_paper.yaml now)
+PAPER10 = ["generator.lr=0.011", "student_optim.lr=0.058", "cudfkd.tau=1.43",
+           "cudfkd.w_bn=1.31"]
+PAPER10_ALL = PAPER10 + ["g_steps=4", "cudfkd.grad_adv=0.085", "cudfkd.lambda_0=3.57"]
 VARIANTS: dict[str, list[str]] = {
     "paper": [],                                   # the recipe as it is
     "paper20": ["epochs=20"],                      # ... at its own 20 epochs
@@ -81,6 +86,12 @@ VARIANTS: dict[str, list[str]] = {
     # ... with half the adversarial ramp (it ends at 2.25, not 4.5): glate_g4's seed 0 led
     # ema_glate by 1-2 points up to epoch 17, then fell 2.4 behind as the ramp grew
     "glate_g4_ramp2": GLATE + ["g_steps=4", "cudfkd.grad_adv=0.16"],
+    # ema_glate with the 10-epoch tune's learning rates, tau and w_bn (its g_steps, ramp and
+    # lambda_0 stay: the pace is the quantile one, and g_steps 4 stalled glate_g4)
+    "glate_p10": GLATE + PAPER10,
+    # the tuned paper recipe at its own 20 epochs, with the kept average and G's late cosine
+    "p10_ema_glate": PAPER10_ALL + ["epochs=20", "student_ema=0.999", "cudfkd.g_cosine=true",
+                                    "cudfkd.g_cosine_start=0.75"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
