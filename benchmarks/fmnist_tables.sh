@@ -9,8 +9,12 @@
 # unless set) and the references.
 # A queue of JOBS runs at a time (cores/JOBS threads each). Finished runs are skipped and
 # interrupted ones resumed, so the same command continues the tables; a failed run stops
-# its bench, the others still run, and the script exits 1. Then benchmarks/fmnist_claims.py
-# says which of the paper's claims hold ($OUT/claims.md). Run from the repository root:
+# its bench, the others still run, and the script exits 1. To free the cores for a while,
+# stop it (Ctrl-C; or SIGTERM to this script, then to its dfkd bench: each run checkpoints
+# its round) and run it again later. Do not pause it (SIGSTOP): the runs time wall clock,
+# so a pause would count in the seconds of the runs in flight. Then
+# benchmarks/fmnist_claims.py says which of the paper's claims hold ($OUT/claims.md).
+# Run from the repository root:
 #   JOBS=2 bash benchmarks/fmnist_tables.sh            # all three teachers
 #   TEACHERS=clean JOBS=2 bash benchmarks/fmnist_tables.sh
 set -euo pipefail
