@@ -87,7 +87,7 @@ VARIANTS: dict[str, list[str]] = {
     # ema_glate by 1-2 points up to epoch 17, then fell 2.4 behind as the ramp grew
     "glate_g4_ramp2": GLATE + ["g_steps=4", "cudfkd.grad_adv=0.16"],
     # ema_glate with the 10-epoch tune's learning rates, tau and w_bn (its g_steps, ramp and
-    # lambda_0 stay: the pace is the quantile one, and g_steps 4 stalled glate_g4)
+    # lambda_0 stay: lambda_0 was tuned for the linear pace, and g_steps 4 stalled glate_g4)
     "glate_p10": GLATE + PAPER10,
     # the tuned paper recipe at its own 20 epochs, with the kept average and G's late cosine
     "p10_ema_glate": PAPER10_ALL + ["epochs=20", "student_ema=0.999", "cudfkd.g_cosine=true",
