@@ -23,6 +23,7 @@ from dfkd.bench import (
     plan,
     run_bench,
     run_config,
+    usable_cores,
 )
 from dfkd.errors import ConfigError
 
@@ -189,7 +190,7 @@ def test_bench_jobs_runs_the_queue_in_worker_processes(fmnist_teacher, tmp_path)
     config = _config(tmp_path, fmnist_teacher)
     serial, pooled = tmp_path / "serial", tmp_path / "pooled"
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))  # each of 2 workers' share
+    torch.set_num_threads(max(1, usable_cores() // 2))  # each of 2 workers' share
     try:
         run_bench(config, ["dfad"], [0, 1], serial, overrides=["epochs=1"], progress=False)
     finally:
@@ -202,6 +203,15 @@ def test_bench_jobs_runs_the_queue_in_worker_processes(fmnist_teacher, tmp_path)
     with pytest.raises(ConfigError, match="--jobs must be >= 1"):
         run_bench(config, ["dfad"], [0], pooled, jobs=0)
 
+
+def test_usable_cores_follows_the_affinity_mask(monkeypatch):
+    # taskset or a SLURM cpuset gives a process 3 of the machine's 64 cores: 3 workers'
+    # worth, not 64 (which would run 21 threads per core)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert usable_cores() == 3
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # no mask (macOS)
+    assert usable_cores() == 64
 
 
 def _state_and_parent(pid: int | str) -> tuple[str, int] | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -165,7 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, metavar="DIR")
     b.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="runs at once, each in its own process with cores/N threads "
-                        "(default: one per CPU core; 1 runs them one after another here)")
+                        "(default: one per CPU core this process may use, which respects "
+                        "taskset and SLURM/cgroup cpusets; 1 runs them one after another "
+                        "here)")
     b.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
     b.add_argument("--report-only", action="store_true",
                    help="write the results from the runs finished so far, run nothing "
@@ -347,7 +348,7 @@ def _cmd_distill(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from dfkd.bench import run_bench
+    from dfkd.bench import run_bench, usable_cores
     from dfkd.errors import ConfigError
 
     try:
@@ -358,7 +359,7 @@ def _cmd_bench(args) -> int:
     runs = run_bench(args.config, methods, seeds, args.out, dry_run=args.dry_run,
                      report_only=args.report_only, teacher=args.teacher,
                      overrides=args.set, progress=_progress(args),
-                     jobs=args.jobs or os.cpu_count() or 1)
+                     jobs=args.jobs or usable_cores())
     if args.dry_run:
         for run in runs:
             print(f"{run['state']:>6}  {run['method']} seed {run['seed']}  -> {run['folder']}")
