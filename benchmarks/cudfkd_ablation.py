@@ -92,6 +92,13 @@ VARIANTS: dict[str, list[str]] = {
     # the tuned paper recipe at its own 20 epochs, with the kept average and G's late cosine
     "p10_ema_glate": PAPER10_ALL + ["epochs=20", "student_ema=0.999", "cudfkd.g_cosine=true",
                                     "cudfkd.g_cosine_start=0.75"],
+    # Stop 17: a longer late climb. The recipe gains most over epochs 17-23, while the ramp
+    # is strongest and G still has its full rate; these stretch that phase instead of
+    # speeding up the start. The ramp ending at 0.85 (epoch 25.5) grows 17 times, not 14,
+    # by 0.2635, so it ends at the same 4.48; G's cosine from 0.85 keeps its full rate
+    # for 3 more epochs
+    "glate_r85": GLATE + ["cudfkd.end=0.85", "cudfkd.grad_adv=0.2635"],
+    "glate_g85": GLATE + ["cudfkd.g_cosine_start=0.85"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
