@@ -99,6 +99,12 @@ VARIANTS: dict[str, list[str]] = {
     # for 3 more epochs
     "glate_r85": GLATE + ["cudfkd.end=0.85", "cudfkd.grad_adv=0.2635"],
     "glate_g85": GLATE + ["cudfkd.g_cosine_start=0.85"],
+    # ... or the ramp going on at the recipe's rate to 0.85, so it ends higher (5.44)
+    "glate_r85_up": GLATE + ["cudfkd.end=0.85"],
+    # twice the student steps per round on the same synthesis (the student tracks G more
+    # closely; about 1.5x the time, inside the budget), or a replay pool twice as large
+    "glate_kd16": GLATE + ["kd_steps=16"],
+    "glate_replay40k": GLATE + ["cudfkd.replay=40000"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
