@@ -105,6 +105,9 @@ VARIANTS: dict[str, list[str]] = {
     # closely; about 1.5x the time, inside the budget), or a replay pool twice as large
     "glate_kd16": GLATE + ["kd_steps=16"],
     "glate_replay40k": GLATE + ["cudfkd.replay=40000"],
+    # kd16 with the horizons counted in student steps doubled, so that they span the
+    # recipe's epochs: the kept average (0.9995: about 2,000 steps) and the pace's window
+    "glate_kd16_h": GLATE + ["kd_steps=16", "student_ema=0.9995", "cudfkd.window=8192"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
