@@ -19,6 +19,7 @@ import torch
 
 from dfkd.checkpoint import load_model_checkpoint
 from dfkd.data.registry import dataset_info, load_split
+from dfkd.hooks import batchnorm_layers
 from dfkd.metrics import accuracy, predict
 from dfkd.teacher import normalizer
 
@@ -32,10 +33,9 @@ def recalibrated(net: torch.nn.Module, images01: torch.Tensor, mean: torch.Tenso
     """A copy of ``net`` whose BN statistics are the average over ``count`` pool images
     (a seeded draw) in batches of ``batch``."""
     net = copy.deepcopy(net)
-    for module in net.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average, not an exponential one
+    for module in batchnorm_layers(net):
+        module.reset_running_stats()
+        module.momentum = None  # a cumulative average, not an exponential one
     order = torch.randperm(len(images01), generator=torch.Generator().manual_seed(0))[:count]
     net.train()
     with torch.no_grad():

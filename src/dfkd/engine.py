@@ -41,6 +41,7 @@ from dfkd.advice import RunWatch, hints_for
 from dfkd.checkpoint import atomic_save, safe_load, save_student_files
 from dfkd.config import RunConfig
 from dfkd.errors import DfkdError
+from dfkd.hooks import batchnorm_layers
 from dfkd.methods import GeneratorMethod, MethodContext, get_method
 from dfkd.metrics import accuracy, fidelity_metrics, predict, run_summary
 from dfkd.probe import KEYS as SYNTHETIC_KEYS
@@ -212,8 +213,7 @@ class Trainer:
         # gradients are averaged. Rank 0's initial weights are broadcast at wrap time.
         self.student_ddp = self._wrap(self.student)
         method_cls = get_method(cfg.method)
-        if method_cls.needs_bn and not any(
-                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in teacher.modules()):
+        if method_cls.needs_bn and not batchnorm_layers(teacher):
             raise DfkdError(f"method '{cfg.method}' matches the teacher's BatchNorm statistics, "
                             "but the teacher has no BatchNorm layer; pick a method that does "
                             "not need them (e.g. dfad, zskt) or a teacher with BatchNorm")
