@@ -25,7 +25,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from dfkd.bench import interval95, usable_cores
+from dfkd.bench import interval95, threads_per_job
 
 RECIPE = "configs/fashion_mnist/cudfkd_lenet5_paper.yaml"  # the faithful method
 # ... with its values of stops 7-13, before the tune at the bench's budget replaced them
@@ -184,7 +184,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    threads = args.threads or max(1, usable_cores() // args.jobs)
+    threads = args.threads or threads_per_job(args.jobs)
     jobs = [(v, s) for v in variants for s in seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda j: run_one(out, j[0], j[1], args.set, threads,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from dfkd.bench import usable_cores
+from dfkd.bench import threads_per_job
 
 # Costliest first (seconds per epoch on one CPU thread), so the pool ends together.
 # cudfkd is the quick start's recipe (its additions chosen in the ablations, on val);
@@ -157,7 +157,7 @@ def main() -> None:
         for method in methods:
             print(install(method, Path(args.out), args.trials, command))
         return
-    threads = args.threads or max(1, usable_cores() // args.jobs)
+    threads = args.threads or threads_per_job(args.jobs)
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda m: tune_one(m, args, threads), methods))
     print(f"{args.trials} trials per method, per-trial overrides {args.set or 'none'}, "

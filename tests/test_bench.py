@@ -23,6 +23,7 @@ from dfkd.bench import (
     plan,
     run_bench,
     run_config,
+    threads_per_job,
     usable_cores,
 )
 from dfkd.errors import ConfigError
@@ -190,7 +191,7 @@ def test_bench_jobs_runs_the_queue_in_worker_processes(fmnist_teacher, tmp_path)
     config = _config(tmp_path, fmnist_teacher)
     serial, pooled = tmp_path / "serial", tmp_path / "pooled"
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, usable_cores() // 2))  # each of 2 workers' share
+    torch.set_num_threads(threads_per_job(2))  # each of 2 workers' share
     try:
         run_bench(config, ["dfad"], [0, 1], serial, overrides=["epochs=1"], progress=False)
     finally:

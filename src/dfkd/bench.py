@@ -11,7 +11,7 @@ ones resumed, so an interrupted bench loses nothing, and a run whose stored conf
 differs from the current one is refused (naming the key) instead of being mixed in.
 
 ``jobs`` > 1 runs the queue in a pool of that many worker processes (never more at
-once), each with ``usable_cores() // jobs`` threads. Results are mean ± sample std over
+once), each with ``threads_per_job(jobs)`` threads. Results are mean ± sample std over
 seeds with a 95% t-interval, and every method is compared with the first one (normally
 ``cudfkd``) as a paired difference over the seeds both have finished, for accuracy,
 convergence and stability (``CLAIMS``).
@@ -219,11 +219,16 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def threads_per_job(jobs: int) -> int:
+    """Each of ``jobs`` concurrent runs' share of the usable cores (at least 1 thread)."""
+    return max(1, usable_cores() // jobs)
+
+
 def _run_pool(config: dict[str, Any], todo: list[dict[str, Any]], jobs: int) -> None:
     """The queue in at most ``jobs`` worker processes; the first failure stops the rest
     (a stopped run resumes from its last checkpoint next time)."""
     jobs = min(jobs, len(todo))
-    threads = max(1, usable_cores() // jobs)
+    threads = threads_per_job(jobs)
     context = multiprocessing.get_context("spawn")  # no forked copies of torch's threads
     # Workers stop (checkpointing their round) when the bench dies, e.g. under `timeout`.
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context,
