@@ -102,7 +102,8 @@ VARIANTS: dict[str, list[str]] = {
     # ... or the ramp going on at the recipe's rate to 0.85, so it ends higher (5.44)
     "glate_r85_up": GLATE + ["cudfkd.end=0.85"],
     # twice the student steps per round on the same synthesis (the student tracks G more
-    # closely; about 1.5x the time, inside the budget), or a replay pool twice as large
+    # closely; 1.6x the time on 1 thread, the quick start's 2-thread time not measured),
+    # or a replay pool twice as large
     "glate_kd16": GLATE + ["kd_steps=16"],
     "glate_replay40k": GLATE + ["cudfkd.replay=40000"],
     # kd16 with the horizons counted in student steps doubled, so that they span the
