@@ -2,9 +2,11 @@
 # Issue #14, item 3: recipe_wallclock on one CUDA GPU for the CIFAR-10 recipes resnet34 ->
 # resnet18 and wrn40_2 -> wrn16_1, each as the fp32 baseline (no bf16, no channels_last, no
 # batched_g: the path of the numbers measured before batched_g) and as the fast path (the
-# recipe as shipped: bf16, channels_last, batched_g; plus teacher_graph). 2 measured epochs of
-# 40 rounds each (the first warms up); about 6 minutes in all, each run under its own
-# timeout, so a 10-minute limit covers the script. Run from the repository root:
+# recipe as shipped: bf16, channels_last, batched_g; plus teacher_graph). First
+# graphed_forward_check.py compares the captured teacher graph with the eager forward; if it
+# fails, the fast runs go without teacher_graph. 2 measured epochs of 40 rounds each (the
+# first warms up); each run under its own timeout, about 9 minutes at most in all, so a
+# 10-minute limit covers the script. Run from the repository root:
 #   OUT=runs/recipe_wallclock bash benchmarks/recipe_wallclock.sh
 # One table row per run on stdout; JSON per run and logs in $OUT.
 set -uo pipefail
@@ -15,6 +17,9 @@ EPOCHS=${EPOCHS:-2}
 FP32="--set amp=false --set channels_last=false --set batched_g=false"
 FAST="--set teacher_graph=true"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+$PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$OUT/gpu.txt"
+timeout 60 $PY benchmarks/graphed_forward_check.py | tee "$OUT/graphed_forward_check.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || FAST=""
 run() {  # name timeout config overrides...
     local name=$1 limit=$2 cfg=$3; shift 3
     local t0=$SECONDS
@@ -26,7 +31,7 @@ run() {  # name timeout config overrides...
 }
 R34=configs/cifar10/cudfkd_resnet34_resnet18.yaml
 WRN=configs/cifar10/cudfkd_wrn40_2_wrn16_1.yaml
-run r34_fast 110 $R34 $FAST
 run wrn_fast 80 $WRN $FAST
+run r34_fast 110 $R34 $FAST
 run r34_fp32 200 $R34 $FP32
 run wrn_fp32 140 $WRN $FP32

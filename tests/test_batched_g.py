@@ -90,6 +90,21 @@ def _z2(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return z_mean ** 2, z_std ** 2
 
 
+def test_student_batches_are_made_under_the_methods_autocast():
+    """Under amp, G makes the student's batches in bf16, as in its own steps (on CUDA;
+    CPU autocast stands in here), and they come back as float32 for the bank and the grid."""
+    method = _method()
+    method.ctx.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    dtypes: list[torch.dtype] = []
+    conv = next(m for m in method.generator.modules() if isinstance(m, nn.Conv2d))
+    conv.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+    method.queue_fresh_images(STEPS)
+    batches = [method.fresh_images() for _ in range(STEPS)] + [method.fresh_images()]
+    assert dtypes == [torch.bfloat16, torch.bfloat16]   # the queued round, then one more
+    assert all(b.dtype == torch.float32 for b in batches)
+    assert method.preview(4).dtype == torch.float32
+
+
 def test_batched_samples_follow_the_unbatched_distribution():
     """Both paths sample G(z), z ~ N(0, I), G in eval mode: per pixel (192 of them), the
     means and standard deviations of 8 rounds x 8 x 64 = 4096 images each agree within
