@@ -10,8 +10,8 @@ OUT=${1:-results/tables}
 [ -d "$OUT" ] || { echo "no tables in $OUT yet" >&2; exit 2; }
 files=()
 while IFS= read -r -d '' f; do files+=("$f"); done < <(
-    find "$OUT" -maxdepth 1 -type f -print0
-    find "$OUT" -mindepth 2 -maxdepth 2 -type f -print0
+    find "$OUT" -maxdepth 1 -type f ! -name '.*' -print0
+    find "$OUT" -mindepth 2 -maxdepth 2 -type f ! -name '.*' -print0
     find "$OUT" -mindepth 4 -maxdepth 4 \( -name summary.json -o -name result.json \) \
         -printf '%h\0' | while IFS= read -r -d '' run; do
             find "$run" -maxdepth 1 -type f \( -name '*.json' -o -name metrics.jsonl \
