@@ -17,7 +17,7 @@ when it holds 0. A claim holds against all baselines when every comparison suppo
 and fails when any comparison goes the other way; a baseline with no runs to pair with
 leaves it undecided. Writes TABLES/claims.md (with the caveats of these rules) and prints it.
 
-    python benchmarks/fmnist_claims.py --tables runs/tables
+    python benchmarks/fmnist_claims.py --tables results/tables
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def claims(tables: Path, first: str, baselines: list[str], seeds: list[int]
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tables", default="runs/tables", help="the folder of fmnist_tables.sh")
+    p.add_argument("--tables", default="results/tables", help="the folder of fmnist_tables.sh")
     p.add_argument("--first", default="cudfkd_paper,cudfkd",
                    help="the CuDFKD rows to compare, each against every baseline")
     p.add_argument("--baselines", default=BASELINES)

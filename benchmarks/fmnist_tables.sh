@@ -14,11 +14,14 @@
 # its round) and run it again later. Do not pause it (SIGSTOP): the runs time wall clock,
 # so a pause would count in the seconds of the runs in flight. Then
 # benchmarks/fmnist_claims.py says which of the paper's claims hold ($OUT/claims.md).
+# The tables take longer than a session, and a session's processes and untracked files do not
+# outlive it: before a session ends, commit the finished runs with benchmarks/save_tables.sh
+# (results/ is in git; checkpoints are not, so a run in flight starts again next time).
 # Run from the repository root:
 #   JOBS=2 bash benchmarks/fmnist_tables.sh            # all three teachers
 #   TEACHERS=clean JOBS=2 bash benchmarks/fmnist_tables.sh
 set -euo pipefail
-OUT=${OUT:-runs/tables}; JOBS=${JOBS:-2}; DFKD=${DFKD:-dfkd}; PYTHON=${PYTHON:-python}
+OUT=${OUT:-results/tables}; JOBS=${JOBS:-2}; DFKD=${DFKD:-dfkd}; PYTHON=${PYTHON:-python}
 TOP=${TOP:-cudfkd,cudfkd_paper,cmi,fast}
 ROWS=cudfkd,cudfkd_paper,dafl,dfad,zskt,dfq,deepinv,cmi,fast
 if [ -z "${REST:-}" ]; then   # every row that is not in TOP, so none is left out
