@@ -73,8 +73,9 @@ def main() -> None:
         wall = time.perf_counter() - start
     events = prof.key_averages()
     attr = "self_device_time_total" if cuda else "self_cpu_time_total"
-    busy_us = sum(getattr(e, attr) for e in events if e.device_type.name == "CUDA") if cuda \
-        else None
+    # Kernels only: user annotations (the phases, optimiser steps) also carry device time.
+    busy_us = sum(e.device_time_total for e in prof.events() if e.device_type.name == "CUDA"
+                  and not e.is_user_annotation) if cuda else None
     print(f"{describe(cfg, device)}")
     print(f"rounds {args.rounds}: {wall / args.rounds * 1e3:.1f} ms per round (under the "
           f"profiler, which adds host time)")
