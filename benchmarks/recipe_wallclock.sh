@@ -5,8 +5,8 @@
 # recipe as shipped: bf16, channels_last, batched_g; plus teacher_graph). First
 # graphed_forward_check.py compares the captured teacher graph with the eager forward; if it
 # fails, the fast runs go without teacher_graph. 2 measured epochs of 40 rounds each (the
-# first warms up); each run under its own timeout, about 9 minutes at most in all, so a
-# 10-minute limit covers the script. Run from the repository root:
+# first warms up); each run under its own timeout (590 s in all, so a 10-minute limit covers
+# the script; it took 160 s on an H200). Run from the repository root:
 #   OUT=runs/recipe_wallclock bash benchmarks/recipe_wallclock.sh
 # One table row per run on stdout; JSON per run and logs in $OUT.
 set -uo pipefail

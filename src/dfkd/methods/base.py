@@ -162,8 +162,8 @@ class GeneratorMethod(Method):
     @torch.no_grad()
     def _eval_forward(self, z: torch.Tensor) -> torch.Tensor:
         """G(z) in eval mode (each sample depends on its own z only), then back to train.
-        Under ``amp`` G runs in bf16 as in its own steps (fp32, it was the costliest
-        kernel of a CIFAR round under ``batched_g``); the images come back as float32."""
+        Under ``amp`` G runs in bf16, as in its own steps (in fp32 this forward was the
+        costliest kernel of a CIFAR round under ``batched_g``); the images are float32."""
         self.generator.eval()
         with self.ctx.autocast():
             images = self.generator(z)
