@@ -15,8 +15,7 @@ from dfkd.engine import Interrupted
 from dfkd.errors import ConfigError
 from dfkd.methods import MethodContext
 from dfkd.methods.dfad import DFAD, DFADSettings
-from dfkd.models import create_model
-from dfkd.teacher_wrap import FrozenTeacher, GraphedForward, folded_batchnorm
+from dfkd.teacher_wrap import GraphedForward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -214,44 +213,3 @@ def test_teacher_graph_is_a_no_op_on_cpu(fmnist_teacher, tmp_path):
         trainer._run_round()
         states.append(trainer.student.state_dict())
     assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())
-
-
-def _with_bn_statistics(model: nn.Module) -> nn.Module:
-    torch.manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return model
-
-
-@pytest.mark.parametrize("arch, folded_left", [("resnet18", 0), ("wrn16_1", 7)])
-def test_folded_teacher_is_the_same_function_with_fewer_batchnorms(arch, folded_left):
-    """teacher_graph captures the teacher with each BN that follows a conv folded into it:
-    the same logits (to rounding), no BN after a conv left (WRN's pre-activation BNs follow
-    additions and stay), frozen, and the teacher itself untouched for the BN hooks."""
-    teacher = FrozenTeacher(_with_bn_statistics(create_model(arch, 10, 3)))
-    folded = folded_batchnorm(teacher)
-    count = lambda m: sum(isinstance(x, nn.BatchNorm2d) for x in m.modules())  # noqa: E731
-    assert count(teacher) > count(folded) == folded_left
-    x = torch.randn(16, 3, 32, 32)
-    with torch.no_grad():
-        expected, got = teacher(x), folded(x)
-    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
-    assert not any(p.requires_grad for p in folded.parameters())
-    assert not folded.model.training
-
-
-def test_untraceable_teacher_is_captured_unfolded():
-    class Branchy(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
-
-        def forward(self, x):
-            return self.bn(self.conv(x)) if x.sum() > 0 else x   # data-dependent: fx refuses
-
-    teacher = FrozenTeacher(Branchy())
-    assert folded_batchnorm(teacher) is teacher

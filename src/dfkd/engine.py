@@ -47,7 +47,7 @@ from dfkd.metrics import accuracy, fidelity_metrics, predict, run_summary
 from dfkd.probe import KEYS as SYNTHETIC_KEYS
 from dfkd.probe import SyntheticProbe
 from dfkd.report import save_image_grid
-from dfkd.teacher_wrap import FrozenTeacher, GraphedForward, folded_batchnorm
+from dfkd.teacher_wrap import FrozenTeacher, GraphedForward
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -230,9 +230,7 @@ class Trainer:
             else contextlib.nullcontext,
             channels_last=self.channels_last,
             # CUDA only; on CPU the teacher runs as usual (documented, like amp).
-            teacher_infer=GraphedForward(
-                folded_batchnorm(self.teacher).to(memory_format=memory_format))
-            if cuda and cfg.teacher_graph else None,
+            teacher_infer=GraphedForward(self.teacher) if cuda and cfg.teacher_graph else None,
         )
         self.method = method_cls(ctx, cfg.method_settings)
         if cfg.compile:

@@ -34,29 +34,6 @@ def user_model(teacher: nn.Module) -> nn.Module:
     return teacher.model if isinstance(teacher, FrozenTeacher) else teacher
 
 
-def folded_batchnorm(teacher: nn.Module) -> nn.Module:
-    """A frozen copy of the teacher with each BatchNorm that directly follows a convolution
-    (or a linear layer) folded into that layer: in eval mode the same function, one layer
-    fewer each, for no-grad forwards that need no BN hooks (``teacher_graph``'s student
-    steps; the generator steps keep the teacher itself, whose BN inputs they read). A model
-    that ``torch.fx`` cannot trace (data-dependent control flow, say) is returned as it is."""
-    import copy
-    import inspect
-
-    from torch.fx import symbolic_trace
-    from torch.fx.experimental.optimization import fuse
-
-    model = user_model(teacher)
-    # Optional arguments (``return_features=False``) are traced at their defaults.
-    defaults = {name: p.default for name, p in inspect.signature(model.forward).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    try:
-        traced = symbolic_trace(copy.deepcopy(model), concrete_args=defaults)
-        return FrozenTeacher(fuse(traced, inplace=True, no_trace=True))
-    except Exception:  # noqa: BLE001 - any tracing failure: keep the unfolded teacher
-        return teacher
-
-
 class GraphedForward:
     """A frozen module's no-grad forward, captured as one CUDA graph at its first call and
     replayed after that: one launch per call instead of one per layer (``teacher_graph``).
