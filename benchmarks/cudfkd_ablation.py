@@ -109,6 +109,9 @@ VARIANTS: dict[str, list[str]] = {
     # kd16 with the horizons counted in student steps doubled, so that they span the
     # recipe's epochs: the kept average (0.9995: about 2,000 steps) and the pace's window
     "glate_kd16_h": GLATE + ["kd_steps=16", "student_ema=0.9995", "cudfkd.window=8192"],
+    # G frozen from the ramp's end (its rate 0 from epoch 22.5 of 30): does the fall after
+    # the peak come from a generator that still moves while the student settles?
+    "glate_gstop": GLATE + ["cudfkd.g_cosine_end=0.75"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)

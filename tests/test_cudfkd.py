@@ -279,11 +279,20 @@ def test_g_cosine_sets_the_generator_rate_from_the_epoch():
         late.on_epoch_start(epoch)
         rates.append(late.opt_g.param_groups[0]["lr"])
     assert rates == pytest.approx([lr0, lr0, lr0, lr0 / 2])
+    # g_cosine_end: the cosine reaches 0 at that share and stays; start = end freezes G there
+    for end, expected in ((0.75, [lr0, lr0, lr0, 0.0]), (0.5, [lr0, lr0, 0.0, 0.0])):
+        frozen = _method(epochs=4, g_cosine=True, g_cosine_start=0.5, g_cosine_end=end)
+        rates = []
+        for epoch in range(4):
+            frozen.on_epoch_start(epoch)
+            rates.append(frozen.opt_g.param_groups[0]["lr"])
+        assert rates == pytest.approx(expected)
 
 
 def test_new_settings_are_validated():
     for bad in ({"q0": 0.0}, {"q_end": 1.5}, {"window": 0}, {"replay": -1},
-                {"replay_frac": 1.0}, {"padding": -1}, {"g_cosine_start": 1.0}):
+                {"replay_frac": 1.0}, {"padding": -1}, {"g_cosine_start": 1.0},
+                {"g_cosine_start": 0.5, "g_cosine_end": 0.4}, {"g_cosine_end": 1.1}):
         with pytest.raises(ConfigError):
             CuDFKDSettings(**bad).validate()
 

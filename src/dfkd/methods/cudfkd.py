@@ -69,9 +69,11 @@ class CuDFKDSettings:
     # The generator's learning rate follows a cosine from generator.lr (first epoch) towards
     # 0, like the student's, so G slows down as S does (not in the paper; off = constant).
     # g_cosine_start: the share of the epochs G keeps its full rate before its cosine begins
-    # (e.g. 0.75, the ramp's end: only the end of the run slows G).
+    # (e.g. 0.75, the ramp's end: only the end of the run slows G); g_cosine_end: the share
+    # at which the rate reaches 0 and stays there (G frozen; equal to the start: at once).
     g_cosine: bool = False
     g_cosine_start: float = 0.0
+    g_cosine_end: float = 1.0
 
     def validate(self) -> None:
         if not 0.0 <= self.begin <= self.end <= 1.0:
@@ -91,9 +93,10 @@ class CuDFKDSettings:
                               f"got {self.replay}/{self.replay_frac}")
         if self.padding < 0:
             raise ConfigError(f"cudfkd.padding must be >= 0, got {self.padding}")
-        if not 0 <= self.g_cosine_start < 1:
-            raise ConfigError(f"cudfkd.g_cosine_start is a share of the epochs in [0, 1), "
-                              f"got {self.g_cosine_start}")
+        if not 0 <= self.g_cosine_start < 1 or not self.g_cosine_start <= self.g_cosine_end <= 1:
+            raise ConfigError(f"cudfkd.g_cosine_start and g_cosine_end are shares of the epochs "
+                              f"with 0 <= start < 1 and start <= end <= 1, got "
+                              f"{self.g_cosine_start}/{self.g_cosine_end}")
 
 
 @register_method
@@ -116,7 +119,9 @@ class CuDFKD(GeneratorMethod):
         super().on_epoch_start(epoch)
         if self.settings.g_cosine:  # set from the epoch alone, so a resume sets it again
             start = self.settings.g_cosine_start * self.ctx.epochs
-            t = max(0.0, epoch - start) / (self.ctx.epochs - start)
+            end = self.settings.g_cosine_end * self.ctx.epochs
+            t = 1.0 if epoch >= end else 0.0 if epoch <= start else \
+                (epoch - start) / (end - start)
             lr = 0.5 * self.ctx.generator.lr * (1 + math.cos(math.pi * t))
             for group in self.opt_g.param_groups:
                 group["lr"] = lr
