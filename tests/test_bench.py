@@ -185,6 +185,17 @@ def test_bench_refuses_a_run_with_another_config(fmnist_teacher, tmp_path):
     with pytest.raises(ConfigError, match="was run with rounds=2, but the bench now asks for "
                                           "rounds=3"):
         run_bench(config, ["dfad"], [0], out, overrides=["epochs=1", "rounds=3"])
+    # A setting added to dfkd after the run was made is absent from its config.yaml: the
+    # run had its default, so the run still counts, unless the bench now asks for another
+    # value of it.
+    stored_file = out / "dfad" / "seed0" / "config.yaml"
+    stored = yaml.safe_load(stored_file.read_text())
+    assert stored.pop("deterministic") is False     # the default
+    stored_file.write_text(yaml.safe_dump(stored))
+    run_bench(config, ["dfad"], [0], out, overrides=["epochs=1"])   # done: nothing to redo
+    with pytest.raises(ConfigError, match="was run with deterministic=False, but the "
+                                          "bench now asks for deterministic=True"):
+        run_bench(config, ["dfad"], [0], out, overrides=["epochs=1", "deterministic=true"])
 
 
 def test_bench_jobs_runs_the_queue_in_worker_processes(fmnist_teacher, tmp_path):

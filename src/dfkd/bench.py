@@ -120,6 +120,12 @@ def check_same_config(folder: Path, current: dict[str, Any]) -> None:
         return
     stored = flatten(yaml.safe_load(stored_file.read_text()) or {})
     now = flatten(current)
+    if "method" in current:
+        # A setting added after the run was made is absent from its file. New settings
+        # default to the behaviour they extend, so the run had the default value.
+        defaults = flatten(load_config({"method": current["method"]}).to_dict())
+        stored = {**{k: defaults[k] for k in now.keys() - stored.keys() if k in defaults},
+                  **stored}
     key = first_difference(stored, now)
     if key is not None:
         raise ConfigError(

@@ -92,7 +92,8 @@ class RunConfig:
 
 # Keys added after runs were stored: written only when they differ from their default, so the
 # config.yaml of a run made before them still compares equal (dfkd bench refuses to resume or
-# reuse a run whose stored config differs from the one it asks for).
+# reuse a run whose stored config differs from the one it asks for). Since stop 18 the bench
+# also reads any key absent from a stored config as its default, method settings included.
 _WRITTEN_WHEN_SET = frozenset({"synthetic_probe", "base_recipe", "batched_g",
                                "teacher_graph", "student_ema"})
 
