@@ -23,7 +23,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_speed import describe, random_models  # noqa: E402
+from recipe_speed import describe, random_models, student_step  # noqa: E402
 
 from dfkd.config import load_config, merge, parse_overrides, read_yaml  # noqa: E402
 from dfkd.engine import Trainer  # noqa: E402
@@ -57,10 +57,7 @@ def main() -> None:
             if cfg.batched_g:
                 method.queue_fresh_images(cfg.kd_steps)
             for _ in range(cfg.kd_steps):
-                loss, _ = method.student_loss()
-                trainer.opt_s.zero_grad(set_to_none=True)
-                loss.backward()
-                trainer.opt_s.step()
+                student_step(trainer)
 
     one_round()   # warm-up: allocator, cuDNN algorithm choice, graph capture
     sync()

@@ -68,6 +68,14 @@ def random_models(cfg: RunConfig, teacher_model: str | None = None
     return arch, teacher, student, spec
 
 
+def student_step(trainer: Trainer) -> None:
+    """One student step as the engine takes it (without its EMA and logging)."""
+    loss, _ = trainer.method.student_loss()
+    trainer.opt_s.zero_grad(set_to_none=True)
+    loss.backward()
+    trainer.opt_s.step()
+
+
 def measure(cfg: RunConfig, trainer: Trainer, steps: int) -> dict[str, Any]:
     """Time ``steps`` generator steps and student steps (after one of each as warm-up) and
     project the full run: epochs x rounds x (g_steps x G step + kd_steps x student step).
@@ -75,16 +83,10 @@ def measure(cfg: RunConfig, trainer: Trainer, steps: int) -> dict[str, Any]:
     timed whole, since the round's one G forward feeds them all."""
     method, device = trainer.method, trainer.device
 
-    def student_step() -> None:
-        loss, _ = method.student_loss()
-        trainer.opt_s.zero_grad(set_to_none=True)
-        loss.backward()
-        trainer.opt_s.step()
-
     def student_round() -> None:
         method.queue_fresh_images(cfg.kd_steps)
         for _ in range(cfg.kd_steps):
-            student_step()
+            student_step(trainer)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -93,9 +95,10 @@ def measure(cfg: RunConfig, trainer: Trainer, steps: int) -> dict[str, Any]:
         rounds = max(1, -(-steps // cfg.kd_steps))
         t_s = timed(student_round, rounds, device) / cfg.kd_steps
     else:
-        t_s = timed(student_step, steps, device)
+        t_s = timed(lambda: student_step(trainer), steps, device)
     f_g = flops_of(method.generator_step) if cfg.g_steps else 0
-    f_s = flops_of(student_round) / cfg.kd_steps if cfg.batched_g else flops_of(student_step)
+    f_s = flops_of(student_round) / cfg.kd_steps if cfg.batched_g \
+        else flops_of(lambda: student_step(trainer))
     round_s = cfg.g_steps * t_g + cfg.kd_steps * t_s
     return {
         "generator_step_s": t_g, "student_step_s": t_s,

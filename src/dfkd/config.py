@@ -92,8 +92,9 @@ class RunConfig:
 
 # Keys added after runs were stored: written only when they differ from their default, so the
 # config.yaml of a run made before them still compares equal (dfkd bench refuses to resume or
-# reuse a run whose stored config differs from the one it asks for). Since stop 18 the bench
-# also reads any key absent from a stored config as its default, method settings included.
+# reuse a run whose stored config differs from the one it asks for). The bench also reads any
+# key absent from a stored config as its default (bench.check_same_config), method settings
+# included, so a new key need not be listed here.
 _WRITTEN_WHEN_SET = frozenset({"synthetic_probe", "base_recipe", "batched_g",
                                "teacher_graph", "student_ema"})
 
