@@ -112,6 +112,11 @@ VARIANTS: dict[str, list[str]] = {
     # G frozen from the ramp's end (its rate 0 from epoch 22.5 of 30): does the fall after
     # the peak come from a generator that still moves while the student settles?
     "glate_gstop": GLATE + ["cudfkd.g_cosine_end=0.75"],
+    # Stop 19: the synthetic distribution itself. Every late-phase schedule ends at about
+    # the same val on seed 0, so what holds the student is set earlier: how closely the
+    # samples match the teacher's BN statistics (w_bn 3x or 0.3x the recipe's 1.0)
+    "glate_bn3": GLATE + ["cudfkd.w_bn=3.0"],
+    "glate_bn03": GLATE + ["cudfkd.w_bn=0.3"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)

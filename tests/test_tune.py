@@ -183,3 +183,19 @@ def test_every_fashion_mnist_recipe_has_a_valid_search_space(method):
     space = parse_search(recipe, path)
     recipe_values(recipe, space, path)  # trial 0, the recipe itself, lies in the space
     assert "student_optim.lr" in space and "g_steps" in space  # shared by every method
+
+
+def test_search_plot_draws_complete_and_pruned_trials(tmp_path):
+    pytest.importorskip("matplotlib")
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from dfkd.tune import plot_search
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"cudfkd.tau": FloatDistribution(1, 8)}
+    study.add_trial(create_trial(params={"cudfkd.tau": 2.0}, distributions=dist, value=80.0))
+    study.add_trial(create_trial(params={"cudfkd.tau": 6.0}, distributions=dist,
+                                 state=TrialState.PRUNED, intermediate_values={0: 50.0}))
+    assert plot_search(study, tmp_path)
+    assert (tmp_path / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -330,14 +330,12 @@ def plot_search(study, out: Path) -> bool:
         return False
     from optuna.trial import TrialState
 
-    done = [t for t in study.get_trials(deepcopy=False)
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    keys = sorted({k for t in done for k in t.params})
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    keys = sorted({k for t in complete + pruned for k in t.params})
     fig, axes = plt.subplots(1, 1 + len(keys), figsize=(4 * (1 + len(keys)), 3.5),
                              squeeze=False)
     ax = axes[0][0]
-    complete = [t for t in done if t.state == TrialState.COMPLETE]
-    pruned = [t for t in done if t.state == TrialState.PRUNED]
     ax.scatter([t.number for t in complete], [t.value for t in complete], label="complete")
     ax.scatter([t.number for t in pruned],
                [t.intermediate_values[max(t.intermediate_values)] for t in pruned
