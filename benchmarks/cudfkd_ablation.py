@@ -117,6 +117,10 @@ VARIANTS: dict[str, list[str]] = {
     # samples match the teacher's BN statistics (w_bn 3x or 0.3x the recipe's 1.0)
     "glate_bn3": GLATE + ["cudfkd.w_bn=3.0"],
     "glate_bn03": GLATE + ["cudfkd.w_bn=0.3"],
+    # ... or the student taught between the samples: mixup of its batch, labelled by the
+    # teacher (function matching, as in Beyer et al. 2022's patient and consistent KD)
+    "glate_mix1": GLATE + ["cudfkd.mixup=1.0"],
+    "glate_mix04": GLATE + ["cudfkd.mixup=0.4"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)

@@ -141,7 +141,7 @@ ROUND_RAW = {"epochs": 1, "rounds": 1, "g_steps": 1, "kd_steps": 3, "batch_size"
 
 @pytest.mark.parametrize("method,settings", [
     ("dfad", {}), ("dafl", {}), ("dfq", {}), ("zskt", {}),
-    ("cudfkd", {"replay": 40, "augment": True})])
+    ("cudfkd", {"replay": 40, "augment": True, "mixup": 0.4})])
 def test_one_generator_forward_makes_the_rounds_student_batches(fmnist_teacher, tmp_path,
                                                                  method, settings):
     sizes = {}
@@ -161,7 +161,8 @@ def test_one_generator_forward_makes_the_rounds_student_batches(fmnist_teacher, 
 
 
 @pytest.mark.parametrize("method,settings", [
-    ("dfad", {}), ("cudfkd", {"replay": 40, "augment": True, "pace_mode": "quantile"})])
+    ("dfad", {}),
+    ("cudfkd", {"replay": 40, "augment": True, "mixup": 0.4, "pace_mode": "quantile"})])
 def test_resume_is_exact_with_batched_g(fmnist_teacher, tmp_path, monkeypatch, method,
                                          settings):
     """Interrupted after round 4 of 9 (mid-epoch 2; the checkpoint is taken between

@@ -260,6 +260,46 @@ def test_augment_crops_and_flips_each_sample_for_student_and_teacher():
         assert any(torch.equal(batch[i], v) for v in views)
 
 
+def test_mix_pairs_mixes_each_image_with_one_partner():
+    from dfkd.methods.cudfkd import mix_pairs
+
+    # Image k is 1 at pixel k only, so a mixed image shows its two weights and partners.
+    n = 64
+    images = torch.eye(n).view(n, 1, 8, 8)
+    torch.manual_seed(0)
+    mixed = mix_pairs(images, 0.4).view(n, n)
+    assert torch.allclose(mixed.sum(1), torch.ones(n))  # a convex combination
+    own = mixed.diagonal()
+    assert ((own >= 0) & (own <= 1)).all()
+    partner = (mixed - torch.diag(own)).argmax(1)
+    moved = own < 1 - 1e-6  # a sample drawn as its own partner stays itself
+    assert torch.allclose(mixed[moved, partner[moved]], 1 - own[moved])
+    # Beta(0.4, 0.4) puts most weights near 0 or 1, and is symmetric about 1/2.
+    assert ((own < 0.2) | (own > 0.8)).float().mean() > 0.5
+    assert abs(own.mean().item() - 0.5) < 0.15
+    # The partners are a permutation: every image is used as a partner once.
+    torch.manual_seed(0)
+    m = torch.distributions.Beta(torch.tensor(0.4), torch.tensor(0.4)).sample((n,))
+    perm = torch.randperm(n)
+    assert torch.allclose(own[perm != torch.arange(n)], m[perm != torch.arange(n)])
+    assert torch.equal(partner[moved], perm[moved])
+
+
+def test_mixup_feeds_the_same_mixed_batch_to_student_and_teacher():
+    from dfkd.methods.cudfkd import mix_pairs
+
+    method = _generator_method(mixup=1.0)
+    torch.manual_seed(0)
+    method.student_loss()
+    torch.manual_seed(0)
+    method.generator.eval()
+    plain = method.generator(method.sample_z()).detach()
+    batch = method.seen["student"][-1]
+    assert torch.equal(method.seen["teacher"][-1], batch)
+    assert not torch.allclose(batch, plain)
+    assert torch.equal(batch, mix_pairs(plain, 1.0))  # the next draws of the same RNG
+
+
 def test_g_cosine_sets_the_generator_rate_from_the_epoch():
     method = _method(epochs=4, g_cosine=True)
     lr0 = method.ctx.generator.lr
@@ -291,13 +331,13 @@ def test_g_cosine_sets_the_generator_rate_from_the_epoch():
 
 def test_new_settings_are_validated():
     for bad in ({"q0": 0.0}, {"q_end": 1.5}, {"window": 0}, {"replay": -1},
-                {"replay_frac": 1.0}, {"padding": -1}, {"g_cosine_start": 1.0},
+                {"replay_frac": 1.0}, {"padding": -1}, {"mixup": -0.1}, {"g_cosine_start": 1.0},
                 {"g_cosine_start": 0.5, "g_cosine_end": 0.4}, {"g_cosine_end": 1.1}):
         with pytest.raises(ConfigError):
             CuDFKDSettings(**bad).validate()
 
 
-def test_resume_is_exact_with_quantile_pace_replay_augment_g_cosine(fmnist_teacher, tmp_path):
+def test_resume_is_exact_with_quantile_pace_replay_augment_mixup_g_cosine(fmnist_teacher, tmp_path):
     from conftest import metrics_rows
 
     from dfkd.api import build_trainer
@@ -305,7 +345,7 @@ def test_resume_is_exact_with_quantile_pace_replay_augment_g_cosine(fmnist_teach
     raw = {"teacher": str(fmnist_teacher), "epochs": 3, "rounds": 2, "g_steps": 1,
            "kd_steps": 2, "batch_size": 16, "sample_grid": 0,
            "cudfkd": {"pace_mode": "quantile", "weighting": "sample", "window": 40,
-                      "replay": 40, "augment": True, "g_cosine": True}}
+                      "replay": 40, "augment": True, "mixup": 0.4, "g_cosine": True}}
     build_trainer(raw, tmp_path / "full", overwrite=True, progress=False).fit()
     build_trainer(raw, tmp_path / "split", overwrite=True, progress=False).fit(
         stop_after_epoch=1)

@@ -15,7 +15,10 @@ Beyond the paper (each off by default and in the official recipes):
   * ``replay``: a bounded pool of the latest ``replay`` synthetic images; a fraction
     ``replay_frac`` of every student batch is drawn from it (against forgetting as G moves);
   * ``augment``: per-sample pad-``padding`` crop (and flip) of the student's batch, as the
-    bank methods give their students.
+    bank methods give their students;
+  * ``mixup``: each image of the student's batch becomes ``m x_i + (1 - m) x_j`` with
+    another image ``x_j`` of the batch and ``m ~ Beta(mixup, mixup)`` per sample; the
+    teacher labels the mixed image, so the student also learns between the samples.
 The student logs the mean of v* (``sp_weight``) and the fraction of samples with
 v* < 0.5 (``sp_below_half``); ``lambda`` (and ``q``) are logged each epoch.
 """
@@ -66,6 +69,7 @@ class CuDFKDSettings:
     augment: bool = False      # per-sample crop (pad `padding`) + flip for the student
     padding: int = 2
     flip: bool = True
+    mixup: float = 0.0         # Beta(mixup, mixup) mixing of the student's batch (0 = off)
     # The generator's learning rate follows a cosine from generator.lr (first epoch) towards
     # 0, like the student's, so G slows down as S does (not in the paper; off = constant).
     # g_cosine_start: the share of the epochs G keeps its full rate before its cosine begins
@@ -93,10 +97,24 @@ class CuDFKDSettings:
                               f"got {self.replay}/{self.replay_frac}")
         if self.padding < 0:
             raise ConfigError(f"cudfkd.padding must be >= 0, got {self.padding}")
+        if self.mixup < 0:
+            raise ConfigError(f"cudfkd.mixup must be >= 0 (0 = off), got {self.mixup}")
         if not 0 <= self.g_cosine_start < 1 or not self.g_cosine_start <= self.g_cosine_end <= 1:
             raise ConfigError(f"cudfkd.g_cosine_start and g_cosine_end are shares of the epochs "
                               f"with 0 <= start < 1 and start <= end <= 1, got "
                               f"{self.g_cosine_start}/{self.g_cosine_end}")
+
+
+def mix_pairs(images: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Mixup inside a batch: image i becomes m_i x_i + (1 - m_i) x_p(i), with p a random
+    permutation and m_i ~ Beta(alpha, alpha). The draws use the CPU RNG, so a resumed run
+    repeats them on any device."""
+    n = len(images)
+    concentration = torch.tensor(float(alpha))
+    m = torch.distributions.Beta(concentration, concentration).sample((n,))
+    partner = torch.randperm(n)
+    m = m.to(images.device, images.dtype).view(n, *([1] * (images.dim() - 1)))
+    return m * images + (1 - m) * images[partner.to(images.device)]
 
 
 @register_method
@@ -152,7 +170,7 @@ class CuDFKD(GeneratorMethod):
     @torch.no_grad()
     def student_batch(self) -> torch.Tensor:
         s = self.settings
-        if self.replay is None and not s.augment:
+        if self.replay is None and not s.augment and not s.mixup:
             return self.fixed_batch()
         x01 = self.fresh_images()
         if self.replay is not None:  # past images only; the pool keeps the fresh ones
@@ -163,6 +181,8 @@ class CuDFKD(GeneratorMethod):
             self.replay.add(fresh)
         if s.augment:
             x01 = random_crop_flip(x01, s.padding, s.flip)
+        if s.mixup:
+            x01 = mix_pairs(x01, s.mixup)
         return self.ctx.normalize(x01)
 
     def generator_step(self) -> dict[str, torch.Tensor]:
