@@ -121,6 +121,13 @@ VARIANTS: dict[str, list[str]] = {
     # teacher (function matching, as in Beyer et al. 2022's patient and consistent KD)
     "glate_mix1": GLATE + ["cudfkd.mixup=1.0"],
     "glate_mix04": GLATE + ["cudfkd.mixup=0.4"],
+    # glate_bn3 climbed more slowly and was still climbing at the end; mixup climbs faster
+    "glate_bn3_mix04": GLATE + ["cudfkd.w_bn=3.0", "cudfkd.mixup=0.4"],
+    # glate_mix1 peaks at epochs 21-25 and falls 0.8-0.9 by the end: is it the generator
+    # that still moves (frozen from the ramp's end), or the pace admitting the hardest
+    # samples at the end (q grows to 0.7 only)?
+    "glate_mix1_gstop": GLATE + ["cudfkd.mixup=1.0", "cudfkd.g_cosine_end=0.75"],
+    "glate_mix1_q07": GLATE + ["cudfkd.mixup=1.0", "cudfkd.q_end=0.7"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
