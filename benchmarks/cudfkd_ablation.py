@@ -128,6 +128,10 @@ VARIANTS: dict[str, list[str]] = {
     # samples at the end (q grows to 0.7 only)?
     "glate_mix1_gstop": GLATE + ["cudfkd.mixup=1.0", "cudfkd.g_cosine_end=0.75"],
     "glate_mix1_q07": GLATE + ["cudfkd.mixup=1.0", "cudfkd.q_end=0.7"],
+    # The student loses most on the classes the generator makes rarely (shirt: 7% of the
+    # replay pool, student recall 45-51% against the teacher's 77%; benchmarks/
+    # class_balance.py): each sample's loss weighted by 1/K over its class's running share
+    "glate_bal": GLATE + ["cudfkd.class_balance=true"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)

@@ -121,6 +121,26 @@ def test_student_loss_by_hand():
     assert loss == pytest.approx(kl_mean, rel=1e-5)
 
 
+def test_class_balance_weights_samples_by_their_class_share():
+    # T's argmax: class 0 for sample 0, class 1 for sample 1; 3 classes.
+    l1 = [sum(abs(a - b) for a, b in zip(s, t)) / 3 for s, t in zip(S.tolist(), T.tolist())]
+    method = _method(kd_loss="l1", curriculum="none", weighting="sample", class_balance=True,
+                     balance_decay=0.5)
+    shares = [1 / 3, 1 / 3, 1 / 3]
+    for _ in range(2):
+        shares = [0.5 * v + 0.5 * seen for v, seen in zip(shares, [0.5, 0.5, 0.0])]
+        loss, logs = _student_loss(method)
+        expect = sum((1 / 3) / shares[c] * v for c, v in enumerate(l1)) / 2
+        assert loss == pytest.approx(expect, rel=1e-5)
+        assert logs["kd"].item() == pytest.approx(sum(l1) / 2, rel=1e-5)  # unweighted
+    assert method.class_share.tolist() == pytest.approx(shares)  # [5/12, 5/12, 1/6]
+    other = _method(kd_loss="l1", weighting="sample", class_balance=True)
+    other.load_state_dict(method.state_dict())
+    assert other.class_share.tolist() == pytest.approx(shares)
+    with pytest.raises(ConfigError, match="needs cudfkd.weighting: sample"):
+        CuDFKDSettings(class_balance=True).validate()
+
+
 def test_pace_counts_student_steps():
     method = _method(lambda_0=2.0, pace=0.5)
     for _ in range(3):
@@ -331,13 +351,14 @@ def test_g_cosine_sets_the_generator_rate_from_the_epoch():
 
 def test_new_settings_are_validated():
     for bad in ({"q0": 0.0}, {"q_end": 1.5}, {"window": 0}, {"replay": -1},
-                {"replay_frac": 1.0}, {"padding": -1}, {"mixup": -0.1}, {"g_cosine_start": 1.0},
+                {"replay_frac": 1.0}, {"padding": -1}, {"mixup": -0.1}, {"balance_decay": 1.0},
+                {"g_cosine_start": 1.0},
                 {"g_cosine_start": 0.5, "g_cosine_end": 0.4}, {"g_cosine_end": 1.1}):
         with pytest.raises(ConfigError):
             CuDFKDSettings(**bad).validate()
 
 
-def test_resume_is_exact_with_quantile_pace_replay_augment_mixup_g_cosine(fmnist_teacher, tmp_path):
+def test_resume_is_exact_with_every_addition_beyond_the_paper(fmnist_teacher, tmp_path):
     from conftest import metrics_rows
 
     from dfkd.api import build_trainer
@@ -345,7 +366,8 @@ def test_resume_is_exact_with_quantile_pace_replay_augment_mixup_g_cosine(fmnist
     raw = {"teacher": str(fmnist_teacher), "epochs": 3, "rounds": 2, "g_steps": 1,
            "kd_steps": 2, "batch_size": 16, "sample_grid": 0,
            "cudfkd": {"pace_mode": "quantile", "weighting": "sample", "window": 40,
-                      "replay": 40, "augment": True, "mixup": 0.4, "g_cosine": True}}
+                      "replay": 40, "augment": True, "mixup": 0.4, "g_cosine": True,
+                      "class_balance": True}}
     build_trainer(raw, tmp_path / "full", overwrite=True, progress=False).fit()
     build_trainer(raw, tmp_path / "split", overwrite=True, progress=False).fit(
         stop_after_epoch=1)

@@ -18,7 +18,11 @@ Beyond the paper (each off by default and in the official recipes):
     bank methods give their students;
   * ``mixup``: each image of the student's batch becomes ``m x_i + (1 - m) x_j`` with
     another image ``x_j`` of the batch and ``m ~ Beta(mixup, mixup)`` per sample; the
-    teacher labels the mixed image, so the student also learns between the samples.
+    teacher labels the mixed image, so the student also learns between the samples;
+  * ``class_balance``: each sample's loss is weighted by (1/K) / f_c, with f_c a running
+    share (decay ``balance_decay`` per student step) of the teacher's argmax class c in the
+    student's batches, so classes the generator makes rarely weigh as much as the others
+    (needs ``weighting: sample``).
 The student logs the mean of v* (``sp_weight``) and the fraction of samples with
 v* < 0.5 (``sp_below_half``); ``lambda`` (and ``q``) are logged each epoch.
 """
@@ -70,6 +74,8 @@ class CuDFKDSettings:
     padding: int = 2
     flip: bool = True
     mixup: float = 0.0         # Beta(mixup, mixup) mixing of the student's batch (0 = off)
+    class_balance: bool = False  # weight samples by 1/K over their class's running share
+    balance_decay: float = 0.99
     # The generator's learning rate follows a cosine from generator.lr (first epoch) towards
     # 0, like the student's, so G slows down as S does (not in the paper; off = constant).
     # g_cosine_start: the share of the epochs G keeps its full rate before its cosine begins
@@ -99,6 +105,12 @@ class CuDFKDSettings:
             raise ConfigError(f"cudfkd.padding must be >= 0, got {self.padding}")
         if self.mixup < 0:
             raise ConfigError(f"cudfkd.mixup must be >= 0 (0 = off), got {self.mixup}")
+        if self.class_balance and self.weighting != "sample":
+            raise ConfigError("cudfkd.class_balance weights each sample: it needs "
+                              "cudfkd.weighting: sample")
+        if not 0 <= self.balance_decay < 1:
+            raise ConfigError(f"cudfkd.balance_decay must be in [0, 1), got "
+                              f"{self.balance_decay}")
         if not 0 <= self.g_cosine_start < 1 or not self.g_cosine_start <= self.g_cosine_end <= 1:
             raise ConfigError(f"cudfkd.g_cosine_start and g_cosine_end are shares of the epochs "
                               f"with 0 <= start < 1 and start <= end <= 1, got "
@@ -132,6 +144,9 @@ class CuDFKD(GeneratorMethod):
         self.quantile = cur.QuantilePace(s.q0, s.q_end, s.window, ctx.epochs) \
             if s.pace_mode == "quantile" else None
         self.replay = SampleBank(s.replay) if s.replay else None
+        k = ctx.num_classes
+        self.class_share = torch.full((k,), 1.0 / k, device=ctx.device) \
+            if s.class_balance else None
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
@@ -207,10 +222,20 @@ class CuDFKD(GeneratorMethod):
         per_sample = s.weighting == "sample"
         kd = kd_l1(st, t, per_sample) if s.kd_loss == "l1" else kd_kl(st, t, s.tau, per_sample)
         weight = self.self_paced_weight(kd)
-        loss = (weight * kd).mean()
+        balance = 1.0 if self.class_share is None else self.class_weight(t.argmax(1))
+        loss = (weight * balance * kd).mean()
         self.student_steps += 1
         return loss, {"loss_s": loss.detach(), "kd": kd.detach().mean(),
                       "sp_weight": weight.mean(), "sp_below_half": (weight < 0.5).float().mean()}
+
+    def class_weight(self, labels: torch.Tensor) -> torch.Tensor:
+        """(1/K) / share of each sample's class, after the shares take in this batch (the
+        labels of every rank, so that the shares are one state everywhere)."""
+        seen = distributed.all_gather_cat(labels)
+        share = torch.bincount(seen, minlength=len(self.class_share)).float() / len(seen)
+        decay = self.settings.balance_decay
+        self.class_share.mul_(decay).add_(share, alpha=1 - decay)
+        return (1.0 / len(self.class_share)) / self.class_share.clamp_min(1e-3)[labels]
 
     def status(self) -> dict[str, float]:
         out = {"lambda": self.lam, "adv_weight": self.adv_weight}
@@ -224,6 +249,8 @@ class CuDFKD(GeneratorMethod):
             state["quantile"] = self.quantile.state_dict()
         if self.replay is not None:
             state["replay"] = self.replay.state_dict()
+        if self.class_share is not None:
+            state["class_share"] = self.class_share
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -233,3 +260,5 @@ class CuDFKD(GeneratorMethod):
             self.quantile.load_state_dict(state["quantile"], self.ctx.device)
         if self.replay is not None:
             self.replay.load_state_dict(state["replay"], self.ctx.device)
+        if self.class_share is not None:
+            self.class_share.copy_(state["class_share"])
