@@ -250,7 +250,7 @@ class CuDFKD(GeneratorMethod):
         if self.replay is not None:
             state["replay"] = self.replay.state_dict()
         if self.class_share is not None:
-            state["class_share"] = self.class_share
+            state["class_share"] = self.class_share.clone()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
