@@ -262,16 +262,22 @@ def test_replay_mixes_a_bounded_pool_into_student_batches():
     assert torch.equal(other.replay.latest(12), method.replay.latest(12))
 
 
-def test_augment_crops_and_flips_each_sample_for_student_and_teacher():
-    method = _generator_method(augment=True, padding=2)
+def _student_batch_and_plain(method: CuDFKD) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch of one student step, which the teacher saw too, and G's plain images of
+    the same draws (after which the RNG is where the step's own transforms drew from)."""
     torch.manual_seed(0)
     method.student_loss()
     torch.manual_seed(0)
     method.generator.eval()
     plain = method.generator(method.sample_z()).detach()
     batch = method.seen["student"][-1]
-    assert not torch.equal(batch, plain)
     assert torch.equal(method.seen["teacher"][-1], batch)
+    assert not torch.allclose(batch, plain)
+    return batch, plain
+
+
+def test_augment_crops_and_flips_each_sample_for_student_and_teacher():
+    batch, plain = _student_batch_and_plain(_generator_method(augment=True, padding=2))
     # Every view is a shifted (zero-padded) and maybe mirrored copy of its own image.
     padded = torch.nn.functional.pad(plain, (2, 2, 2, 2))
     for i in range(len(batch)):
@@ -308,15 +314,7 @@ def test_mix_pairs_mixes_each_image_with_one_partner():
 def test_mixup_feeds_the_same_mixed_batch_to_student_and_teacher():
     from dfkd.methods.cudfkd import mix_pairs
 
-    method = _generator_method(mixup=1.0)
-    torch.manual_seed(0)
-    method.student_loss()
-    torch.manual_seed(0)
-    method.generator.eval()
-    plain = method.generator(method.sample_z()).detach()
-    batch = method.seen["student"][-1]
-    assert torch.equal(method.seen["teacher"][-1], batch)
-    assert not torch.allclose(batch, plain)
+    batch, plain = _student_batch_and_plain(_generator_method(mixup=1.0))
     assert torch.equal(batch, mix_pairs(plain, 1.0))  # the next draws of the same RNG
 
 
