@@ -15,9 +15,12 @@ from pathlib import Path
 
 import torch
 
+from dfkd.api import load_run_checkpoint
 from dfkd.checkpoint import load_model_checkpoint
 from dfkd.data.registry import dataset_info, load_split
 from dfkd.data.transforms import normalize
+from dfkd.engine import CHECKPOINT
+from dfkd.metrics import predict
 
 
 def percent(hits: torch.Tensor) -> float:
@@ -33,26 +36,26 @@ def main() -> None:
     torch.set_num_threads(1)
     info = dataset_info(args.dataset)
     images, labels = load_split(info.name, "val")
-    x = normalize(images, info)
+    cpu = torch.device("cpu")
+
+    def predicted(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return predict(model, batch, 1000, lambda b: normalize(b, info), cpu).argmax(1)
+
     teacher, _ = load_model_checkpoint(args.teacher)
-    with torch.no_grad():
-        t_pred = teacher.eval()(x).argmax(1)
+    t_pred = predicted(teacher, images)
     classes = range(info.num_classes)
     for run in args.runs:
         student, _ = load_model_checkpoint(run)
-        with torch.no_grad():
-            s_pred = student.eval()(x).argmax(1)
+        s_pred = predicted(student, images)
         print(f"\n{run}: val Acc@1 {percent(s_pred == labels):.2f} (teacher "
               f"{percent(t_pred == labels):.2f}), agreement {percent(s_pred == t_pred):.2f}")
         pool = None
-        ckpt = Path(run) / "checkpoint.pt"
-        if ckpt.is_file():
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
-            replay = state.get("method", {}).get("replay")
+        if (Path(run) / CHECKPOINT).is_file():
+            replay = load_run_checkpoint(run)["method"].get("replay")
             if replay is not None:
-                with torch.no_grad():
-                    synthetic = teacher(normalize(replay["data"][: replay["count"]], info))
-                pool = torch.bincount(synthetic.argmax(1), minlength=info.num_classes)
+                synthetic = predicted(teacher, replay["data"][: replay["count"]])
+                pool = torch.bincount(synthetic, minlength=info.num_classes)
         print("| class | teacher acc | student acc | agreement | true share | teacher predicts "
               "| student predicts |" + (" replay pool share |" if pool is not None else ""))
         print("|---|---|---|---|---|---|---|" + ("---|" if pool is not None else ""))
