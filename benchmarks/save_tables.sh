@@ -3,8 +3,9 @@
 # them: a session's machine and its runs/ do not outlive it, but the repository does. Stages
 # the teachers, each finished run's summary.json (result.json for the references),
 # metrics.jsonl and config.yaml, and the benches' own tables; never a run still in flight
-# (the next session's bench starts those again) nor checkpoints, weights or sample grids
-# (.gitignore). Run from the repository root:  bash benchmarks/save_tables.sh [OUT]
+# (the next session's bench starts those again) nor checkpoints, weights or sample grids.
+# .gitignore ignores the run folders, so the run files are staged with -f, by name.
+# Run from the repository root:  bash benchmarks/save_tables.sh [OUT]
 set -euo pipefail
 OUT=${1:-results/tables}
 [ -d "$OUT" ] || { echo "no tables in $OUT yet" >&2; exit 2; }
@@ -17,7 +18,7 @@ while IFS= read -r -d '' f; do files+=("$f"); done < <(
             find "$run" -maxdepth 1 -type f \( -name '*.json' -o -name metrics.jsonl \
                 -o -name config.yaml \) -print0
         done)
-[ ${#files[@]} -gt 0 ] && git add -- "${files[@]}"
+[ ${#files[@]} -gt 0 ] && git add -f -- "${files[@]}"
 if git diff --cached --quiet -- "$OUT"; then
     echo "nothing new in $OUT"
 else
