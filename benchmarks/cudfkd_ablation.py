@@ -132,6 +132,11 @@ VARIANTS: dict[str, list[str]] = {
     # replay pool, student recall 45-51% against the teacher's 77%; benchmarks/
     # class_balance.py): each sample's loss weighted by 1/K over its class's running share
     "glate_bal": GLATE + ["cudfkd.class_balance=true"],
+    # Stop 20: glate_bal made G produce even fewer shirts, so the coverage is the generator's.
+    # Its balance term H(p_bar) is taken at tau 4, where the teacher's flat probabilities can
+    # be balanced while its argmax classes are not: the term at tau 1 (or 2) alone
+    "glate_ent1": GLATE + ["cudfkd.ent_tau=1.0"],
+    "glate_ent2": GLATE + ["cudfkd.ent_tau=2.0"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)

@@ -47,6 +47,9 @@ from dfkd.methods.base import GeneratorMethod
 @dataclass
 class CuDFKDSettings:
     tau: float = 20.0          # temperature of H(p_bar) and of the KL KD loss
+    # temperature of H(p_bar) alone (None: tau, as in the paper). Near 1, the balance term
+    # sees the classes G's images fall in, which a high tau's flat probabilities hide
+    ent_tau: float | None = None
     w_ent: float = -20.0       # negative: generation maximises class balance
     w_oh: float = 1.0
     w_bn: float = 1.0
@@ -89,8 +92,8 @@ class CuDFKDSettings:
         if not 0.0 <= self.begin <= self.end <= 1.0:
             raise ConfigError(f"cudfkd.begin/end must satisfy 0 <= begin <= end <= 1, got "
                               f"{self.begin}/{self.end}")
-        if self.tau <= 0 or self.adv_tau <= 0:
-            raise ConfigError("cudfkd.tau and cudfkd.adv_tau must be > 0")
+        if self.tau <= 0 or self.adv_tau <= 0 or (self.ent_tau is not None and self.ent_tau <= 0):
+            raise ConfigError("cudfkd.tau, cudfkd.ent_tau and cudfkd.adv_tau must be > 0")
         if self.curriculum != "none" and self.lambda_0 <= 0:
             raise ConfigError(f"cudfkd.lambda_0 must be > 0, got {self.lambda_0}")
         if not (0 < self.q0 <= 1 and 0 < self.q_end <= 1):
@@ -204,7 +207,7 @@ class CuDFKD(GeneratorMethod):
         s, ctx = self.settings, self.ctx
         adv_weight = self.adv_weight
         x, t, bn = self.teacher_with_bn()
-        ent = entropy_of_mean(t, s.tau)
+        ent = entropy_of_mean(t, s.tau if s.ent_tau is None else s.ent_tau)
         oh = onehot_ce(t)
         loss = s.w_ent * ent + s.w_oh * oh + s.w_bn * bn
         if adv_weight > 0:  # skip the student's forward while the ramp is at 0
