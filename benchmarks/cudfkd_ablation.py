@@ -137,6 +137,8 @@ VARIANTS: dict[str, list[str]] = {
     # be balanced while its argmax classes are not: the term at tau 1 (or 2) alone
     "glate_ent1": GLATE + ["cudfkd.ent_tau=1.0"],
     "glate_ent2": GLATE + ["cudfkd.ent_tau=2.0"],
+    # ... or G told which class to make: a one-hot class code in z, confidence CE(t, y)
+    "glate_code": GLATE + ["cudfkd.class_code=true"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)

@@ -365,7 +365,8 @@ def test_resume_is_exact_with_every_addition_beyond_the_paper(fmnist_teacher, tm
            "kd_steps": 2, "batch_size": 16, "sample_grid": 0,
            "cudfkd": {"pace_mode": "quantile", "weighting": "sample", "window": 40,
                       "replay": 40, "augment": True, "mixup": 0.4, "g_cosine": True,
-                      "class_balance": True}}
+                      "class_balance": True, "class_code": True,
+                      "ent_tau": 1.0}}
     build_trainer(raw, tmp_path / "full", overwrite=True, progress=False).fit()
     build_trainer(raw, tmp_path / "split", overwrite=True, progress=False).fit(
         stop_after_epoch=1)
@@ -376,3 +377,46 @@ def test_resume_is_exact_with_every_addition_beyond_the_paper(fmnist_teacher, tm
     assert [r["q"] for r in rows] == pytest.approx([0.5, 0.7, 0.9])
     for r in rows:
         assert 0 < r["sp_weight"] <= 1 and 0 <= r["sp_below_half"] <= 1 and r["lambda"] > 0
+
+
+def test_ent_tau_sets_the_temperature_of_the_balance_term_alone():
+    p = [_softmax(row, 1.0) for row in T.tolist()]
+    p_bar = [(a + b) / 2 for a, b in zip(*p)]
+    entropy = -sum(v * math.log(v) for v in p_bar)
+    terms = _method(tau=5.0, ent_tau=1.0, w_bn=0.0).generator_step()
+    assert terms["g_entropy"].item() == pytest.approx(entropy, rel=1e-5)
+    with pytest.raises(ConfigError, match="ent_tau"):
+        CuDFKDSettings(ent_tau=0.0).validate()
+
+
+def test_class_codes_write_a_uniform_class_into_z_and_steer_the_confidence_term():
+    method = _method(class_code=True, w_bn=0.0, w_ent=0.0)
+    torch.manual_seed(0)
+    z = method.sample_z(4000)
+    labels = method.code_labels
+    code = z[:, :3]
+    # one-hot rows scaled to sqrt(nz - K) = sqrt(5); the other dims stay N(0, 1)
+    assert torch.equal(code.argmax(1), labels)
+    assert torch.allclose(code.sum(1), torch.full((4000,), math.sqrt(5)))
+    assert (code > 0).sum(1).eq(1).all()
+    assert abs(z[:, 3:].std().item() - 1) < 0.05
+    counts = torch.bincount(labels, minlength=3).float() / 4000
+    assert torch.allclose(counts, torch.full((3,), 1 / 3), atol=0.03)
+    # The confidence term is CE(t, y) against the codes' classes (T is the same for every
+    # batch, so the codes alone move it), not CE(t, argmax t).
+    torch.manual_seed(1)
+    terms = method.generator_step()
+    y = method.code_labels.tolist()
+    expected = -sum(math.log(_softmax(T[i].tolist())[c]) for i, c in enumerate(y)) / 2
+    assert terms["g_onehot"].item() == pytest.approx(expected, rel=1e-5)
+    # The sample grid is made class by class: image i for class i mod K.
+    assert method.preview(6).shape == (6, 1, 8, 8)
+    with pytest.raises(ConfigError, match="w_oh"):
+        CuDFKDSettings(class_code=True, w_oh=0.0).validate()
+    with pytest.raises(ConfigError, match="nz"):
+        teacher = nn.Sequential(nn.BatchNorm2d(1), Const(T)).eval()
+        ctx = MethodContext(teacher=teacher, student=teacher, student_raw=teacher,
+                            num_classes=3, image_shape=(1, 8, 8), mean=torch.zeros(1, 1, 1, 1),
+                            std=torch.ones(1, 1, 1, 1), device=torch.device("cpu"),
+                            batch_size=2, epochs=1, generator=GeneratorConfig(nz=3, ngf=4))
+        CuDFKD(ctx, CuDFKDSettings(class_code=True))

@@ -27,9 +27,11 @@ def entropy_of_mean(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     return -(p_mean * torch.log(p_mean.clamp_min(1e-12))).sum()
 
 
-def onehot_ce(logits: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the teacher's logits against their own argmax (confidence)."""
-    return F.cross_entropy(logits.float(), logits.detach().argmax(dim=1))
+def onehot_ce(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of the teacher's logits against their own argmax (confidence), or
+    against given ``labels`` (the classes a conditioned generator was asked for)."""
+    return F.cross_entropy(logits.float(), logits.detach().argmax(dim=1) if labels is None
+                           else labels)
 
 
 def masked_adversarial(student: torch.Tensor, teacher: torch.Tensor, tau: float = 3.0

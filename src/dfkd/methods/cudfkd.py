@@ -22,7 +22,10 @@ Beyond the paper (each off by default and in the official recipes):
   * ``class_balance``: each sample's loss is weighted by (1/K) / f_c, with f_c a running
     share (decay ``balance_decay`` per student step) of the teacher's argmax class c in the
     student's batches, so classes the generator makes rarely weigh as much as the others
-    (needs ``weighting: sample``).
+    (needs ``weighting: sample``);
+  * ``ent_tau``: the temperature of H(p_bar) alone (otherwise ``tau``);
+  * ``class_code``: a class y ~ U{0..K-1} is written into the first K dims of each z and
+    G's confidence term is CE(t, y), so G makes every class equally often.
 The student logs the mean of v* (``sp_weight``) and the fraction of samples with
 v* < 0.5 (``sp_below_half``); ``lambda`` (and ``q``) are logged each epoch.
 """
@@ -78,6 +81,10 @@ class CuDFKDSettings:
     flip: bool = True
     mixup: float = 0.0         # Beta(mixup, mixup) mixing of the student's batch (0 = off)
     class_balance: bool = False  # weight samples by 1/K over their class's running share
+    # class codes: the first K latent dims of each z carry a one-hot class y ~ U{0..K-1}
+    # (scaled to the norm of the rest of z) and the generator's confidence term is
+    # CE(t, y), not CE(t, argmax t), so every class is made as often (not in the paper)
+    class_code: bool = False
     balance_decay: float = 0.99
     # The generator's learning rate follows a cosine from generator.lr (first epoch) towards
     # 0, like the student's, so G slows down as S does (not in the paper; off = constant).
@@ -108,6 +115,9 @@ class CuDFKDSettings:
             raise ConfigError(f"cudfkd.padding must be >= 0, got {self.padding}")
         if self.mixup < 0:
             raise ConfigError(f"cudfkd.mixup must be >= 0 (0 = off), got {self.mixup}")
+        if self.class_code and self.w_oh <= 0:
+            raise ConfigError("cudfkd.class_code steers G through the confidence term: it "
+                              f"needs cudfkd.w_oh > 0, got {self.w_oh}")
         if self.class_balance and self.weighting != "sample":
             raise ConfigError("cudfkd.class_balance weights each sample: it needs "
                               "cudfkd.weighting: sample")
@@ -148,6 +158,10 @@ class CuDFKD(GeneratorMethod):
             if s.pace_mode == "quantile" else None
         self.replay = SampleBank(s.replay) if s.replay else None
         k = ctx.num_classes
+        if s.class_code and self.nz <= k:
+            raise ConfigError(f"cudfkd.class_code needs generator.nz > {k} (the classes), "
+                              f"got {self.nz}")
+        self.code_labels: torch.Tensor | None = None  # the classes of the latest sample_z
         self.class_share = torch.full((k,), 1.0 / k, device=ctx.device) \
             if s.class_balance else None
 
@@ -161,6 +175,30 @@ class CuDFKD(GeneratorMethod):
             lr = 0.5 * self.ctx.generator.lr * (1 + math.cos(math.pi * t))
             for group in self.opt_g.param_groups:
                 group["lr"] = lr
+
+    def sample_z(self, n: int | None = None) -> torch.Tensor:
+        z = super().sample_z(n)
+        if self.settings.class_code:
+            labels = torch.randint(self.ctx.num_classes, (len(z),), device=z.device)
+            self.code_labels = labels
+            return self.put_codes(z, labels)
+        return z
+
+    def put_codes(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """z with its first K dims replaced by one-hot(labels), scaled to sqrt(nz - K): the
+        expected norm of the remaining N(0, I) dims, so the code weighs as much as the noise."""
+        k = self.ctx.num_classes
+        code = torch.nn.functional.one_hot(labels, k).to(z.dtype) * math.sqrt(self.nz - k)
+        return torch.cat([code, z[:, k:]], dim=1)
+
+    @torch.no_grad()
+    def preview(self, n: int, seed: int = 0) -> torch.Tensor:
+        """With class codes, sample i of the grid is made for class i mod K."""
+        if not self.settings.class_code:
+            return super().preview(n, seed)
+        z = torch.randn(n, self.nz, generator=torch.Generator().manual_seed(seed))
+        z = self.put_codes(z, torch.arange(n) % self.ctx.num_classes)
+        return self._eval_forward(z.to(self.ctx.device)).cpu()
 
     @property
     def adv_weight(self) -> float:
@@ -208,7 +246,7 @@ class CuDFKD(GeneratorMethod):
         adv_weight = self.adv_weight
         x, t, bn = self.teacher_with_bn()
         ent = entropy_of_mean(t, s.tau if s.ent_tau is None else s.ent_tau)
-        oh = onehot_ce(t)
+        oh = onehot_ce(t, self.code_labels if s.class_code else None)
         loss = s.w_ent * ent + s.w_oh * oh + s.w_bn * bn
         if adv_weight > 0:  # skip the student's forward while the ramp is at 0
             adv = masked_adversarial(self.frozen_student(x), t, s.adv_tau)
