@@ -139,6 +139,10 @@ VARIANTS: dict[str, list[str]] = {
     "glate_ent2": GLATE + ["cudfkd.ent_tau=2.0"],
     # ... or G told which class to make: a one-hot class code in z, confidence CE(t, y)
     "glate_code": GLATE + ["cudfkd.class_code=true"],
+    # glate_ent1 made the pool's classes even (shirts 9% of it) and the student still
+    # missed the same shirts: what it lacks is the ambiguous samples, not the class. The
+    # confidence term pushes G to images the teacher is sure of; a third of its weight
+    "glate_oh03": GLATE + ["cudfkd.w_oh=0.3"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
