@@ -28,13 +28,13 @@ def _kl(p: list[float], q: list[float]) -> float:
     return sum(a * math.log(a / b) for a, b in zip(p, q))
 
 
-def _method(epochs: int = 4, **settings) -> CuDFKD:
+def _method(epochs: int = 4, nz: int = 8, **settings) -> CuDFKD:
     teacher = nn.Sequential(nn.BatchNorm2d(1), Const(T)).eval().requires_grad_(False)
     student = nn.Sequential(nn.Flatten(), Const(S))
     ctx = MethodContext(teacher=teacher, student=student, student_raw=student, num_classes=3,
                         image_shape=(1, 8, 8), mean=torch.zeros(1, 1, 1, 1),
                         std=torch.ones(1, 1, 1, 1), device=torch.device("cpu"), batch_size=2,
-                        epochs=epochs, generator=GeneratorConfig(nz=8, ngf=4))
+                        epochs=epochs, generator=GeneratorConfig(nz=nz, ngf=4))
     return CuDFKD(ctx, CuDFKDSettings(**settings))
 
 
@@ -407,16 +407,15 @@ def test_class_codes_write_a_uniform_class_into_z_and_steer_the_confidence_term(
     torch.manual_seed(1)
     terms = method.generator_step()
     y = method.code_labels.tolist()
+    assert y != T.argmax(1).tolist()  # so the two terms differ
     expected = -sum(math.log(_softmax(T[i].tolist())[c]) for i, c in enumerate(y)) / 2
     assert terms["g_onehot"].item() == pytest.approx(expected, rel=1e-5)
     # The sample grid is made class by class: image i for class i mod K.
-    assert method.preview(6).shape == (6, 1, 8, 8)
+    seen = []
+    method._eval_forward = lambda z: seen.append(z) or torch.zeros(len(z), 1, 8, 8)
+    method.preview(6)
+    assert seen[0][:, :3].argmax(1).tolist() == [0, 1, 2, 0, 1, 2]
     with pytest.raises(ConfigError, match="w_oh"):
         CuDFKDSettings(class_code=True, w_oh=0.0).validate()
     with pytest.raises(ConfigError, match="nz"):
-        teacher = nn.Sequential(nn.BatchNorm2d(1), Const(T)).eval()
-        ctx = MethodContext(teacher=teacher, student=teacher, student_raw=teacher,
-                            num_classes=3, image_shape=(1, 8, 8), mean=torch.zeros(1, 1, 1, 1),
-                            std=torch.ones(1, 1, 1, 1), device=torch.device("cpu"),
-                            batch_size=2, epochs=1, generator=GeneratorConfig(nz=3, ngf=4))
-        CuDFKD(ctx, CuDFKDSettings(class_code=True))
+        _method(nz=3, class_code=True)

@@ -81,11 +81,11 @@ class CuDFKDSettings:
     flip: bool = True
     mixup: float = 0.0         # Beta(mixup, mixup) mixing of the student's batch (0 = off)
     class_balance: bool = False  # weight samples by 1/K over their class's running share
+    balance_decay: float = 0.99
     # class codes: the first K latent dims of each z carry a one-hot class y ~ U{0..K-1}
     # (scaled to the norm of the rest of z) and the generator's confidence term is
     # CE(t, y), not CE(t, argmax t), so every class is made as often (not in the paper)
     class_code: bool = False
-    balance_decay: float = 0.99
     # The generator's learning rate follows a cosine from generator.lr (first epoch) towards
     # 0, like the student's, so G slows down as S does (not in the paper; off = constant).
     # g_cosine_start: the share of the epochs G keeps its full rate before its cosine begins
