@@ -3,7 +3,9 @@
 For each run folder: per class, the teacher's and the student's val Acc@1 and their agreement;
 how often each predicts the class; and, when the run's checkpoint holds a replay pool
 (``cudfkd.replay``), the class frequencies of those synthetic images by the teacher's argmax.
-The test set is not read.
+With CuDFKD's quantile pace it also gives, per class of the pool, the live student's KD loss
+on those images and their self-paced weight v* at the run's last lambda: whether the
+curriculum holds some classes back. The test set is not read.
 
     python benchmarks/class_balance.py --teacher results/tables/teacher.pt RUN [RUN ...]
 """
@@ -11,20 +13,46 @@ The test set is not read.
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import torch
 
+from dfkd import curriculum as cur
 from dfkd.api import load_run_checkpoint
 from dfkd.checkpoint import load_model_checkpoint
 from dfkd.data.registry import dataset_info, load_split
 from dfkd.data.transforms import normalize
 from dfkd.engine import CHECKPOINT
+from dfkd.losses import kd_kl, kd_l1
 from dfkd.metrics import predict
 
 
 def percent(hits: torch.Tensor) -> float:
     return 100.0 * hits.float().mean().item() if len(hits) else float("nan")
+
+
+def pool_curriculum(checkpoint: dict, student: torch.nn.Module, teacher: torch.nn.Module,
+                    images01: torch.Tensor, info) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per image of the pool: the live student's KD loss (in train mode, on batches of the
+    run's size, as in its steps) and v* at the run's last lambda; None without the pace."""
+    config, method = checkpoint["config"], checkpoint["method"]
+    s = config.get("cudfkd") or {}
+    if config["method"] != "cudfkd" or "quantile" not in method or s.get("curriculum") == "none":
+        return None
+    live = copy.deepcopy(student)
+    live.load_state_dict(checkpoint["student"])
+    live.train()
+    losses = []
+    with torch.no_grad():
+        for batch in images01.split(config["batch_size"]):
+            x = normalize(batch, info)
+            t, st = teacher(x), live(x)
+            losses.append(kd_l1(st, t, True) if s["kd_loss"] == "l1"
+                          else kd_kl(st, t, s["tau"], True))
+    loss = torch.cat(losses)
+    lam_q = max(method["quantile"]["last"], 1e-12)
+    return loss, cur.v_star(loss * (s["lambda_0"] / lam_q), s["lambda_0"], s["curriculum"])
 
 
 def main() -> None:
@@ -43,6 +71,7 @@ def main() -> None:
             return predict(model, batch, 1000, lambda b: normalize(b, info), cpu).argmax(1)
 
     teacher, _ = load_model_checkpoint(args.teacher)
+    teacher.eval()
     t_pred = predicted(teacher, images)
     classes = range(info.num_classes)
     for run in args.runs:
@@ -50,15 +79,23 @@ def main() -> None:
         s_pred = predicted(student, images)
         print(f"\n{run}: val Acc@1 {percent(s_pred == labels):.2f} (teacher "
               f"{percent(t_pred == labels):.2f}), agreement {percent(s_pred == t_pred):.2f}")
-        pool = None
+        pool = paced = None
         if (Path(run) / CHECKPOINT).is_file():
-            replay = load_run_checkpoint(run)["method"].get("replay")
+            checkpoint = load_run_checkpoint(run)
+            replay = checkpoint["method"].get("replay")
             if replay is not None:
-                synthetic = predicted(teacher, replay["data"][: replay["count"]])
+                pool_images = replay["data"][: replay["count"]]
+                synthetic = predicted(teacher, pool_images)
                 pool = torch.bincount(synthetic, minlength=info.num_classes)
-        print("| class | teacher acc | student acc | agreement | true share | teacher predicts "
-              "| student predicts |" + (" replay pool share |" if pool is not None else ""))
-        print("|---|---|---|---|---|---|---|" + ("---|" if pool is not None else ""))
+                paced = pool_curriculum(checkpoint, student, teacher, pool_images, info)
+        header = "| class | teacher acc | student acc | agreement | true share | teacher " \
+                 "predicts | student predicts |"
+        if pool is not None:
+            header += " replay pool share |"
+        if paced is not None:
+            header += " pool KD loss (live student) | pool mean v* | pool v* < 0.5 |"
+        print(header)
+        print("|---" * header.count(" |") + "|")
         for c in classes:
             own = labels == c
             row = (f"| {c} | {percent(t_pred[own] == c):.1f} | {percent(s_pred[own] == c):.1f} "
@@ -66,6 +103,9 @@ def main() -> None:
                    f"| {percent(t_pred == c):.1f} | {percent(s_pred == c):.1f} |")
             if pool is not None:
                 row += f" {100.0 * pool[c].item() / pool.sum().item():.1f} |"
+            if paced is not None:
+                loss, v = (values[synthetic == c] for values in paced)
+                row += f" {loss.mean():.3f} | {v.mean():.3f} | {percent(v < 0.5):.1f} |"
             print(row)
 
 
