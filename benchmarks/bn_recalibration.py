@@ -17,6 +17,7 @@ import copy
 
 import torch
 
+from dfkd.api import load_run_checkpoint
 from dfkd.checkpoint import load_model_checkpoint
 from dfkd.data.registry import dataset_info, load_split
 from dfkd.hooks import batchnorm_layers
@@ -60,8 +61,7 @@ def main() -> None:
     print("|---" * (2 + len(SETTINGS)) + "|")
     for run in args.runs:
         net, _ = load_model_checkpoint(f"{run}/student.pt")
-        state = torch.load(f"{run}/checkpoint.pt", map_location=cpu, weights_only=False)
-        replay = state["method"]["replay"]
+        replay = load_run_checkpoint(run)["method"]["replay"]
         pool = replay["data"][: replay["count"]].float()
         cells = [accuracy(predict(model, val_x, 1024, norm, cpu), val_y)["acc1"] for model in
                  [net, *(recalibrated(net, pool, mean, std, b, n) for b, n in SETTINGS)]]
