@@ -24,7 +24,7 @@ from dfkd.checkpoint import load_model_checkpoint
 from dfkd.data.registry import dataset_info, load_split
 from dfkd.data.transforms import normalize
 from dfkd.engine import CHECKPOINT
-from dfkd.losses import kd_kl, kd_l1
+from dfkd.methods.cudfkd import CuDFKDSettings
 from dfkd.metrics import predict
 
 
@@ -37,8 +37,10 @@ def pool_curriculum(checkpoint: dict, student: torch.nn.Module, teacher: torch.n
     """Per image of the pool: the live student's KD loss (in train mode, on batches of the
     run's size, as in its steps) and v* at the run's last lambda; None without the pace."""
     config, method = checkpoint["config"], checkpoint["method"]
-    s = config.get("cudfkd") or {}
-    if config["method"] != "cudfkd" or "quantile" not in method or s.get("curriculum") == "none":
+    if config["method"] != "cudfkd" or "quantile" not in method:
+        return None
+    s = CuDFKDSettings(**config["cudfkd"])
+    if s.curriculum == "none":
         return None
     live = copy.deepcopy(student)
     live.load_state_dict(checkpoint["student"])
@@ -48,11 +50,10 @@ def pool_curriculum(checkpoint: dict, student: torch.nn.Module, teacher: torch.n
         for batch in images01.split(config["batch_size"]):
             x = normalize(batch, info)
             t, st = teacher(x), live(x)
-            losses.append(kd_l1(st, t, True) if s["kd_loss"] == "l1"
-                          else kd_kl(st, t, s["tau"], True))
+            losses.append(s.kd(st, t, per_sample=True))
     loss = torch.cat(losses)
-    lam_q = max(method["quantile"]["last"], 1e-12)
-    return loss, cur.v_star(loss * (s["lambda_0"] / lam_q), s["lambda_0"], s["curriculum"])
+    return loss, cur.v_star_at_quantile(loss, method["quantile"]["last"], s.lambda_0,
+                                        s.curriculum)
 
 
 def main() -> None:

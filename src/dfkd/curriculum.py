@@ -51,6 +51,13 @@ def v_star(loss: torch.Tensor, lam: float, kind: str = "log") -> torch.Tensor:
     return (1.0 + math.exp(-lam)) * torch.sigmoid(lam - loss)
 
 
+def v_star_at_quantile(loss: torch.Tensor, lam_q: float, lambda_0: float,
+                       kind: str = "log") -> torch.Tensor:
+    """v* of :class:`QuantilePace`: v*(l lambda_0 / lambda_q; lambda_0), the loss in units
+    of the quantile lambda_q (kept above 0)."""
+    return v_star(loss * (lambda_0 / max(lam_q, 1e-12)), lambda_0, kind)
+
+
 def regulariser(v: torch.Tensor, lam: float, kind: str = "log") -> torch.Tensor:
     """g(v; lam), defined for v in [0, 1]."""
     _check(kind)

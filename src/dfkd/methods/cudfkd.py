@@ -95,6 +95,12 @@ class CuDFKDSettings:
     g_cosine_start: float = 0.0
     g_cosine_end: float = 1.0
 
+    def kd(self, student: torch.Tensor, teacher: torch.Tensor,
+           per_sample: bool = False) -> torch.Tensor:
+        """The student's KD loss (``kd_loss``: L1 of logits, or KL at ``tau``)."""
+        return kd_l1(student, teacher, per_sample) if self.kd_loss == "l1" else \
+            kd_kl(student, teacher, self.tau, per_sample)
+
     def validate(self) -> None:
         if not 0.0 <= self.begin <= self.end <= 1.0:
             raise ConfigError(f"cudfkd.begin/end must satisfy 0 <= begin <= end <= 1, got "
@@ -220,8 +226,8 @@ class CuDFKD(GeneratorMethod):
         # Every rank pushes the losses of all ranks: one window and one lambda everywhere,
         # so rank 0's checkpoint holds the state of the whole run.
         self.quantile.push(distributed.all_gather_cat(kd.detach().reshape(-1)))
-        lam_q = max(self.quantile(self.epoch), 1e-12)
-        return cur.v_star(kd.detach() * (s.lambda_0 / lam_q), s.lambda_0, s.curriculum)
+        return cur.v_star_at_quantile(kd.detach(), self.quantile(self.epoch), s.lambda_0,
+                                      s.curriculum)
 
     @torch.no_grad()
     def student_batch(self) -> torch.Tensor:
@@ -261,7 +267,7 @@ class CuDFKD(GeneratorMethod):
         s = self.settings
         st, t = self.student_teacher_logits()
         per_sample = s.weighting == "sample"
-        kd = kd_l1(st, t, per_sample) if s.kd_loss == "l1" else kd_kl(st, t, s.tau, per_sample)
+        kd = s.kd(st, t, per_sample)
         weight = self.self_paced_weight(kd)
         balance = 1.0 if self.class_share is None else self.class_weight(t.argmax(1))
         loss = (weight * balance * kd).mean()
