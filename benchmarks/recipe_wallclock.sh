@@ -8,6 +8,10 @@
 # first warms up); each run under its own timeout (590 s in all, so a 10-minute limit covers
 # the script; it took 160 s on an H200). Run from the repository root:
 #   OUT=runs/recipe_wallclock bash benchmarks/recipe_wallclock.sh
+# ROWS picks the runs (default: the four above). Also defined: r34_compile (fast path plus
+# compile: true) and r34_fast_adv (fast path with the adversarial term on from the first
+# epoch, w_adv0 0.5: what every epoch after the ramp's start costs, 186 of the recipe's 250):
+#   ROWS="r34_fast r34_compile r34_fast_adv wrn_fast" OUT=$OUT bash benchmarks/recipe_wallclock.sh
 # One table row per run on stdout; JSON per run and logs in $OUT.
 set -uo pipefail
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
@@ -31,7 +35,15 @@ run() {  # name timeout config overrides...
 }
 R34=configs/cifar10/cudfkd_resnet34_resnet18.yaml
 WRN=configs/cifar10/cudfkd_wrn40_2_wrn16_1.yaml
-run wrn_fast 80 $WRN $FAST
-run r34_fast 110 $R34 $FAST
-run r34_fp32 200 $R34 $FP32
-run wrn_fp32 140 $WRN $FP32
+ADV="--set cudfkd.w_adv0=0.5"
+for row in ${ROWS:-wrn_fast r34_fast r34_fp32 wrn_fp32}; do
+    case $row in
+        wrn_fast) run wrn_fast 80 $WRN $FAST ;;
+        wrn_fp32) run wrn_fp32 140 $WRN $FP32 ;;
+        r34_fast) run r34_fast 110 $R34 $FAST ;;
+        r34_fp32) run r34_fp32 200 $R34 $FP32 ;;
+        r34_compile) run r34_compile 170 $R34 $FAST --set compile=true ;;
+        r34_fast_adv) run r34_fast_adv 110 $R34 $FAST $ADV ;;
+        *) echo "unknown row $row"; exit 2 ;;
+    esac
+done
