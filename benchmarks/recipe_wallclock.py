@@ -12,7 +12,8 @@ that as the full recipe's time, and recipe_speed's step-level projection for the
         --set device=cuda [--set KEY=VALUE ...] [--epochs 3] [--json-out FILE]
 
 What the projection leaves out, and the wall clock counts: per epoch, evaluation on
-``--test-size`` images, the probe, the grid and the checkpoint; per round, the host sync that
+``--test-size`` images, the probe, the grid and the checkpoint (its copy to the CPU; the
+write runs in the background during the next epoch); per round, the host sync that
 fetches the round's losses. Neither sees what only later epochs do (CuDFKD's adversarial term
 adds a student forward to each generator step once its weight is above 0).
 """

@@ -9,7 +9,7 @@
 # the script; it took 160 s on an H200). Run from the repository root:
 #   OUT=runs/recipe_wallclock bash benchmarks/recipe_wallclock.sh
 # ROWS picks the runs (default: the four above). Also defined: r34_compile (fast path plus
-# compile: true) and r34_fast_adv (fast path with the adversarial term on from the first
+# compile: true), r34_fast_adv and r34_compile_adv (the adversarial term on from the first
 # epoch, w_adv0 0.5: what every epoch after the ramp's start costs, 186 of the recipe's 250):
 #   ROWS="r34_fast r34_compile r34_fast_adv wrn_fast" OUT=$OUT bash benchmarks/recipe_wallclock.sh
 # One table row per run on stdout; JSON per run and logs in $OUT.
@@ -44,6 +44,7 @@ for row in ${ROWS:-wrn_fast r34_fast r34_fp32 wrn_fp32}; do
         r34_fp32) run r34_fp32 200 $R34 $FP32 ;;
         r34_compile) run r34_compile 170 $R34 $FAST --set compile=true ;;
         r34_fast_adv) run r34_fast_adv 110 $R34 $FAST $ADV ;;
+        r34_compile_adv) run r34_compile_adv 170 $R34 $FAST --set compile=true $ADV ;;
         *) echo "unknown row $row"; exit 2 ;;
     esac
 done

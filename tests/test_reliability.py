@@ -15,7 +15,7 @@ import torch
 from conftest import metrics_rows
 
 from dfkd.api import build_trainer
-from dfkd.checkpoint import atomic_save, safe_load
+from dfkd.checkpoint import BackgroundWriter, atomic_save, cpu_snapshot, safe_load
 from dfkd.errors import DfkdError
 
 RUN = ["--set", "epochs=4", "--set", "rounds=6", "--set", "kd_steps=2", "--set", "batch_size=32",
@@ -117,6 +117,56 @@ def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert safe_load(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_checkpoint_snapshot_is_what_the_epoch_ended_with():
+    weights, history = torch.zeros(3), [{"epoch": 1}]
+    snap = cpu_snapshot({"w": weights, "history": history, "pair": (weights, 2)})
+    weights += 1  # the next epoch trains on
+    history.append({"epoch": 2})
+    assert snap["w"].tolist() == [0.0, 0.0, 0.0] and snap["pair"][0].tolist() == [0.0] * 3
+    assert snap["history"] == [{"epoch": 1}] and snap["pair"][1] == 2
+
+
+def test_background_writes_run_in_order_and_raise_their_errors():
+    writer, done = BackgroundWriter(), []
+
+    def slow(n):
+        def write():
+            time.sleep(0.05)
+            done.append(n)
+        return write
+    for n in range(3):
+        writer.submit(slow(n))
+    writer.wait()
+    assert done == [0, 1, 2]
+
+    def fails():
+        raise OSError("disk full")
+    writer.submit(fails)
+    with pytest.raises(OSError, match="disk full"):
+        writer.submit(slow(3))  # the next write waits for the failed one and reports it
+    writer.wait()  # reported once
+    assert done == [0, 1, 2]
+
+
+def test_fit_waits_for_its_checkpoint_and_reports_a_failed_write(fmnist_teacher, tmp_path,
+                                                                 monkeypatch):
+    raw = {"teacher": str(fmnist_teacher), "epochs": 3, "rounds": 2, "kd_steps": 2,
+           "batch_size": 16, "sample_grid": 0}
+    trainer = build_trainer(raw, tmp_path, progress=False)
+    trainer.fit(stop_after_epoch=1)  # returns once the epoch's files are on disk
+    saved = safe_load(tmp_path / "checkpoint.pt")
+    assert saved["epoch"] == 1 and len(saved["history"]) == 1
+    student = trainer.kept_student.state_dict()
+    assert all(torch.equal(v.cpu(), saved["student"][k]) for k, v in student.items())
+
+    def broken_save(obj, path, *a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr("dfkd.engine.atomic_save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.fit()
+    assert safe_load(tmp_path / "checkpoint.pt")["epoch"] == 1
 
 
 def test_nan_stops_with_term_and_step_and_keeps_checkpoint(fmnist_teacher, tmp_path):

@@ -12,7 +12,8 @@ import json
 import os
 import pickle
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -30,6 +31,40 @@ STUDENT_SAFETENSORS = "student.safetensors"
 def atomic_save(obj: Any, path: str | os.PathLike, shared: bool = False) -> None:
     """``torch.save`` to a temporary file, fsync'ed, then renamed over ``path``."""
     atomic_write(path, lambda f: torch.save(obj, f), shared)
+
+
+def cpu_snapshot(obj: Any) -> Any:
+    """A copy of ``obj`` that later training cannot change: every tensor copied to the CPU
+    (a GPU tensor is copied off the device, a CPU one cloned), and the dicts, lists and
+    tuples around them rebuilt. Other values are taken as they are (numbers, strings)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_snapshot(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Writes on a worker thread, one at a time, so that training goes on while a
+    checkpoint reaches the disk. ``submit`` first waits for the write before it; ``wait``
+    blocks until the last write is on disk and raises its error, if it had one."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+
+    def submit(self, write: Callable[[], Any]) -> None:
+        self.wait()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dfkd-checkpoint")
+        self._pending = self._pool.submit(write)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
 
 def _umask() -> int:
@@ -137,9 +172,16 @@ def load_state_dict_strict(model: nn.Module, state: dict, source: str) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def save_model_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> None:
+Weights = nn.Module | Mapping[str, torch.Tensor]  # a model, or its state_dict
+
+
+def _state(model: Weights) -> Mapping[str, torch.Tensor]:
+    return model.state_dict() if isinstance(model, nn.Module) else model
+
+
+def save_model_checkpoint(path: str | os.PathLike, model: Weights, meta: dict) -> None:
     """A model checkpoint: ``state_dict`` plus the metadata that rebuilds it."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in _state(model).items()}
     atomic_save({"state_dict": state, "meta": meta}, path, shared=True)
 
 
@@ -161,12 +203,12 @@ def metadata_from_strings(fields: dict[str, str]) -> dict[str, Any]:
     return meta
 
 
-def save_safetensors(path: str | os.PathLike, model: nn.Module, meta: dict) -> None:
+def save_safetensors(path: str | os.PathLike, model: Weights, meta: dict) -> None:
     """The weights as safetensors (no pickle at all), ``meta`` as string fields."""
     from safetensors.torch import save
 
     # Own, contiguous storage per tensor: safetensors refuses shared or strided memory.
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in _state(model).items()}
     data = save(state, metadata={"format": "pt", **metadata_strings(meta)})
     atomic_write(path, lambda f: f.write(data), shared=True)
 
@@ -185,7 +227,7 @@ def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     return state, metadata_from_strings(fields)
 
 
-def save_student_files(folder: str | os.PathLike, model: nn.Module, meta: dict) -> None:
+def save_student_files(folder: str | os.PathLike, model: Weights, meta: dict) -> None:
     """``student.pt`` (the ``train-teacher`` format) and ``student.safetensors``, each
     written atomically."""
     folder = Path(folder)

@@ -38,7 +38,13 @@ from tqdm import tqdm
 
 from dfkd import distributed, runlock
 from dfkd.advice import RunWatch, hints_for
-from dfkd.checkpoint import atomic_save, safe_load, save_student_files
+from dfkd.checkpoint import (
+    BackgroundWriter,
+    atomic_save,
+    cpu_snapshot,
+    safe_load,
+    save_student_files,
+)
 from dfkd.config import RunConfig
 from dfkd.errors import DfkdError
 from dfkd.hooks import batchnorm_layers
@@ -193,6 +199,7 @@ class Trainer:
         # warnings suggest to a run that did not start from it.
         self.recipe_hint = recipe_hint
         self.out_dir = out_dir
+        self.writer = BackgroundWriter()
         self.teacher_acc1 = teacher_acc1
         # Only rank 0 talks and writes; every rank computes.
         self.is_main = self.dist.is_main
@@ -352,11 +359,19 @@ class Trainer:
         set_rng_state(state["rng"][self.dist.rank])
 
     def save_checkpoint(self) -> None:
+        """Write checkpoint.pt and the student files in the background: they are copied
+        to the CPU now, and the next epoch trains while they reach the disk (``fit`` waits
+        for the write before it returns or raises, and before the next one)."""
         if self.out_dir is not None:
             state = self.state_dict()  # a collective: every rank takes part
             if self.is_main:
-                atomic_save(state, self.out_dir / CHECKPOINT)
-                save_student_files(self.out_dir, self.kept_student, self.student_meta())
+                out_dir, meta = self.out_dir, self.student_meta()
+                state, student = cpu_snapshot((state, self.kept_student.state_dict()))
+
+                def write() -> None:
+                    atomic_save(state, out_dir / CHECKPOINT)
+                    save_student_files(out_dir, student, meta)
+                self.writer.submit(write)
             distributed.barrier()
 
     def student_meta(self) -> dict[str, Any]:
@@ -549,7 +564,10 @@ class Trainer:
         if self.out_dir is None or not self.is_main:
             return self._fit(stop_after_epoch)
         with runlock.holding(self.out_dir):  # re-entrant: build_trainer may hold it already
-            return self._fit(stop_after_epoch)
+            try:
+                return self._fit(stop_after_epoch)
+            finally:  # the last checkpoint is on disk, whatever ended the loop
+                self.writer.wait()
 
     def _fit(self, stop_after_epoch: int | None) -> dict[str, Any]:
         cfg = self.cfg
@@ -599,6 +617,7 @@ class Trainer:
                         msg += f" Resume with: dfkd distill --resume {self.out_dir}"
                     raise Interrupted(msg, code)
         bar.close()
+        self.writer.wait()  # summary.json says the run is done: its files come first
         return self.summary()
 
     def summary(self) -> dict[str, Any]:
