@@ -143,6 +143,9 @@ VARIANTS: dict[str, list[str]] = {
     # missed the same shirts: what it lacks is the ambiguous samples, not the class. The
     # confidence term pushes G to images the teacher is sure of; a third of its weight
     "glate_oh03": GLATE + ["cudfkd.w_oh=0.3"],
+    # Stop 21: ask a quarter of each G batch for images the teacher splits evenly between
+    # its top two classes (cudfkd.boundary), the shirt / T-shirt / pullover / coat ties
+    "glate_bd25": GLATE + ["cudfkd.boundary=0.25"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)

@@ -11,6 +11,7 @@ from torch import nn
 
 from dfkd.config import GeneratorConfig
 from dfkd.errors import ConfigError
+from dfkd.losses import top2_tie_ce
 from dfkd.methods import MethodContext
 from dfkd.methods.cudfkd import CuDFKD, CuDFKDSettings
 
@@ -387,6 +388,25 @@ def test_ent_tau_sets_the_temperature_of_the_balance_term_alone():
     assert terms["g_entropy"].item() == pytest.approx(entropy, rel=1e-5)
     with pytest.raises(ConfigError, match="ent_tau"):
         CuDFKDSettings(ent_tau=0.0).validate()
+
+
+def test_boundary_asks_the_first_share_of_the_batch_for_a_top2_tie():
+    # boundary 0.5 of a batch of 2: sample 0 gets -(log p_1 + log p_2) / 2 over its two
+    # most likely classes, sample 1 keeps CE(t, argmax t); the term is their mean.
+    p0, p1 = _softmax(T[0].tolist()), _softmax(T[1].tolist())
+    tie = -(math.log(p0[0]) + math.log(p0[1])) / 2
+    confident = -math.log(p1[1])
+    terms = _method(boundary=0.5, w_bn=0.0).generator_step()
+    assert terms["g_onehot"].item() == pytest.approx((tie + confident) / 2, rel=1e-5)
+    # The tie is best (log 2) when the top two share all the probability.
+    assert top2_tie_ce(torch.tensor([[5.0, 5.0, -30.0]])).item() == pytest.approx(math.log(2))
+    assert top2_tie_ce(torch.tensor([[5.0, 5.0, 4.0]])) > top2_tie_ce(
+        torch.tensor([[5.0, 5.0, 0.0]]))
+    assert top2_tie_ce(torch.tensor([[9.0, 5.0, 0.0]])) > top2_tie_ce(
+        torch.tensor([[5.0, 5.0, 0.0]]))
+    for bad in ({"boundary": 1.0}, {"boundary": -0.1}, {"boundary": 0.3, "class_code": True}):
+        with pytest.raises(ConfigError, match="boundary"):
+            CuDFKDSettings(**bad).validate()
 
 
 def test_class_codes_write_a_uniform_class_into_z_and_steer_the_confidence_term():

@@ -34,6 +34,13 @@ def onehot_ce(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch
                            else labels)
 
 
+def top2_tie_ce(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each row against an even split between its own two most likely
+    classes, -(log p_1 + log p_2) / 2, averaged over rows: 0.69 (log 2) at best, when the
+    two share all the probability; large when one dominates or the rest hold much."""
+    return -logits.float().log_softmax(dim=1).topk(2, dim=1).values.mean()
+
+
 def masked_adversarial(student: torch.Tensor, teacher: torch.Tensor, tau: float = 3.0
                        ) -> torch.Tensor:
     """CuDFKD's L_adv = -mean_i[1[argmax s_i == argmax t_i] * tau^2 * KL(t_i || s_i)].

@@ -41,7 +41,7 @@ import torch
 from dfkd import curriculum as cur
 from dfkd import distributed
 from dfkd.errors import ConfigError
-from dfkd.losses import entropy_of_mean, kd_kl, kd_l1, masked_adversarial, onehot_ce
+from dfkd.losses import entropy_of_mean, kd_kl, kd_l1, masked_adversarial, onehot_ce, top2_tie_ce
 from dfkd.methods import register_method
 from dfkd.methods.bank import SampleBank, random_crop_flip
 from dfkd.methods.base import GeneratorMethod
@@ -86,6 +86,10 @@ class CuDFKDSettings:
     # (scaled to the norm of the rest of z) and the generator's confidence term is
     # CE(t, y), not CE(t, argmax t), so every class is made as often (not in the paper)
     class_code: bool = False
+    # boundary: the share of each generator batch (its first samples) whose confidence term
+    # asks for a tie between the teacher's top two classes (top2_tie_ce) instead of
+    # confidence, so G also makes the ambiguous images between two classes (not in the paper)
+    boundary: float = 0.0
     # The generator's learning rate follows a cosine from generator.lr (first epoch) towards
     # 0, like the student's, so G slows down as S does (not in the paper; off = constant).
     # g_cosine_start: the share of the epochs G keeps its full rate before its cosine begins
@@ -121,6 +125,12 @@ class CuDFKDSettings:
             raise ConfigError(f"cudfkd.padding must be >= 0, got {self.padding}")
         if self.mixup < 0:
             raise ConfigError(f"cudfkd.mixup must be >= 0 (0 = off), got {self.mixup}")
+        if not 0 <= self.boundary < 1:
+            raise ConfigError(f"cudfkd.boundary is a share of the generator's batch in [0, 1), "
+                              f"got {self.boundary}")
+        if self.class_code and self.boundary:
+            raise ConfigError("cudfkd.class_code and cudfkd.boundary both set the confidence "
+                              "term: use one of them")
         if self.class_code and self.w_oh <= 0:
             raise ConfigError("cudfkd.class_code steers G through the confidence term: it "
                               f"needs cudfkd.w_oh > 0, got {self.w_oh}")
@@ -252,7 +262,7 @@ class CuDFKD(GeneratorMethod):
         adv_weight = self.adv_weight
         x, t, bn = self.teacher_with_bn()
         ent = entropy_of_mean(t, s.tau if s.ent_tau is None else s.ent_tau)
-        oh = onehot_ce(t, self.code_labels if s.class_code else None)
+        oh = self.confidence(t)
         loss = s.w_ent * ent + s.w_oh * oh + s.w_bn * bn
         if adv_weight > 0:  # skip the student's forward while the ramp is at 0
             adv = masked_adversarial(self.frozen_student(x), t, s.adv_tau)
@@ -262,6 +272,17 @@ class CuDFKD(GeneratorMethod):
         self.update_generator(loss)
         return {"loss_g": loss.detach(), "g_entropy": ent.detach(), "g_onehot": oh.detach(),
                 "g_bn": bn.detach(), "g_adv": adv.detach()}
+
+    def confidence(self, t: torch.Tensor) -> torch.Tensor:
+        """The generator's confidence term: CE(t, argmax t) (or CE(t, y) with class codes);
+        with ``boundary``, its first share of samples asks for a top-2 tie instead."""
+        s = self.settings
+        if s.class_code:
+            return onehot_ce(t, self.code_labels)
+        tie = round(s.boundary * len(t))
+        if not tie:
+            return onehot_ce(t)
+        return (tie * top2_tie_ce(t[:tie]) + (len(t) - tie) * onehot_ce(t[tie:])) / len(t)
 
     def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.settings
