@@ -160,6 +160,14 @@ def test_fit_waits_for_its_checkpoint_and_reports_a_failed_write(fmnist_teacher,
     assert saved["epoch"] == 1 and len(saved["history"]) == 1
     student = trainer.kept_student.state_dict()
     assert all(torch.equal(v.cpu(), saved["student"][k]) for k, v in student.items())
+    # The student files hold the kept student, the average with student_ema, key for key.
+    averaged = build_trainer({**raw, "student_ema": 0.9}, tmp_path / "ema", progress=False)
+    averaged.fit(stop_after_epoch=1)
+    kept = averaged.kept_student.state_dict()
+    written = safe_load(tmp_path / "ema" / "student.pt")["state_dict"]
+    assert written.keys() == kept.keys()
+    assert all(torch.equal(v.cpu(), written[k]) for k, v in kept.items())
+    assert not all(torch.equal(v, averaged.student.state_dict()[k]) for k, v in kept.items())
 
     def broken_save(obj, path, *a, **k):
         raise OSError("disk full")

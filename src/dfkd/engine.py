@@ -366,13 +366,23 @@ class Trainer:
             state = self.state_dict()  # a collective: every rank takes part
             if self.is_main:
                 out_dir, meta = self.out_dir, self.student_meta()
-                state, student = cpu_snapshot((state, self.kept_student.state_dict()))
+                state = cpu_snapshot(state)
+                student = self._kept_weights(state)
 
                 def write() -> None:
                     atomic_save(state, out_dir / CHECKPOINT)
                     save_student_files(out_dir, student, meta)
                 self.writer.submit(write)
             distributed.barrier()
+
+    def _kept_weights(self, state: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """kept_student's weights, taken from a checkpoint ``state`` rather than copied off
+        the device a second time: the student's, or the average's without AveragedModel's
+        ``module.`` prefix and its ``n_averaged`` counter."""
+        if self.student_ema is None:
+            return state["student"]
+        return {key.removeprefix("module."): value
+                for key, value in state["student_ema"].items() if key.startswith("module.")}
 
     def student_meta(self) -> dict[str, Any]:
         """student.pt's metadata, in train-teacher's format: what rebuilds the model and
