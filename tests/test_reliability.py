@@ -177,6 +177,25 @@ def test_fit_waits_for_its_checkpoint_and_reports_a_failed_write(fmnist_teacher,
     assert safe_load(tmp_path / "checkpoint.pt")["epoch"] == 1
 
 
+def test_a_metrics_row_follows_its_checkpoint_to_disk(fmnist_teacher, tmp_path, monkeypatch):
+    """kill -9 at any moment after an epoch's row is on disk finds its checkpoint there."""
+    seen = []
+    real_save = atomic_save
+
+    def slow_save(state, path):
+        lines = (tmp_path / "metrics.jsonl").read_text().splitlines() \
+            if (tmp_path / "metrics.jsonl").exists() else []
+        seen.append((state["epoch"], len(lines)))
+        time.sleep(0.3)  # a slow disk: the next epoch starts before this write ends
+        real_save(state, path)
+    monkeypatch.setattr("dfkd.engine.atomic_save", slow_save)
+    raw = {"teacher": str(fmnist_teacher), "epochs": 3, "rounds": 1, "kd_steps": 1,
+           "batch_size": 16, "sample_grid": 0}
+    build_trainer(raw, tmp_path, progress=False).fit()
+    assert seen == [(1, 0), (2, 1), (3, 2)]
+    assert len(metrics_rows(tmp_path)) == 3
+
+
 def test_nan_stops_with_term_and_step_and_keeps_checkpoint(fmnist_teacher, tmp_path):
     raw = {"teacher": str(fmnist_teacher), "epochs": 3, "rounds": 2, "kd_steps": 2,
            "batch_size": 16, "sample_grid": 0}

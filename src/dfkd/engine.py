@@ -200,6 +200,8 @@ class Trainer:
         self.recipe_hint = recipe_hint
         self.out_dir = out_dir
         self.writer = BackgroundWriter()
+        # metrics.jsonl's rows on disk, or queued behind their checkpoint (rank 0 only).
+        self._rows_written = 0
         self.teacher_acc1 = teacher_acc1
         # Only rank 0 talks and writes; every rank computes.
         self.is_main = self.dist.is_main
@@ -359,19 +361,29 @@ class Trainer:
         set_rng_state(state["rng"][self.dist.rank])
 
     def save_checkpoint(self) -> None:
-        """Write checkpoint.pt and the student files in the background: they are copied
-        to the CPU now, and the next epoch trains while they reach the disk (``fit`` waits
-        for the write before it returns or raises, and before the next one)."""
+        """Write checkpoint.pt, the student files and the new metrics.jsonl rows in the
+        background: they are copied to the CPU now, and the next epoch trains while they
+        reach the disk (``fit`` waits for the write before it returns or raises, and before
+        the next one). A row is appended only once its checkpoint is on disk, so a run
+        killed at any moment resumes from at least the last epoch its metrics show."""
         if self.out_dir is not None:
             state = self.state_dict()  # a collective: every rank takes part
             if self.is_main:
                 out_dir, meta = self.out_dir, self.student_meta()
                 state = cpu_snapshot(state)
                 student = self._kept_weights(state)
+                rows = "".join(json.dumps(row) + "\n"
+                               for row in state["history"][self._rows_written:])
+                self._rows_written = len(state["history"])
 
                 def write() -> None:
                     atomic_save(state, out_dir / CHECKPOINT)
                     save_student_files(out_dir, student, meta)
+                    if rows:
+                        with open(out_dir / METRICS, "a") as f:
+                            f.write(rows)
+                            f.flush()
+                            os.fsync(f.fileno())
                 self.writer.submit(write)
             distributed.barrier()
 
@@ -418,6 +430,7 @@ class Trainer:
         tmp = self.out_dir / (METRICS + ".tmp")
         tmp.write_text(lines)
         os.replace(tmp, self.out_dir / METRICS)
+        self._rows_written = len(self.history)
 
     # ------------------------------------------------------------------- loop
     def _sync(self) -> None:
@@ -502,14 +515,11 @@ class Trainer:
         self.history.append(row)
         self.sums = {}
         self._judge(row)
-        if self.out_dir is not None and self.is_main:
-            with open(self.out_dir / METRICS, "a") as f:
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            if cfg.sample_grid:  # rank 0's generator: all ranks hold the same weights
-                save_image_grid(self.method.preview(cfg.sample_grid, seed=cfg.seed),
-                                self.out_dir / "samples" / f"epoch_{self.epoch + 1:03d}.png")
+        # The row reaches metrics.jsonl with its checkpoint (save_checkpoint).
+        if self.out_dir is not None and self.is_main and cfg.sample_grid:
+            # rank 0's generator: all ranks hold the same weights
+            save_image_grid(self.method.preview(cfg.sample_grid, seed=cfg.seed),
+                            self.out_dir / "samples" / f"epoch_{self.epoch + 1:03d}.png")
         self.epoch += 1
         self.round = 0
         return row
