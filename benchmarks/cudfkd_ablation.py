@@ -148,6 +148,9 @@ VARIANTS: dict[str, list[str]] = {
     "glate_bd25": GLATE + ["cudfkd.boundary=0.25"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
+    # Stop 22: the recipe (ema_glate) with twice the generator's channels: room for the
+    # detail that stop 21 found missing from the synthetic shirts
+    "glate_wide": GLATE + ["generator.ngf=32"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
     "batch128": ["batch_size=128", "rounds=50"],
     "wide_generator": ["generator.ngf=32"],        # twice the generator's channels
