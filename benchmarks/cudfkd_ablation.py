@@ -151,6 +151,10 @@ VARIANTS: dict[str, list[str]] = {
     # Stop 22: the recipe (ema_glate) with twice the generator's channels: room for the
     # detail that stop 21 found missing from the synthetic shirts
     "glate_wide": GLATE + ["generator.ngf=32"],
+    # Stop 23: a new signal, the teacher's features: the recipe with attention transfer in
+    # the student's loss (ZSKT's term and beta, on LeNet's bn1/bn2 maps), and 4x the weight
+    "glate_at": GLATE + ["cudfkd.at_weight=250"],
+    "glate_at1k": GLATE + ["cudfkd.at_weight=1000"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
     "batch128": ["batch_size=128", "rounds=50"],
     "wide_generator": ["generator.ngf=32"],        # twice the generator's channels

@@ -83,7 +83,7 @@ def test_curriculum_none_keeps_the_constant_adversarial_weight():
 
 def _student_loss(method: CuDFKD) -> tuple[float, dict]:
     s = S.clone().requires_grad_(True)
-    method.student_teacher_logits = lambda: (s, T)
+    method.student_teacher_logits = lambda **_: (s, T)
     loss, logs = method.student_loss()
     loss.backward()
     assert s.grad is not None
@@ -348,10 +348,47 @@ def test_g_cosine_sets_the_generator_rate_from_the_epoch():
         assert rates == pytest.approx(expected)
 
 
+def test_attention_transfer_adds_the_teachers_feature_maps_to_the_student_loss():
+    """at_weight: the student's loss gains at_weight * AT (ZSKT's term, by hand as in
+    tests/test_baselines.py) on the layers of equal spatial size, found automatically; the
+    teacher runs itself (its hooks), never its captured forward."""
+    fs = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[1.0, 2.0], [0.0, 0.0]]]).expand(2, 2, 2, 2)
+    at = (2 - 3 / 5**0.5) / 4
+
+    def method(**settings) -> CuDFKD:
+        teacher = nn.Sequential(nn.BatchNorm2d(1), Const(torch.ones(2, 1, 2, 2)), Const(T))
+        student = nn.Sequential(Const(fs.clone()), nn.Flatten(), Const(S))
+        ctx = MethodContext(teacher=teacher.eval().requires_grad_(False), student=student,
+                            student_raw=student, num_classes=3, image_shape=(1, 8, 8),
+                            mean=torch.zeros(1, 1, 1, 1), std=torch.ones(1, 1, 1, 1),
+                            device=torch.device("cpu"), batch_size=2, epochs=4,
+                            generator=GeneratorConfig(nz=8, ngf=4), teacher_infer=captured)
+        return CuDFKD(ctx, CuDFKDSettings(kd_loss="kl", tau=4.0, **settings))
+
+    def captured(x):
+        raise AssertionError("the captured teacher runs no hooks")
+
+    m = method(at_weight=250.0)
+    assert m.attention.layers == [("1", "0")]   # the 2x2 maps; the teacher's BN is 8x8
+    loss, logs = m.student_loss()
+    assert logs["at"].item() == pytest.approx(at, abs=1e-6)
+    plain = method(curriculum="none")
+    plain.student_teacher_logits = lambda **_: (S, T)
+    loss_plain, logs_plain = plain.student_loss()
+    assert "at" not in logs_plain and plain.attention is None
+    m2 = method(at_weight=250.0, curriculum="none")
+    assert m2.student_loss()[0].item() == pytest.approx(loss_plain.item() + 250 * at, rel=1e-5)
+    named = method(at_weight=1.0, at_teacher_layers=["1"], at_student_layers=["0"])
+    assert named.attention.layers == [("1", "0")]
+    with pytest.raises(ConfigError, match="cudfkd.at_student_layers: the model has no module"):
+        method(at_weight=1.0, at_teacher_layers=["1"], at_student_layers=["9"])
+
+
 def test_new_settings_are_validated():
     for bad in ({"q0": 0.0}, {"q_end": 1.5}, {"window": 0}, {"replay": -1},
                 {"replay_frac": 1.0}, {"padding": -1}, {"mixup": -0.1}, {"balance_decay": 1.0},
-                {"g_cosine_start": 1.0},
+                {"g_cosine_start": 1.0}, {"at_weight": -1.0}, {"at_teacher_layers": ["a"]},
+                {"at_teacher_layers": ["a"], "at_student_layers": ["a", "b"]},
                 {"g_cosine_start": 0.5, "g_cosine_end": 0.4}, {"g_cosine_end": 1.1}):
         with pytest.raises(ConfigError):
             CuDFKDSettings(**bad).validate()
@@ -367,7 +404,7 @@ def test_resume_is_exact_with_every_addition_beyond_the_paper(fmnist_teacher, tm
            "cudfkd": {"pace_mode": "quantile", "weighting": "sample", "window": 40,
                       "replay": 40, "augment": True, "mixup": 0.4, "g_cosine": True,
                       "class_balance": True, "class_code": True,
-                      "ent_tau": 1.0}}
+                      "ent_tau": 1.0, "at_weight": 250.0}}
     build_trainer(raw, tmp_path / "full", overwrite=True, progress=False).fit()
     build_trainer(raw, tmp_path / "split", overwrite=True, progress=False).fit(
         stop_after_epoch=1)

@@ -194,12 +194,13 @@ class GeneratorMethod(Method):
             torch.nn.utils.clip_grad_norm_(self.generator.parameters(), clip)
         self.opt_g.step()
 
-    def student_teacher_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """S's logits (with gradient) and T's (without) on the student's batch."""
+    def student_teacher_logits(self, hooked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """S's logits (with gradient) and T's (without) on the student's batch. ``hooked``:
+        through the teacher module itself, never its CUDA graph, so its forward hooks run."""
         x = self.student_batch()
         with self.ctx.autocast():
             with torch.no_grad():
-                t = self.ctx.teacher_logits(x)
+                t = self.ctx.teacher(x) if hooked else self.ctx.teacher_logits(x)
             st = self.ctx.student(x)
         return st, t
 

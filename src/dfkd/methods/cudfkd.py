@@ -26,6 +26,11 @@ Beyond the paper (each off by default and in the official recipes):
   * ``ent_tau``: the temperature of H(p_bar) alone (otherwise ``tau``);
   * ``class_code``: a class y ~ U{0..K-1} is written into the first K dims of each z and
     G's confidence term is CE(t, y), so G makes every class equally often.
+  * ``at_weight``: the student's loss also matches the teacher's spatial attention maps
+    on its batch, ``at_weight * AT`` (ZSKT's attention transfer, ``dfkd.losses``, on the
+    layer pairs ``at_teacher_layers``/``at_student_layers``, found as ZSKT finds them when
+    unset): a signal from the teacher's features, beside its logits. The term is not
+    weighted by v*.
 The student logs the mean of v* (``sp_weight``) and the fraction of samples with
 v* < 0.5 (``sp_below_half``); ``lambda`` (and ``q``) are logged each epoch.
 """
@@ -45,6 +50,7 @@ from dfkd.losses import entropy_of_mean, kd_kl, kd_l1, masked_adversarial, oneho
 from dfkd.methods import register_method
 from dfkd.methods.bank import SampleBank, random_crop_flip
 from dfkd.methods.base import GeneratorMethod
+from dfkd.methods.zskt import AttentionPairs
 
 
 @dataclass
@@ -98,6 +104,11 @@ class CuDFKDSettings:
     g_cosine: bool = False
     g_cosine_start: float = 0.0
     g_cosine_end: float = 1.0
+    # attention transfer from the teacher's features in the student's loss (0: off; ZSKT's
+    # beta is 250) and its layer pairs (None: the end of each resolution stage, as in zskt)
+    at_weight: float = 0.0
+    at_teacher_layers: list[str] | None = None
+    at_student_layers: list[str] | None = None
 
     def kd(self, student: torch.Tensor, teacher: torch.Tensor,
            per_sample: bool = False) -> torch.Tensor:
@@ -140,6 +151,13 @@ class CuDFKDSettings:
         if not 0 <= self.balance_decay < 1:
             raise ConfigError(f"cudfkd.balance_decay must be in [0, 1), got "
                               f"{self.balance_decay}")
+        if self.at_weight < 0:
+            raise ConfigError(f"cudfkd.at_weight must be >= 0 (0 = off), got {self.at_weight}")
+        if (self.at_teacher_layers is None) != (self.at_student_layers is None) or (
+                self.at_teacher_layers is not None
+                and len(self.at_teacher_layers) != len(self.at_student_layers)):
+            raise ConfigError("cudfkd.at_teacher_layers and cudfkd.at_student_layers pair "
+                              "layers: give both, with as many names each")
         if not 0 <= self.g_cosine_start < 1 or not self.g_cosine_start <= self.g_cosine_end <= 1:
             raise ConfigError(f"cudfkd.g_cosine_start and g_cosine_end are shares of the epochs "
                               f"with 0 <= start < 1 and start <= end <= 1, got "
@@ -180,6 +198,9 @@ class CuDFKD(GeneratorMethod):
         self.code_labels: torch.Tensor | None = None  # the classes of the latest sample_z
         self.class_share = torch.full((k,), 1.0 / k, device=ctx.device) \
             if s.class_balance else None
+        self.attention = AttentionPairs(
+            ctx, s.at_teacher_layers, s.at_student_layers,
+            ("cudfkd.at_teacher_layers", "cudfkd.at_student_layers")) if s.at_weight else None
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
@@ -286,15 +307,20 @@ class CuDFKD(GeneratorMethod):
 
     def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.settings
-        st, t = self.student_teacher_logits()
+        st, t = self.student_teacher_logits(hooked=self.attention is not None)
         per_sample = s.weighting == "sample"
         kd = s.kd(st, t, per_sample)
         weight = self.self_paced_weight(kd)
         balance = 1.0 if self.class_share is None else self.class_weight(t.argmax(1))
         loss = (weight * balance * kd).mean()
+        logs = {"kd": kd.detach().mean(), "sp_weight": weight.mean(),
+                "sp_below_half": (weight < 0.5).float().mean()}
+        if self.attention is not None:
+            at = self.attention.loss()
+            loss = loss + s.at_weight * at
+            logs["at"] = at.detach()
         self.student_steps += 1
-        return loss, {"loss_s": loss.detach(), "kd": kd.detach().mean(),
-                      "sp_weight": weight.mean(), "sp_below_half": (weight < 0.5).float().mean()}
+        return loss, {"loss_s": loss.detach(), **logs}
 
     def class_weight(self, labels: torch.Tensor) -> torch.Tensor:
         """(1/K) / share of each sample's class, after the shares take in this batch (the

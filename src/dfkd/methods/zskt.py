@@ -119,8 +119,44 @@ def _hook(model: nn.Module, names: list[str], key: str) -> FeatureHook:
     for name in (n for n in names if n not in known):
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"zskt.{key}: the model has no module '{name}'.{hint}")
+        raise ConfigError(f"{key}: the model has no module '{name}'.{hint}")
     return FeatureHook(model, names)
+
+
+class AttentionPairs:
+    """The teacher/student layer pairs of attention transfer, hooked: ``loss()`` is the AT
+    term of the latest forward of both models (then forgets their outputs).
+
+    ``teacher_layers``/``student_layers`` None: found by :func:`stage_outputs` (see the
+    module doc); ``keys`` names the two settings in error messages."""
+
+    def __init__(self, ctx, teacher_layers: list[str] | None, student_layers: list[str] | None,
+                 keys: tuple[str, str]) -> None:
+        teacher = user_model(ctx.teacher)  # layer names are the user's model's
+        t_names, s_names = teacher_layers, student_layers
+        if t_names is None:
+            t_stage = stage_outputs(teacher, ctx.image_shape, ctx.device)
+            s_stage = stage_outputs(ctx.student_raw, ctx.image_shape, ctx.device)
+            common = [size for size in t_stage if size in s_stage]
+            if not common:
+                raise ConfigError(f"found no layers of equal spatial size in teacher and "
+                                  f"student for attention transfer; set {keys[0]} and "
+                                  f"{keys[1]}, or turn attention transfer off")
+            t_names, s_names = [t_stage[k] for k in common], [s_stage[k] for k in common]
+        self.layers = list(zip(t_names, s_names))
+        self.t_hook = _hook(teacher, t_names, keys[0])
+        self.s_hook = _hook(ctx.student_raw, s_names, keys[1])
+
+    def forget(self) -> None:
+        """Drop kept activations (and their graphs, or an evaluation batch's maps)."""
+        self.t_hook.outputs.clear()
+        self.s_hook.outputs.clear()
+
+    def loss(self) -> torch.Tensor:
+        at = attention_transfer([self.s_hook.outputs[n] for _, n in self.layers],
+                                [self.t_hook.outputs[n] for n, _ in self.layers])
+        self.forget()
+        return at
 
 
 @register_method
@@ -131,25 +167,15 @@ class ZSKT(GeneratorMethod):
 
     def __init__(self, ctx, settings: ZSKTSettings) -> None:
         super().__init__(ctx, settings)
-        s, t_names, s_names = settings, settings.teacher_layers, settings.student_layers
-        teacher = user_model(ctx.teacher)  # layer names are the user's model's
-        if s.beta > 0 and t_names is None:
-            t_stage = stage_outputs(teacher, ctx.image_shape, ctx.device)
-            s_stage = stage_outputs(ctx.student_raw, ctx.image_shape, ctx.device)
-            common = [size for size in t_stage if size in s_stage]
-            if not common:
-                raise ConfigError("zskt found no layers of equal spatial size in teacher and "
-                                  "student for attention transfer; set zskt.teacher_layers and "
-                                  "zskt.student_layers, or zskt.beta=0")
-            t_names, s_names = [t_stage[k] for k in common], [s_stage[k] for k in common]
-        self.layers = list(zip(t_names, s_names)) if s.beta > 0 else []
-        self.t_hook = _hook(teacher, [t for t, _ in self.layers], "teacher_layers")
-        self.s_hook = _hook(ctx.student_raw, [n for _, n in self.layers], "student_layers")
+        s = settings
+        self.attention = AttentionPairs(ctx, s.teacher_layers, s.student_layers,
+                                        ("zskt.teacher_layers", "zskt.student_layers")) \
+            if s.beta > 0 else None
+        self.layers = [] if self.attention is None else self.attention.layers
 
     def _forget(self) -> None:
-        """Drop kept activations (and their graphs, or an evaluation batch's maps)."""
-        self.t_hook.outputs.clear()
-        self.s_hook.outputs.clear()
+        if self.attention is not None:
+            self.attention.forget()
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
@@ -168,18 +194,10 @@ class ZSKT(GeneratorMethod):
         return {"loss_g": loss.detach(), "g_kl": kl.detach()}
 
     def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        s, ctx = self.settings, self.ctx
-        x = self.fixed_batch()
-        with ctx.autocast():
-            with torch.no_grad():
-                t = ctx.teacher(x)
-            st = ctx.student(x)
+        s = self.settings
+        st, t = self.student_teacher_logits(hooked=True)
         kd = divergence(st, t, s.tau, s.kl_reduction)
-        if self.layers:
-            at = attention_transfer([self.s_hook.outputs[n] for _, n in self.layers],
-                                    [self.t_hook.outputs[n] for n, _ in self.layers])
-        else:
-            at = torch.zeros((), device=ctx.device)
-        self._forget()
+        at = self.attention.loss() if self.attention is not None else \
+            torch.zeros((), device=self.ctx.device)
         loss = kd + s.beta * at
         return loss, {"loss_s": loss.detach(), "kd": kd.detach(), "at": at.detach()}
