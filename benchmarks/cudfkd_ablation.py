@@ -152,9 +152,16 @@ VARIANTS: dict[str, list[str]] = {
     # detail that stop 21 found missing from the synthetic shirts
     "glate_wide": GLATE + ["generator.ngf=32"],
     # Stop 23: a new signal, the teacher's features: the recipe with attention transfer in
-    # the student's loss (ZSKT's term and beta, on LeNet's bn1/bn2 maps), and 4x the weight
+    # the student's loss (ZSKT's term and beta, on LeNet's bn1/bn2 maps). glate_at led the
+    # recipe by 1.5-2 val from epoch 7 to 16, then fell behind as the AT term grew to half
+    # the student's loss: a quarter and a sixteenth of the weight
     "glate_at": GLATE + ["cudfkd.at_weight=250"],
-    "glate_at1k": GLATE + ["cudfkd.at_weight=1000"],
+    "glate_at60": GLATE + ["cudfkd.at_weight=60"],
+    "glate_at15": GLATE + ["cudfkd.at_weight=15"],
+    # glate_at15 led the recipe by 2-5 val over epochs 2-12 and by less and less after, as
+    # the ramp grew (-0.3 at the end): its weight falling linearly to 0 by epoch 15 / 22.5
+    "glate_at15_u50": GLATE + ["cudfkd.at_weight=15", "cudfkd.at_until=0.5"],
+    "glate_at15_u75": GLATE + ["cudfkd.at_weight=15", "cudfkd.at_until=0.75"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
     "batch128": ["batch_size=128", "rounds=50"],
     "wide_generator": ["generator.ngf=32"],        # twice the generator's channels

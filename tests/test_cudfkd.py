@@ -378,6 +378,16 @@ def test_attention_transfer_adds_the_teachers_feature_maps_to_the_student_loss()
     assert "at" not in logs_plain and plain.attention is None
     m2 = method(at_weight=250.0, curriculum="none")
     assert m2.student_loss()[0].item() == pytest.approx(loss_plain.item() + 250 * at, rel=1e-5)
+    # at_until: the weight falls linearly to 0 at that share of the (4) epochs, then stays.
+    fading = method(at_weight=250.0, at_until=0.5, curriculum="none")
+    weights = []
+    for epoch in range(4):
+        fading.on_epoch_start(epoch)
+        weights.append(fading.status()["at_weight"])
+    assert weights == [250.0, 125.0, 0.0, 0.0]
+    fading.on_epoch_start(1)
+    assert fading.student_loss()[0].item() == pytest.approx(
+        loss_plain.item() + 125 * at, rel=1e-5)
     named = method(at_weight=1.0, at_teacher_layers=["1"], at_student_layers=["0"])
     assert named.attention.layers == [("1", "0")]
     with pytest.raises(ConfigError, match="cudfkd.at_student_layers: the model has no module"):
@@ -387,7 +397,8 @@ def test_attention_transfer_adds_the_teachers_feature_maps_to_the_student_loss()
 def test_new_settings_are_validated():
     for bad in ({"q0": 0.0}, {"q_end": 1.5}, {"window": 0}, {"replay": -1},
                 {"replay_frac": 1.0}, {"padding": -1}, {"mixup": -0.1}, {"balance_decay": 1.0},
-                {"g_cosine_start": 1.0}, {"at_weight": -1.0}, {"at_teacher_layers": ["a"]},
+                {"g_cosine_start": 1.0}, {"at_weight": -1.0}, {"at_until": 0.0},
+                {"at_teacher_layers": ["a"]},
                 {"at_teacher_layers": ["a"], "at_student_layers": ["a", "b"]},
                 {"g_cosine_start": 0.5, "g_cosine_end": 0.4}, {"g_cosine_end": 1.1}):
         with pytest.raises(ConfigError):

@@ -30,7 +30,8 @@ Beyond the paper (each off by default and in the official recipes):
     on its batch, ``at_weight * AT`` (ZSKT's attention transfer, ``dfkd.losses``, on the
     layer pairs ``at_teacher_layers``/``at_student_layers``, found as ZSKT finds them when
     unset): a signal from the teacher's features, beside its logits. The term is not
-    weighted by v*.
+    weighted by v*. With ``at_until: u`` its weight falls linearly from ``at_weight`` (first
+    epoch) to 0 at the share u of the epochs, and stays 0.
 The student logs the mean of v* (``sp_weight``) and the fraction of samples with
 v* < 0.5 (``sp_below_half``); ``lambda`` (and ``q``) are logged each epoch.
 """
@@ -107,6 +108,7 @@ class CuDFKDSettings:
     # attention transfer from the teacher's features in the student's loss (0: off; ZSKT's
     # beta is 250) and its layer pairs (None: the end of each resolution stage, as in zskt)
     at_weight: float = 0.0
+    at_until: float | None = None   # None: constant; u: linear to 0 at epoch u * E
     at_teacher_layers: list[str] | None = None
     at_student_layers: list[str] | None = None
 
@@ -153,6 +155,9 @@ class CuDFKDSettings:
                               f"{self.balance_decay}")
         if self.at_weight < 0:
             raise ConfigError(f"cudfkd.at_weight must be >= 0 (0 = off), got {self.at_weight}")
+        if self.at_until is not None and not 0 < self.at_until <= 1:
+            raise ConfigError(f"cudfkd.at_until is a share of the epochs in (0, 1], got "
+                              f"{self.at_until}")
         if (self.at_teacher_layers is None) != (self.at_student_layers is None) or (
                 self.at_teacher_layers is not None
                 and len(self.at_teacher_layers) != len(self.at_student_layers)):
@@ -317,7 +322,7 @@ class CuDFKD(GeneratorMethod):
                 "sp_below_half": (weight < 0.5).float().mean()}
         if self.attention is not None:
             at = self.attention.loss()
-            loss = loss + s.at_weight * at
+            loss = loss + self.at_weight * at
             logs["at"] = at.detach()
         self.student_steps += 1
         return loss, {"loss_s": loss.detach(), **logs}
@@ -331,8 +336,18 @@ class CuDFKD(GeneratorMethod):
         self.class_share.mul_(decay).add_(share, alpha=1 - decay)
         return (1.0 / len(self.class_share)) / self.class_share.clamp_min(1e-3)[labels]
 
+    @property
+    def at_weight(self) -> float:
+        """The attention-transfer weight of this epoch (``at_until``: a linear fall)."""
+        s = self.settings
+        if s.at_until is None:
+            return s.at_weight
+        return s.at_weight * max(0.0, 1.0 - self.epoch / (s.at_until * self.ctx.epochs))
+
     def status(self) -> dict[str, float]:
         out = {"lambda": self.lam, "adv_weight": self.adv_weight}
+        if self.attention is not None:
+            out["at_weight"] = self.at_weight
         if self.quantile is not None:
             out["q"] = self.quantile.q(self.epoch)
         return out
