@@ -162,6 +162,10 @@ VARIANTS: dict[str, list[str]] = {
     # the ramp grew (-0.3 at the end): its weight falling linearly to 0 by epoch 15 / 22.5
     "glate_at15_u50": GLATE + ["cudfkd.at_weight=15", "cudfkd.at_until=0.5"],
     "glate_at15_u75": GLATE + ["cudfkd.at_weight=15", "cudfkd.at_until=0.75"],
+    # glate_at15_u50 is the recipe since stop 23. It enters the ramp about 2
+    # points ahead and keeps about 1: twice the weight, or the weight gone by epoch 10
+    "at15u50_w30": GLATE + ["cudfkd.at_weight=30", "cudfkd.at_until=0.5"],
+    "at15u50_u33": GLATE + ["cudfkd.at_weight=15", "cudfkd.at_until=0.33"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
     "batch128": ["batch_size=128", "rounds=50"],
     "wide_generator": ["generator.ngf=32"],        # twice the generator's channels
