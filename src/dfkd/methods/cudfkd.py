@@ -312,7 +312,8 @@ class CuDFKD(GeneratorMethod):
 
     def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.settings
-        st, t = self.student_teacher_logits(hooked=self.attention is not None)
+        st, t = self.student_teacher_logits() if self.attention is None else \
+            self.student_teacher_logits(hooked=True)
         per_sample = s.weighting == "sample"
         kd = s.kd(st, t, per_sample)
         weight = self.self_paced_weight(kd)
