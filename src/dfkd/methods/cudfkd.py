@@ -51,7 +51,7 @@ from dfkd.losses import entropy_of_mean, kd_kl, kd_l1, masked_adversarial, oneho
 from dfkd.methods import register_method
 from dfkd.methods.bank import SampleBank, random_crop_flip
 from dfkd.methods.base import GeneratorMethod
-from dfkd.methods.zskt import AttentionPairs
+from dfkd.methods.zskt import AttentionPairs, check_layer_pairs
 
 
 @dataclass
@@ -158,11 +158,8 @@ class CuDFKDSettings:
         if self.at_until is not None and not 0 < self.at_until <= 1:
             raise ConfigError(f"cudfkd.at_until is a share of the epochs in (0, 1], got "
                               f"{self.at_until}")
-        if (self.at_teacher_layers is None) != (self.at_student_layers is None) or (
-                self.at_teacher_layers is not None
-                and len(self.at_teacher_layers) != len(self.at_student_layers)):
-            raise ConfigError("cudfkd.at_teacher_layers and cudfkd.at_student_layers pair "
-                              "layers: give both, with as many names each")
+        check_layer_pairs(self.at_teacher_layers, self.at_student_layers,
+                          ("cudfkd.at_teacher_layers", "cudfkd.at_student_layers"))
         if not 0 <= self.g_cosine_start < 1 or not self.g_cosine_start <= self.g_cosine_end <= 1:
             raise ConfigError(f"cudfkd.g_cosine_start and g_cosine_end are shares of the epochs "
                               f"with 0 <= start < 1 and start <= end <= 1, got "

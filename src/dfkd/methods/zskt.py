@@ -61,11 +61,18 @@ class ZSKTSettings:
     def validate(self) -> None:
         if self.tau <= 0 or self.beta < 0 or self.clip_g < 0:
             raise ConfigError("zskt.tau must be > 0, zskt.beta and zskt.clip_g >= 0")
-        t, s = self.teacher_layers, self.student_layers
-        if (t is None) != (s is None) or len(t or []) != len(s or []) or any(
-                not isinstance(n, str) for n in (t or []) + (s or [])):
-            raise ConfigError("zskt.teacher_layers and zskt.student_layers must be given "
-                              "together, as lists of as many module names")
+        check_layer_pairs(self.teacher_layers, self.student_layers,
+                          ("zskt.teacher_layers", "zskt.student_layers"))
+
+
+def check_layer_pairs(teacher: list[str] | None, student: list[str] | None,
+                      keys: tuple[str, str]) -> None:
+    """Attention-transfer layer names: both None, or two lists of as many module names."""
+    t, s = teacher, student
+    if (t is None) != (s is None) or len(t or []) != len(s or []) or any(
+            not isinstance(n, str) for n in (t or []) + (s or [])):
+        raise ConfigError(f"{keys[0]} and {keys[1]} must be given together, as lists of as "
+                          "many module names")
 
 
 def divergence(student: torch.Tensor, teacher: torch.Tensor, tau: float,
