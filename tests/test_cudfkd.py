@@ -388,6 +388,9 @@ def test_attention_transfer_adds_the_teachers_feature_maps_to_the_student_loss()
     fading.on_epoch_start(1)
     assert fading.student_loss()[0].item() == pytest.approx(
         loss_plain.item() + 125 * at, rel=1e-5)
+    fading.on_epoch_start(2)  # weight 0: the term is skipped, the captured teacher serves
+    with pytest.raises(AssertionError, match="captured teacher"):
+        fading.student_loss()
     named = method(at_weight=1.0, at_teacher_layers=["1"], at_student_layers=["0"])
     assert named.attention.layers == [("1", "0")]
     with pytest.raises(ConfigError, match="cudfkd.at_student_layers: the model has no module"):

@@ -309,8 +309,11 @@ class CuDFKD(GeneratorMethod):
 
     def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.settings
-        st, t = self.student_teacher_logits() if self.attention is None else \
-            self.student_teacher_logits(hooked=True)
+        # Once at_until has taken the weight to 0, the term is skipped (and the teacher's
+        # CUDA graph serves again): the loss is the same.
+        attend = self.attention is not None and self.at_weight > 0
+        st, t = self.student_teacher_logits(hooked=True) if attend else \
+            self.student_teacher_logits()
         per_sample = s.weighting == "sample"
         kd = s.kd(st, t, per_sample)
         weight = self.self_paced_weight(kd)
@@ -318,7 +321,7 @@ class CuDFKD(GeneratorMethod):
         loss = (weight * balance * kd).mean()
         logs = {"kd": kd.detach().mean(), "sp_weight": weight.mean(),
                 "sp_below_half": (weight < 0.5).float().mean()}
-        if self.attention is not None:
+        if attend:
             at = self.attention.loss()
             loss = loss + self.at_weight * at
             logs["at"] = at.detach()
