@@ -36,6 +36,7 @@ FINAL = QUANTILE + ["cudfkd.replay=20000", "epochs=30"]  # stop 10's recipe
 RAMP45 = FINAL + ["cudfkd.grad_adv=0.32"]                 # stop 11's
 EMA = RAMP45 + ["student_ema=0.999"]                      # stop 12's
 GLATE = EMA + ["cudfkd.g_cosine=true", "cudfkd.g_cosine_start=0.75"]  # stop 13's
+AT15U50 = GLATE + ["cudfkd.at_weight=15", "cudfkd.at_until=0.5"]      # stop 23's
 TUNED = ["student_optim.lr=0.184", "generator.lr=0.0145", "cudfkd.tau=10.7",
          "cudfkd.w_bn=1.01", "cudfkd.grad_adv=0.406", "cudfkd.lambda_0=3.43"]
 # The paper method's values tuned at the bench's 10 epochs (issue #11: trial 5 of
@@ -160,12 +161,22 @@ VARIANTS: dict[str, list[str]] = {
     "glate_at15": GLATE + ["cudfkd.at_weight=15"],
     # glate_at15 led the recipe by 2-5 val over epochs 2-12 and by less and less after, as
     # the ramp grew (-0.3 at the end): its weight falling linearly to 0 by epoch 15 / 22.5
-    "glate_at15_u50": GLATE + ["cudfkd.at_weight=15", "cudfkd.at_until=0.5"],
+    "glate_at15_u50": AT15U50,
     "glate_at15_u75": GLATE + ["cudfkd.at_weight=15", "cudfkd.at_until=0.75"],
     # glate_at15_u50 is the recipe since stop 23. It enters the ramp about 2
     # points ahead and keeps about 1: twice the weight, or the weight gone by epoch 10
     "at15u50_w30": GLATE + ["cudfkd.at_weight=30", "cudfkd.at_until=0.5"],
     "at15u50_u33": GLATE + ["cudfkd.at_weight=15", "cudfkd.at_until=0.33"],
+    # Stop 24: the recipe's AT on the second conv stage only (LeNet's bn1 maps, 28x28 after
+    # the first conv, are close to the image itself; bn2's 10x10 maps are the teacher's parts)
+    "at15u50_bn2": AT15U50 + ["cudfkd.at_teacher_layers=[bn2]",
+                              "cudfkd.at_student_layers=[bn2]"],
+    # ... or the recipe with a kept average over twice the steps (decay 0.9995: about the last
+    # 2,000 steps), to smooth the flat last quarter where val moves by +-0.3 from epoch to epoch
+    "at15u50_ema9995": AT15U50 + ["student_ema=0.9995"],
+    # ... or a replay pool twice as large (40,000 images: about the last 1.6 epochs of fresh
+    # images, 32 per student step)
+    "at15u50_replay40k": AT15U50 + ["cudfkd.replay=40000"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
     "batch128": ["batch_size=128", "rounds=50"],
     "wide_generator": ["generator.ngf=32"],        # twice the generator's channels
