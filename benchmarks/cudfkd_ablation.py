@@ -177,6 +177,11 @@ VARIANTS: dict[str, list[str]] = {
     # ... or a replay pool twice as large (40,000 images: about the last 1.6 epochs of fresh
     # images, 32 per student step)
     "at15u50_replay40k": AT15U50 + ["cudfkd.replay=40000"],
+    # ... or the teacher's features as similarity-preserving KD's term on the same layers
+    # (how the batch's samples resemble each other, not where the maps are active; same
+    # schedule), at 3x the AT weight: the SP term is about a third of AT's on these layers
+    "sp45_u50": GLATE + ["cudfkd.at_weight=45", "cudfkd.at_until=0.5",
+                         "cudfkd.feature_match=similarity"],
     # BN statistics of larger batches, at the same samples per epoch (half the steps)
     "batch128": ["batch_size=128", "rounds=50"],
     "wide_generator": ["generator.ngf=32"],        # twice the generator's channels

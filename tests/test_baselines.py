@@ -16,7 +16,14 @@ from dfkd.api import build_trainer
 from dfkd.config import GeneratorConfig, load_config
 from dfkd.engine import FrozenTeacher
 from dfkd.errors import ConfigError
-from dfkd.losses import activation_l1, attention_map, attention_transfer, entropy_of_mean, kd_l1
+from dfkd.losses import (
+    activation_l1,
+    attention_map,
+    attention_transfer,
+    entropy_of_mean,
+    kd_l1,
+    similarity_preserving,
+)
 from dfkd.methods import MethodContext, get_method
 from dfkd.methods.dafl import teacher_features
 from dfkd.methods.zskt import divergence, stage_outputs
@@ -135,6 +142,17 @@ def test_attention_map_and_transfer_by_hand():
     big = torch.zeros(1, 1, 4, 4)
     big[..., :2, :2] = 2.0
     assert attention_transfer([big], [ft]).item() == pytest.approx((0.25 + 3 * 0.25) / 4)
+
+
+def test_similarity_preserving_by_hand():
+    """SP compares the batch's (B, B) similarities, so widths and map sizes may differ."""
+    fs = torch.tensor([[[[1.0]], [[0.0]]], [[[0.0]], [[1.0]]]])  # orthogonal: G = I
+    ft = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]).reshape(2, 3, 1, 1)  # G = all ones
+    r = 2**-0.5  # each row of the teacher's G normalised: [r, r]
+    one = ((1 - r) ** 2 + r**2) / 2  # mean over the 2x2 entries
+    assert similarity_preserving([fs], [ft]).item() == pytest.approx(one)
+    assert similarity_preserving([fs, fs], [ft, 5 * ft]).item() == pytest.approx(2 * one)
+    assert similarity_preserving([fs], [3 * fs.reshape(2, 2, 1, 1)]).item() == pytest.approx(0)
 
 
 def test_zskt_divergence_is_the_released_codes_kl_div_mean():

@@ -11,7 +11,7 @@ from torch import nn
 
 from dfkd.config import GeneratorConfig
 from dfkd.errors import ConfigError
-from dfkd.losses import top2_tie_ce
+from dfkd.losses import similarity_preserving, top2_tie_ce
 from dfkd.methods import MethodContext
 from dfkd.methods.cudfkd import CuDFKD, CuDFKDSettings
 
@@ -391,6 +391,14 @@ def test_attention_transfer_adds_the_teachers_feature_maps_to_the_student_loss()
     fading.on_epoch_start(2)  # weight 0: the term is skipped, the captured teacher serves
     with pytest.raises(AssertionError, match="captured teacher"):
         fading.student_loss()
+    # feature_match: similarity: the same layers and weight, SP's term on them
+    # (the two samples' maps must differ: SP compares samples with each other)
+    sp = method(at_weight=250.0, curriculum="none", feature_match="similarity")
+    maps = torch.stack([fs[0], fs[0].flip(-1)])
+    sp.ctx.student_raw[0].value = maps
+    sp_term = similarity_preserving([maps], [torch.ones(2, 1, 2, 2)]).item()
+    assert sp_term > 0 and sp.student_loss()[0].item() == pytest.approx(
+        loss_plain.item() + 250 * sp_term, rel=1e-5)
     named = method(at_weight=1.0, at_teacher_layers=["1"], at_student_layers=["0"])
     assert named.attention.layers == [("1", "0")]
     with pytest.raises(ConfigError, match="cudfkd.at_student_layers: the model has no module"):

@@ -99,6 +99,19 @@ def attention_transfer(student: list[torch.Tensor], teacher: list[torch.Tensor])
     return total
 
 
+def similarity_preserving(student: list[torch.Tensor],
+                          teacher: list[torch.Tensor]) -> torch.Tensor:
+    """Similarity-preserving KD (Tung & Mori, ICCV 2019): the sum over layer pairs of
+    mean((G_s - G_t)^2), with G = row-L2-normalised Q Q^T the (B, B) similarities of the
+    batch's flattened activations Q. It compares samples with each other, never channels
+    or positions, so any two layers compare, whatever their widths and map sizes."""
+    total = torch.zeros((), device=teacher[0].device)
+    for fs, ft in zip(student, teacher, strict=True):
+        sims = [F.normalize(q @ q.T, dim=1) for q in (fs.float().flatten(1), ft.float().flatten(1))]
+        total = total + (sims[0] - sims[1]).pow(2).mean()
+    return total
+
+
 def total_variation(images: torch.Tensor) -> torch.Tensor:
     """DeepInversion's image prior R_TV: the sum of the L2 norms (over the whole batch) of
     the differences between each pixel and its right, lower, lower-right and upper-right

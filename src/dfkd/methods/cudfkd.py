@@ -31,7 +31,9 @@ Beyond the paper (each off by default and in the official recipes):
     layer pairs ``at_teacher_layers``/``at_student_layers``, found as ZSKT finds them when
     unset): a signal from the teacher's features, beside its logits. The term is not
     weighted by v*. With ``at_until: u`` its weight falls linearly from ``at_weight`` (first
-    epoch) to 0 at the share u of the epochs, and stays 0.
+    epoch) to 0 at the share u of the epochs, and stays 0. ``feature_match: similarity``
+    makes the term similarity-preserving KD's on the same layers instead (Tung & Mori 2019:
+    the batch's sample-to-sample similarities, not the maps).
 The student logs the mean of v* (``sp_weight``) and the fraction of samples with
 v* < 0.5 (``sp_below_half``); ``lambda`` (and ``q``) are logged each epoch.
 """
@@ -47,7 +49,16 @@ import torch
 from dfkd import curriculum as cur
 from dfkd import distributed
 from dfkd.errors import ConfigError
-from dfkd.losses import entropy_of_mean, kd_kl, kd_l1, masked_adversarial, onehot_ce, top2_tie_ce
+from dfkd.losses import (
+    attention_transfer,
+    entropy_of_mean,
+    kd_kl,
+    kd_l1,
+    masked_adversarial,
+    onehot_ce,
+    similarity_preserving,
+    top2_tie_ce,
+)
 from dfkd.methods import register_method
 from dfkd.methods.bank import SampleBank, random_crop_flip
 from dfkd.methods.base import GeneratorMethod
@@ -111,6 +122,9 @@ class CuDFKDSettings:
     at_until: float | None = None   # None: constant; u: linear to 0 at epoch u * E
     at_teacher_layers: list[str] | None = None
     at_student_layers: list[str] | None = None
+    # the term on those layers: ZSKT's attention maps, or the similarity-preserving KD's
+    # (B, B) similarities of the batch's activations
+    feature_match: Literal["attention", "similarity"] = "attention"
 
     def kd(self, student: torch.Tensor, teacher: torch.Tensor,
            per_sample: bool = False) -> torch.Tensor:
@@ -202,7 +216,9 @@ class CuDFKD(GeneratorMethod):
             if s.class_balance else None
         self.attention = AttentionPairs(
             ctx, s.at_teacher_layers, s.at_student_layers,
-            ("cudfkd.at_teacher_layers", "cudfkd.at_student_layers")) if s.at_weight else None
+            ("cudfkd.at_teacher_layers", "cudfkd.at_student_layers"),
+            similarity_preserving if s.feature_match == "similarity" else attention_transfer) \
+            if s.at_weight else None
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)

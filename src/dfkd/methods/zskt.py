@@ -132,13 +132,14 @@ def _hook(model: nn.Module, names: list[str], key: str) -> FeatureHook:
 
 class AttentionPairs:
     """The teacher/student layer pairs of attention transfer, hooked: ``loss()`` is the AT
-    term of the latest forward of both models (then forgets their outputs).
+    term (or ``match``'s) of the latest forward of both models (then forgets their outputs).
 
     ``teacher_layers``/``student_layers`` None: found by :func:`stage_outputs` (see the
     module doc); ``keys`` names the two settings in error messages."""
 
     def __init__(self, ctx, teacher_layers: list[str] | None, student_layers: list[str] | None,
-                 keys: tuple[str, str]) -> None:
+                 keys: tuple[str, str], match=attention_transfer) -> None:
+        self.match = match  # the term on the hooked maps (similarity_preserving: SP's)
         teacher = user_model(ctx.teacher)  # layer names are the user's model's
         t_names, s_names = teacher_layers, student_layers
         if t_names is None:
@@ -160,8 +161,8 @@ class AttentionPairs:
         self.s_hook.outputs.clear()
 
     def loss(self) -> torch.Tensor:
-        at = attention_transfer([self.s_hook.outputs[n] for _, n in self.layers],
-                                [self.t_hook.outputs[n] for n, _ in self.layers])
+        at = self.match([self.s_hook.outputs[n] for _, n in self.layers],
+                        [self.t_hook.outputs[n] for n, _ in self.layers])
         self.forget()
         return at
 
