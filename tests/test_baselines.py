@@ -153,6 +153,12 @@ def test_similarity_preserving_by_hand():
     assert similarity_preserving([fs], [ft]).item() == pytest.approx(one)
     assert similarity_preserving([fs, fs], [ft, 5 * ft]).item() == pytest.approx(2 * one)
     assert similarity_preserving([fs], [3 * fs.reshape(2, 2, 1, 1)]).item() == pytest.approx(0)
+    # float32 products under autocast too (bf16 would round the similarities)
+    a, b = torch.randn(8, 3, 4, 4), torch.randn(8, 5, 2, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = similarity_preserving([a], [b])
+    assert low.dtype == torch.float32
+    assert low.item() == pytest.approx(similarity_preserving([a], [b]).item(), rel=1e-6)
 
 
 def test_zskt_divergence_is_the_released_codes_kl_div_mean():

@@ -104,11 +104,15 @@ def similarity_preserving(student: list[torch.Tensor],
     """Similarity-preserving KD (Tung & Mori, ICCV 2019): the sum over layer pairs of
     mean((G_s - G_t)^2), with G = row-L2-normalised Q Q^T the (B, B) similarities of the
     batch's flattened activations Q. It compares samples with each other, never channels
-    or positions, so any two layers compare, whatever their widths and map sizes."""
-    total = torch.zeros((), device=teacher[0].device)
-    for fs, ft in zip(student, teacher, strict=True):
-        sims = [F.normalize(q @ q.T, dim=1) for q in (fs.float().flatten(1), ft.float().flatten(1))]
-        total = total + (sims[0] - sims[1]).pow(2).mean()
+    or positions, so any two layers compare, whatever their widths and map sizes. The
+    products are taken in float32, also under autocast."""
+    device = teacher[0].device
+    total = torch.zeros((), device=device)
+    with torch.autocast(device.type, enabled=False):
+        for fs, ft in zip(student, teacher, strict=True):
+            sims = [F.normalize(q @ q.T, dim=1)
+                    for q in (fs.float().flatten(1), ft.float().flatten(1))]
+            total = total + (sims[0] - sims[1]).pow(2).mean()
     return total
 
 
