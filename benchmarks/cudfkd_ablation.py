@@ -169,8 +169,9 @@ VARIANTS: dict[str, list[str]] = {
     "at15u50_u33": GLATE + ["cudfkd.at_weight=15", "cudfkd.at_until=0.33"],
     # Stop 24: the recipe's AT on the second conv stage only (LeNet's bn1 maps, 28x28 after
     # the first conv, are close to the image itself; bn2's 10x10 maps are the teacher's parts)
-    "at15u50_bn2": AT15U50 + ["cudfkd.at_teacher_layers=[bn2]",
-                              "cudfkd.at_student_layers=[bn2]"],
+    # (run in stop 24 with the pair named, at_teacher_layers/at_student_layers: [bn2]; the
+    # same layers and the same computation as at_stages: last, which any model pair can use)
+    "at15u50_bn2": AT15U50 + ["cudfkd.at_stages=last"],
     # ... or the recipe with a kept average over twice the steps (decay 0.9995: about the last
     # 2,000 steps), to smooth the flat last quarter where val moves by +-0.3 from epoch to epoch
     "at15u50_ema9995": AT15U50 + ["student_ema=0.9995"],

@@ -405,6 +405,35 @@ def test_attention_transfer_adds_the_teachers_feature_maps_to_the_student_loss()
         method(at_weight=1.0, at_teacher_layers=["1"], at_student_layers=["9"])
 
 
+def test_at_stages_last_keeps_only_the_deepest_pair():
+    """LeNet-5's two stages pair up (bn1 at 28x28, bn2 at 10x10); ``last`` keeps bn2 alone,
+    hooked alone, so an explicit [bn2] pair and ``at_stages: last`` compute the same term."""
+    from types import SimpleNamespace
+
+    from dfkd.methods.zskt import AttentionPairs
+    from dfkd.models import create_model
+
+    ctx = SimpleNamespace(teacher=create_model("lenet5", 10, 1).eval(),
+                          student_raw=create_model("lenet5_half", 10, 1),
+                          image_shape=(1, 32, 32), device=torch.device("cpu"))
+    keys = ("t", "s")
+    both = AttentionPairs(ctx, None, None, keys)
+    assert both.layers == [("bn1", "bn1"), ("bn2", "bn2")]
+    both.t_hook.remove()
+    both.s_hook.remove()
+    last = AttentionPairs(ctx, None, None, keys, last=True)
+    assert last.layers == [("bn2", "bn2")]
+    x = torch.randn(4, 1, 32, 32)
+    ctx.teacher(x), ctx.student_raw(x)
+    assert set(last.t_hook.outputs) == {"bn2"} and set(last.s_hook.outputs) == {"bn2"}
+    at_last = last.loss()
+    last.t_hook.remove()
+    last.s_hook.remove()
+    named = AttentionPairs(ctx, ["bn2"], ["bn2"], keys)
+    ctx.teacher(x), ctx.student_raw(x)
+    assert named.loss().item() == pytest.approx(at_last.item(), rel=1e-6) and at_last > 0
+
+
 def test_new_settings_are_validated():
     for bad in ({"q0": 0.0}, {"q_end": 1.5}, {"window": 0}, {"replay": -1},
                 {"replay_frac": 1.0}, {"padding": -1}, {"mixup": -0.1}, {"balance_decay": 1.0},

@@ -33,7 +33,8 @@ Beyond the paper (each off by default and in the official recipes):
     weighted by v*. With ``at_until: u`` its weight falls linearly from ``at_weight`` (first
     epoch) to 0 at the share u of the epochs, and stays 0. ``feature_match: similarity``
     makes the term similarity-preserving KD's on the same layers instead (Tung & Mori 2019:
-    the batch's sample-to-sample similarities, not the maps).
+    the batch's sample-to-sample similarities, not the maps); ``at_stages: last`` keeps only
+    the deepest layer pair.
 The student logs the mean of v* (``sp_weight``) and the fraction of samples with
 v* < 0.5 (``sp_below_half``); ``lambda`` (and ``q``) are logged each epoch.
 """
@@ -125,6 +126,8 @@ class CuDFKDSettings:
     # the term on those layers: ZSKT's attention maps, or the similarity-preserving KD's
     # (B, B) similarities of the batch's activations
     feature_match: Literal["attention", "similarity"] = "attention"
+    # all the pairs, or only the last (deepest) one: e.g. LeNet's bn2 without bn1
+    at_stages: Literal["all", "last"] = "all"
 
     def kd(self, student: torch.Tensor, teacher: torch.Tensor,
            per_sample: bool = False) -> torch.Tensor:
@@ -217,7 +220,8 @@ class CuDFKD(GeneratorMethod):
         self.attention = AttentionPairs(
             ctx, s.at_teacher_layers, s.at_student_layers,
             ("cudfkd.at_teacher_layers", "cudfkd.at_student_layers"),
-            similarity_preserving if s.feature_match == "similarity" else attention_transfer) \
+            similarity_preserving if s.feature_match == "similarity" else attention_transfer,
+            last=s.at_stages == "last") \
             if s.at_weight else None
 
     def on_epoch_start(self, epoch: int) -> None:

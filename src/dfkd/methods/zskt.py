@@ -135,10 +135,11 @@ class AttentionPairs:
     term (or ``match``'s) of the latest forward of both models (then forgets their outputs).
 
     ``teacher_layers``/``student_layers`` None: found by :func:`stage_outputs` (see the
-    module doc); ``keys`` names the two settings in error messages."""
+    module doc); ``last``: only the deepest pair; ``keys`` names the two settings in error
+    messages."""
 
     def __init__(self, ctx, teacher_layers: list[str] | None, student_layers: list[str] | None,
-                 keys: tuple[str, str], match=attention_transfer) -> None:
+                 keys: tuple[str, str], match=attention_transfer, last: bool = False) -> None:
         self.match = match  # the term on the hooked maps (similarity_preserving: SP's)
         teacher = user_model(ctx.teacher)  # layer names are the user's model's
         t_names, s_names = teacher_layers, student_layers
@@ -151,9 +152,9 @@ class AttentionPairs:
                                   f"student for attention transfer; set {keys[0]} and "
                                   f"{keys[1]}, or turn attention transfer off")
             t_names, s_names = [t_stage[k] for k in common], [s_stage[k] for k in common]
-        self.layers = list(zip(t_names, s_names))
-        self.t_hook = _hook(teacher, t_names, keys[0])
-        self.s_hook = _hook(ctx.student_raw, s_names, keys[1])
+        self.layers = list(zip(t_names, s_names))[-1:] if last else list(zip(t_names, s_names))
+        self.t_hook = _hook(teacher, [t for t, _ in self.layers], keys[0])
+        self.s_hook = _hook(ctx.student_raw, [s for _, s in self.layers], keys[1])
 
     def forget(self) -> None:
         """Drop kept activations (and their graphs, or an evaluation batch's maps)."""
