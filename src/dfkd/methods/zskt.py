@@ -152,7 +152,8 @@ class AttentionPairs:
                                   f"student for attention transfer; set {keys[0]} and "
                                   f"{keys[1]}, or turn attention transfer off")
             t_names, s_names = [t_stage[k] for k in common], [s_stage[k] for k in common]
-        self.layers = list(zip(t_names, s_names))[-1:] if last else list(zip(t_names, s_names))
+        pairs = list(zip(t_names, s_names))
+        self.layers = pairs[-1:] if last else pairs
         self.t_hook = _hook(teacher, [t for t, _ in self.layers], keys[0])
         self.s_hook = _hook(ctx.student_raw, [s for _, s in self.layers], keys[1])
 
