@@ -112,3 +112,25 @@ def test_three_launcher_kills_lose_nothing_and_leave_no_orphans(fmnist_teacher, 
     assert result["kills"] >= 2, result  # (a run may finish before its last kill)
     assert result["identical"] and result["rows"] == 10, result
     assert result["leftover_processes"] == 0 and result["max_exit_seconds"] < 10, result
+
+
+def test_distill_leaves_the_process_group_even_when_it_fails(fmnist_teacher, tmp_path, monkeypatch):
+    """A gloo group left to interpreter teardown can SIGABRT a run that succeeded, so
+    `dfkd distill` destroys it on the way out, on success and on a user error alike."""
+    import socket
+
+    from dfkd.cli import main
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        code = main(["distill", "--teacher", str(fmnist_teacher), "--out", str(tmp_path / "r"),
+                     "--set", "no_such_setting=1", "--no-progress", "--device", "cpu"])
+        assert code == 2
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -296,7 +296,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_distill(args) -> int:
     from dfkd.api import build_trainer, load_run_checkpoint
     from dfkd.config import merge, parse_overrides, read_yaml
-    from dfkd.distributed import init_from_env
+    from dfkd.distributed import init_from_env, shutdown
     from dfkd.errors import ConfigError
     from dfkd.report import draw_run_curves, result_table
 
@@ -326,10 +326,13 @@ def _cmd_distill(args) -> int:
         out, resume, state = args.out, False, None
     # Under torchrun, join the process group before anything touches a device.
     dist = init_from_env(raw.get("device") or "auto")
-    trainer = build_trainer(raw, out, resume=resume, overwrite=args.overwrite,
-                            progress=_progress(args), state=state,
-                            base_recipe=not resume and not args.config)
-    summary = trainer.fit(stop_after_epoch=args.stop_after_epoch)
+    try:
+        trainer = build_trainer(raw, out, resume=resume, overwrite=args.overwrite,
+                                progress=_progress(args), state=state,
+                                base_recipe=not resume and not args.config)
+        summary = trainer.fit(stop_after_epoch=args.stop_after_epoch)
+    finally:
+        shutdown()
     if dist.is_main:
         if trainer.epoch < trainer.cfg.epochs:
             print(f"stopped after epoch {trainer.epoch}; continue with: dfkd distill --resume "

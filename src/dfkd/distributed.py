@@ -44,6 +44,16 @@ def init_from_env(device: str = "auto") -> DistInfo:
     return info
 
 
+def shutdown() -> None:
+    """Leave the process group before the interpreter exits.
+
+    A gloo group left to interpreter teardown can abort the process (SIGABRT,
+    "terminate called without an active exception") after a run that succeeded.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def current() -> DistInfo:
     if not (dist.is_available() and dist.is_initialized()):
         return DistInfo()
