@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,12 @@ def test_bank_methods_share_one_bank_over_two_processes(fmnist_teacher, tmp_path
     assert metrics_rows(split) == metrics_rows(full)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _reduce_worker(rank: int, port: int, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -79,10 +86,7 @@ def _reduce_worker(rank: int, port: int, queue) -> None:
 
 
 def test_collectives_reduce_across_ranks():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_reduce_worker, args=(r, port, queue)) for r in range(2)]
@@ -117,14 +121,10 @@ def test_three_launcher_kills_lose_nothing_and_leave_no_orphans(fmnist_teacher, 
 def test_distill_leaves_the_process_group_even_when_it_fails(fmnist_teacher, tmp_path, monkeypatch):
     """A gloo group left to interpreter teardown can SIGABRT a run that succeeded, so
     `dfkd distill` destroys it on the way out, on success and on a user error alike."""
-    import socket
-
     from dfkd.cli import main
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
         code = main(["distill", "--teacher", str(fmnist_teacher), "--out", str(tmp_path / "r"),
