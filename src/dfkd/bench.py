@@ -19,12 +19,15 @@ convergence and stability (``CLAIMS``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import multiprocessing
 import os
+import signal
 import statistics
+import threading
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
@@ -169,6 +172,16 @@ def _run_one(config: dict[str, Any], run: dict[str, Any], progress: bool | None)
     build_trainer(raw, folder, resume=resume, overwrite=not resume, progress=progress).fit()
 
 
+def _init_worker() -> None:
+    """A pool worker ends with the bench (``die_with_parent``), and its progress bars take a
+    thread lock: tqdm's default one is a multiprocessing lock, whose semaphore a worker that
+    a signal stops (``os._exit``) would leave to Python's resource tracker, which warns."""
+    from tqdm import tqdm
+
+    die_with_parent()
+    tqdm.set_lock(threading.RLock())
+
+
 def _pool_run(config: dict[str, Any], run: dict[str, Any], threads: int) -> None:
     """One run in a pool worker, with its share of the cores. A run stopped by a signal
     (the bench died: see ``die_with_parent``; or Ctrl-C) has checkpointed its round; the
@@ -230,6 +243,32 @@ def threads_per_job(jobs: int) -> int:
     return max(1, usable_cores() // jobs)
 
 
+@contextlib.contextmanager
+def _sigterm_stops_the_workers():
+    """SIGTERM stops a pooled bench as Ctrl-C does: the workers get it too, checkpoint their
+    round and end, and the bench waits for them, then exits (143) through its usual cleanup.
+    (Killed at once, it left the pool's semaphores to Python's resource tracker, which
+    warned of leaks.) A second SIGTERM ends the bench at once; its workers still checkpoint
+    (``die_with_parent``). Signal handlers belong to the main thread: elsewhere, no change."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signum)
+        raise Interrupted("bench stopped by SIGTERM after the runs in flight saved a "
+                          "checkpoint; the same command resumes them", 128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run_pool(config: dict[str, Any], todo: list[dict[str, Any]], jobs: int) -> None:
     """The queue in at most ``jobs`` worker processes; the first failure stops the rest
     (a stopped run resumes from its last checkpoint next time)."""
@@ -237,8 +276,8 @@ def _run_pool(config: dict[str, Any], todo: list[dict[str, Any]], jobs: int) -> 
     threads = threads_per_job(jobs)
     context = multiprocessing.get_context("spawn")  # no forked copies of torch's threads
     # Workers stop (checkpointing their round) when the bench dies, e.g. under `timeout`.
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context,
-                             initializer=die_with_parent) as pool:
+    with _sigterm_stops_the_workers(), ProcessPoolExecutor(
+            max_workers=jobs, mp_context=context, initializer=_init_worker) as pool:
         futures = {pool.submit(_pool_run, config, run, threads): run for run in todo}
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in done if f.exception() is not None]

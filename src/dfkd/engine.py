@@ -148,8 +148,10 @@ class _StopFlag:
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, _frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if self.signum is not None:  # already stopping (a bench's pool may send SIGTERM too)
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.signum = signum
         print(f"\n{signal.Signals(signum).name} received: finishing the current round and "
               "saving a checkpoint (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
