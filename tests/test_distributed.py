@@ -134,3 +134,50 @@ def test_distill_leaves_the_process_group_even_when_it_fails(fmnist_teacher, tmp
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["succeeds", "fails"])
+def test_distill_frees_its_ddp_models_before_the_group(fmnist_teacher, tmp_path, monkeypatch,
+                                                        failing):
+    """destroy_process_group only unregisters the group; DDP modules keep it alive, and a
+    gloo group freed in interpreter teardown can SIGABRT the process. So when `dfkd distill`
+    destroys the group, no DDP module of its run is left, on success and on failure; and the
+    run's models are gone once main returns."""
+    import gc
+    import weakref
+
+    from dfkd import cli, engine
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    wrapped = []
+
+    def wrap(self, module):  # DDP on a one-process group, as on every rank of a real run
+        ddp = torch.nn.parallel.DistributedDataParallel(module)
+        wrapped.append(weakref.ref(ddp))
+        return ddp
+
+    monkeypatch.setattr(engine.Trainer, "_wrap", wrap)
+    left_at_destroy = []
+    destroy = dist.destroy_process_group
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: (
+        left_at_destroy.append(sum(r() is not None for r in wrapped)), destroy(*a, **k))[1])
+    if failing:  # a NaN loss stops the run after its models exist
+        monkeypatch.setattr(engine.Trainer, "_run_round",
+                            lambda *a, **k: (_ for _ in ()).throw(engine.NonFiniteLoss("nan")))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        code = cli.main(["distill", "--teacher", str(fmnist_teacher), "--out",
+                         str(tmp_path / "r"), *RUN])
+    finally:
+        if dist.is_initialized():
+            destroy()
+    assert code == (2 if failing else 0)
+    assert wrapped and not dist.is_initialized()
+    if not failing:  # a failure's traceback holds its models until main has reported it
+        assert left_at_destroy == [0]
+    gc.disable()  # what is gone now went when main returned, not by a later collection
+    try:
+        assert all(r() is None for r in wrapped)
+    finally:
+        gc.enable()

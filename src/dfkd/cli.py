@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import traceback
@@ -326,17 +327,19 @@ def _cmd_distill(args) -> int:
         out, resume, state = args.out, False, None
     # Under torchrun, join the process group before anything touches a device.
     dist = init_from_env(raw.get("device") or "auto")
+    trainer = None
     try:
         trainer = build_trainer(raw, out, resume=resume, overwrite=args.overwrite,
                                 progress=_progress(args), state=state,
                                 base_recipe=not resume and not args.config)
         summary = trainer.fit(stop_after_epoch=args.stop_after_epoch)
+        epoch, epochs = trainer.epoch, trainer.cfg.epochs
     finally:
+        del trainer  # its DDP-wrapped models hold the process group: shutdown() frees both
         shutdown()
     if dist.is_main:
-        if trainer.epoch < trainer.cfg.epochs:
-            print(f"stopped after epoch {trainer.epoch}; continue with: dfkd distill --resume "
-                  f"{out}")
+        if epoch < epochs:
+            print(f"stopped after epoch {epoch}; continue with: dfkd distill --resume {out}")
         else:
             print(result_table(summary))
             if summary.get("final_synthetic_agreement") is not None:
@@ -429,3 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dfkd: interrupted", file=sys.stderr)
         return 130
+    finally:
+        # A run that failed is still held by its traceback's reference cycles: free it (and
+        # a process group its DDP models held) now, not in interpreter teardown.
+        gc.collect()

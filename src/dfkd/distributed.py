@@ -6,6 +6,7 @@ no-op, so the single-process path pays nothing.
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 from dataclasses import dataclass
@@ -45,11 +46,15 @@ def init_from_env(device: str = "auto") -> DistInfo:
 
 
 def shutdown() -> None:
-    """Leave the process group before the interpreter exits.
+    """Leave the process group, and free it, before the interpreter exits.
 
-    A gloo group left to interpreter teardown can abort the process (SIGABRT,
+    A gloo group freed in interpreter teardown can abort the process (SIGABRT,
     "terminate called without an active exception") after a run that succeeded.
+    ``destroy_process_group`` only unregisters the group: DistributedDataParallel modules
+    hold it too, often in reference cycles that only the collector frees. So the caller
+    drops its models first, and the collection here frees them, and with them the group.
     """
+    gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
