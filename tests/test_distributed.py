@@ -160,11 +160,17 @@ def test_distill_frees_its_ddp_models_before_the_group(fmnist_teacher, tmp_path,
     monkeypatch.setattr(engine.Trainer, "_wrap", wrap)
     left_at_destroy = []
     destroy = dist.destroy_process_group
-    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: (
-        left_at_destroy.append(sum(r() is not None for r in wrapped)), destroy(*a, **k))[1])
-    if failing:  # a NaN loss stops the run after its models exist
-        monkeypatch.setattr(engine.Trainer, "_run_round",
-                            lambda *a, **k: (_ for _ in ()).throw(engine.NonFiniteLoss("nan")))
+
+    def counting_destroy(*args, **kwargs):
+        left_at_destroy.append(sum(r() is not None for r in wrapped))
+        return destroy(*args, **kwargs)
+
+    def nan_round(self):  # a NaN loss stops the run after its models exist
+        raise engine.NonFiniteLoss("nan")
+
+    monkeypatch.setattr(dist, "destroy_process_group", counting_destroy)
+    if failing:
+        monkeypatch.setattr(engine.Trainer, "_run_round", nan_round)
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
         code = cli.main(["distill", "--teacher", str(fmnist_teacher), "--out",

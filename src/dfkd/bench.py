@@ -245,10 +245,11 @@ def threads_per_job(jobs: int) -> int:
 
 @contextlib.contextmanager
 def _sigterm_stops_the_workers():
-    """SIGTERM stops a pooled bench as Ctrl-C does: the workers get it too, checkpoint their
-    round and end, and the bench waits for them, then exits (143) through its usual cleanup.
-    (Killed at once, it left the pool's semaphores to Python's resource tracker, which
-    warned of leaks.) A second SIGTERM ends the bench at once; its workers still checkpoint
+    """SIGTERM stops a pooled bench as Ctrl-C does: the workers (every child process of the
+    bench: ``multiprocessing.active_children``) get it too, checkpoint their round and end,
+    and the bench waits for them, then exits (143) through its usual cleanup. (Killed at
+    once, it left the pool's semaphores to Python's resource tracker, which warned of leaks.)
+    A second SIGTERM ends the bench at once; its workers still checkpoint
     (``die_with_parent``). Signal handlers belong to the main thread: elsewhere, no change."""
     if threading.current_thread() is not threading.main_thread():
         yield
