@@ -20,13 +20,28 @@ They are judged at the end of each epoch once the student has learned for at lea
   points of chance: below ``chance + min(chance, 5)`` percent, chance = 100 / classes
   (15% for 10 classes, 2% for 100). The student moves, but not towards the teacher's
   classes: the synthetic samples carry no class information it can use (a generator that
-  does not learn, a loss or temperature that does not transfer).
+  does not learn, a loss or temperature that does not transfer). When the student's own
+  loss has risen well above its first epoch's (``RISE_SUSPECT`` times), the student is
+  unstable instead, and the settings to try are its learning rate and normalisation, not
+  the generator's.
+
+A student that diverges is not warned but stopped (:func:`student_divergence`): its loss
+non-finite, or more than ``DIVERGENCE_FACTOR`` (1000) times its first epoch's (and above
+``DIVERGENCE_FLOOR``). The line names the student's learning rate and, for a student
+without normalisation layers, that (SGD at lr 0.1, the recipes' rate, is often unstable
+without them); the last checkpoint is kept, so the run resumes at a lower rate.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from torch import nn
+
+DIVERGENCE_FACTOR = 1e3    # a student loss this many times its first epoch's: diverged
+DIVERGENCE_FLOOR = 1.0     # ... measured against at least this (a first loss near 0 says little)
+RISE_SUSPECT = 10.0        # a rise that makes the warnings blame the student, not the generator
 MIN_EPOCHS = 2
 MIN_STEPS = 200
 KL_FRACTION = 0.9
@@ -90,6 +105,47 @@ class RunWatch:
         self.given = list((state or {}).get("given", []))
 
 
+def has_normalisation(model: nn.Module) -> bool:
+    """Whether ``model`` has a normalisation layer (BatchNorm, InstanceNorm, GroupNorm,
+    LayerNorm, RMSNorm, LocalResponseNorm, or a subclass such as timm's LayerNorm2d)."""
+    kinds: tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
+                               nn.LocalResponseNorm)
+    if hasattr(nn, "RMSNorm"):
+        kinds += (nn.RMSNorm,)
+    return any(isinstance(m, kinds) for m in model.modules())
+
+
+def lower_lr(lr: float) -> float:
+    """A rate to suggest after a divergence: a tenth, on a round number."""
+    return float(f"{lr / 10:.1g}") if lr > 0 else 0.01
+
+
+def student_divergence(name: str, value: float, reference: float | None, *, where: str,
+                       lr: float, configured_lr: float, normalised: bool,
+                       resume_hint: str) -> str | None:
+    """The line that stops a run whose student loss diverged, or None. ``value``: the
+    student loss ``name`` now (mean per step); ``reference``: its first epoch's (or, in
+    the first epoch, its first round's); ``lr``: the rate of the step that produced it;
+    ``where``: e.g. "in epoch 2, round 3"; ``resume_hint``: how to go on from the last
+    checkpoint, completed here with a lower ``--set student_optim.lr``."""
+    if not math.isfinite(value):
+        what = f"non-finite loss: '{name}' became {value} {where}"
+    elif reference is not None and math.isfinite(reference) and \
+            value > DIVERGENCE_FACTOR * max(abs(reference), DIVERGENCE_FLOOR):
+        what = (f"the student's loss diverged: '{name}' rose to {value:.3g} {where}, "
+                f"{value / max(abs(reference), 1e-12):.0f} times its first epoch's "
+                f"{reference:.3g}")
+    else:
+        return None
+    cause = ("; the student has no normalisation layer (BatchNorm, GroupNorm, LayerNorm, "
+             "...), and without one SGD is often unstable at a rate that suits a normalised "
+             "network" if not normalised else "")
+    also = " (or give the student normalisation layers)" if not normalised else ""
+    return (f"{what}: the student diverged at learning rate {lr:g} (student_optim.lr "
+            f"{configured_lr:g}){cause}. The last good checkpoint is left as it was; "
+            f"{resume_hint} --set student_optim.lr={lower_lr(configured_lr):g}{also}")
+
+
 def _try(hints: list[str]) -> str:
     if not hints:
         return ""
@@ -97,10 +153,23 @@ def _try(hints: list[str]) -> str:
 
 
 def hints_for(cfg: Any, *, generator_method: bool, recipe_name: str | None,
-              student_lr: float) -> dict[str, list[str]]:
+              student_lr: float, student_loss_rise: float | None = None,
+              student_normalised: bool = True) -> dict[str, list[str]]:
     """The settings to try for each warning, from the run's own settings. ``recipe_name``:
     the recipe for the run's geometry and method, if there is one; ``student_lr``: the
-    student's learning rate in the epoch judged (the schedule's, not the configured one)."""
+    student's learning rate in the epoch judged (the schedule's, not the configured one);
+    ``student_loss_rise``: the student loss of the epoch judged over its first epoch's;
+    ``student_normalised``: whether the student has a normalisation layer."""
+    if student_loss_rise is not None and student_loss_rise > RISE_SUSPECT:
+        # The student's own loss is climbing: it is unstable, whatever the samples are.
+        configured = cfg.student_optim.lr
+        unstable = [f"a lower student learning rate (its loss rose {student_loss_rise:.0f} "
+                    f"times since its first epoch; student_optim.lr now {configured:g}): "
+                    f"--set student_optim.lr={lower_lr(configured):g}"]
+        if not student_normalised:
+            unstable.append("a student with normalisation layers (it has none: no "
+                            "BatchNorm, GroupNorm or LayerNorm)")
+        return {"student_not_learning": unstable, "agreement_at_chance": unstable}
     samples: list[str] = []
     if recipe_name is not None and cfg.base_recipe is None:
         samples.append(f"the settings validated on images like yours: --config {recipe_name}")

@@ -17,7 +17,9 @@ from torch import nn
 from dfkd import distributed, recipes, runlock
 from dfkd.checkpoint import STUDENT, STUDENT_SAFETENSORS, load_model_checkpoint, safe_load
 from dfkd.config import RunConfig, load_config, merge, read_yaml
-from dfkd.data import dataset_info, load_split
+from dfkd.data import DATASETS, dataset_info, load_split
+from dfkd.data.normalization import describe as describe_normalization
+from dfkd.data.normalization import resolve_normalization
 from dfkd.engine import (
     CHECKPOINT,
     METRICS,
@@ -25,10 +27,13 @@ from dfkd.engine import (
     EvalData,
     ImageSpec,
     Trainer,
+    resolve_device,
     seed_everything,
 )
 from dfkd.errors import ConfigError, DfkdError
+from dfkd.memory import size_for_cpu
 from dfkd.methods import get_method
+from dfkd.methods.choice import bn_free_default
 from dfkd.models import create_model, resolve_spec
 
 
@@ -84,9 +89,10 @@ def _split_settings(method: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def say(line: str) -> None:
-    """One line for the user on stderr, from rank 0 only."""
+    """One line for the user on stderr (each line of ``line``), from rank 0 only."""
     if distributed.current().is_main:
-        print(f"dfkd: {line}", file=sys.stderr, flush=True)
+        for part in line.splitlines():
+            print(f"dfkd: {part}", file=sys.stderr, flush=True)
 
 
 def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
@@ -102,8 +108,10 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
     recipe of the nearest family by ``image_shape`` (grey images of 32 px or less: the
     Fashion-MNIST recipe; other images up to 48 px: CIFAR-10's; larger: Tiny-ImageNet's;
     see :mod:`dfkd.recipes`), for ``method`` (default ``cudfkd``). A path (or a name such
-    as ``"configs/fashion_mnist/dafl_lenet5.yaml"``): that recipe, whose ``method`` is used
-    unless ``method`` is given. ``None``: the engine defaults. Only a recipe's training
+    as ``"configs/fashion_mnist/dafl_lenet5.yaml"``, or the setting ``base_recipe=`` as in
+    the CLI): that recipe and its ``method``; a ``method`` given too must be the recipe's
+    (a recipe's settings are tuned for its method), else a ConfigError. ``None``: the
+    engine defaults. Only a recipe's training
     settings are used (its teacher, student and dataset keys are not: the models are the
     ones given here); the run prints which recipe it started from, and the summary's
     config (and ``config.yaml``) records it as ``base_recipe``.
@@ -127,23 +135,72 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
         raw = merge(recorded, _split_settings(method or recorded.get("method", "cudfkd"),
                                               settings))
     else:
-        raw, line = _start_settings(method, recipe, settings, tuple(image_shape))
+        raw, line = _start_settings(method, recipe, settings, tuple(image_shape), teacher)
     cfg = load_config(raw)
+    sized = None
+    if not resume and cfg.base_recipe and resolve_device(cfg.device).type == "cpu":
+        cfg, sized = size_for_cpu(cfg, set(settings), teacher, student, tuple(image_shape),
+                                  distributed.current().world_size)
     out = prepare_out_dir(out_dir, resume, overwrite) if out_dir is not None else None
     if out is not None and distributed.current().is_main:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    spec = ImageSpec(num_classes, tuple(image_shape), tuple(mean), tuple(std))
+    spec = ImageSpec(num_classes, tuple(image_shape), tuple(mean), tuple(std),
+                     dataset=cfg.dataset or dataset_like(num_classes, image_shape, mean, std))
     eval_data = EvalData(*test_data) if test_data is not None else None
     trainer = Trainer(cfg, teacher, student, spec, eval_data, out, progress=progress,
-                      recipe_hint=_recipe_hint(cfg.method, tuple(image_shape)))
+                      recipe_hint=_recipe_hint(cfg.method, tuple(image_shape)),
+                      student_arch=rebuild_spec(student, num_classes, image_shape[0]))
     if resume:
         trainer.resume(state)
-    elif line is not None:   # once the run is built: a user error stays a one-line message
-        say(line)
+    else:   # once the run is built: a user error stays a one-line message
+        for text in (line, sized):
+            if text is not None:
+                say(text)
     summary = trainer.fit()
     if trainer.kept_student is not student:  # student_ema: your module gets the average
         student.load_state_dict(trainer.kept_student.state_dict())
     return summary, student
+
+
+def rebuild_spec(model: nn.Module, num_classes: int, in_channels: int) -> str | None:
+    """The model spec that rebuilds ``model`` (:func:`dfkd.models.create_model`), which
+    student.pt records so that evaluate and export need no flags: its class as
+    ``package.module:Class`` (or ``file.py:Class`` for a file loaded as a spec), when that
+    imports and, called with ``num_classes`` and ``in_channels`` as far as it takes them,
+    builds a model with the same weight names and shapes. None otherwise (a class defined
+    in a function or in the script being run, or one that needs other arguments): student.pt
+    then records the class name only, and evaluate asks for --model."""
+    cls = type(model)
+    module, name = cls.__module__, cls.__qualname__
+    if module == "__main__" or "<locals>" in name:
+        return None
+    loaded = sys.modules.get(module)
+    # A file given as a spec is imported under a private name (dfkd.models.registry).
+    target = getattr(loaded, "__file__", None) if module.startswith("dfkd_user_") else module
+    if not target:
+        return None
+    spec = resolve_spec(f"{target}:{name}")
+    try:
+        with torch.random.fork_rng(devices=[]):   # the run's random numbers stay untouched
+            twin = create_model(spec, num_classes, in_channels)
+    except Exception:  # noqa: BLE001  (the user's constructor may raise anything)
+        return None
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return spec if shapes == {k: tuple(v.shape) for k, v in twin.state_dict().items()} \
+        else None
+
+
+def dataset_like(num_classes: int, image_shape, mean, std) -> str | None:
+    """The known dataset whose class count, image shape and normalisation these are (to
+    3 decimals), so that a student distilled through the API can be evaluated on it."""
+    for name in DATASETS:
+        info = dataset_info(name)
+        if (info.num_classes, tuple(info.image_shape)) == (num_classes, tuple(image_shape)) \
+                and len(mean) == len(info.mean) and len(std) == len(info.std) \
+                and all(abs(a - b) < 5e-4 for a, b in zip((*mean, *std),
+                                                          (*info.mean, *info.std))):
+            return info.name
+    return None
 
 
 def _recipe_hint(method: str, image_shape: tuple[int, int, int]) -> str | None:
@@ -153,20 +210,32 @@ def _recipe_hint(method: str, image_shape: tuple[int, int, int]) -> str | None:
 
 
 def _start_settings(method: str | None, recipe: str | os.PathLike | None,
-                    settings: dict[str, Any], image_shape: tuple[int, int, int]
-                    ) -> tuple[dict[str, Any], str | None]:
+                    settings: dict[str, Any], image_shape: tuple[int, int, int],
+                    teacher: nn.Module | None = None) -> tuple[dict[str, Any], str | None]:
     """The raw configuration of a new API run (the recipe, then ``settings``), and the line
-    that names the recipe."""
+    that names the recipe (after the one naming the method chosen for a teacher without
+    BatchNorm, when no method was given: :mod:`dfkd.methods.choice`)."""
+    if str(recipe) == "auto" and settings.get("base_recipe") is not None:
+        # base_recipe=NAME (as --set base_recipe= in the CLI) is recipe=NAME: its method.
+        settings = dict(settings)
+        asked = str(settings.pop("base_recipe"))
+        recipe = None if asked.strip().lower() in recipes.NONE else asked
     if recipe is None:
         return _split_settings(method or RunConfig.method, settings), None
     if str(recipe) == "auto":
         raw = _split_settings(method or RunConfig.method, settings)
-        return recipes.with_base_recipe(raw, image_shape, RunConfig.method)
+        chosen = None
+        if method is None and teacher is not None:
+            raw, chosen = bn_free_default(teacher, {k: v for k, v in raw.items()
+                                                    if k != "method"})
+        raw, line = recipes.with_base_recipe(raw, image_shape, RunConfig.method)
+        return raw, "\n".join(t for t in (chosen, line) if t)
     path = recipes.resolve_named(str(recipe))
-    base = recipes.training_settings(read_yaml(path))
-    chosen = method or read_yaml(path).get("method") or RunConfig.method
+    recipe_raw = read_yaml(path)
+    base = recipes.training_settings(recipe_raw)
+    chosen = recipes.recipe_method(recipe_raw, method, str(recipe), RunConfig.method)
     raw = {**merge(base, _split_settings(chosen, settings)), "base_recipe": str(recipe)}
-    return raw, f"starting from the recipe {recipe}; your settings override it"
+    return raw, f"starting from the recipe {recipe} (method {chosen}); your settings override it"
 
 
 def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool = False,
@@ -194,27 +263,41 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
     if meta["num_classes"] != info.num_classes:
         raise DfkdError(f"the teacher has {meta['num_classes']} classes but {info.name} has "
                         f"{info.num_classes}")
-    line = None
+    line = sized = chosen = None
+    given = set(raw)   # the user's own keys: a recipe's are the ones not in it
     if base_recipe and not resume:
+        # No method named and a teacher without BatchNorm: the method measured for it.
+        raw, chosen = bn_free_default(teacher, raw)
         raw, line = recipes.with_base_recipe(raw, tuple(info.image_shape), RunConfig.method)
         cfg = load_config(raw)
     images, labels = load_split(info.name, cfg.eval_split, cfg.data_root)
     seed_everything(cfg.seed)  # the student's initialisation is part of the run's seed
     student = create_model(cfg.student, info.num_classes, info.image_shape[0])
+    if base_recipe and not resume and cfg.base_recipe and \
+            resolve_device(cfg.device).type == "cpu":
+        cfg, sized = size_for_cpu(cfg, given, teacher, student, tuple(info.image_shape),
+                                  distributed.current().world_size)
     out = Path(out_dir)
     if distributed.current().is_main:  # one process prepares the folder, the others wait
         prepare_out_dir(out, resume, overwrite)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     distributed.barrier()
-    spec = ImageSpec(info.num_classes, info.image_shape, info.mean, info.std, info.name)
+    # The teacher's own normalisation feeds the generator's output, the student and the
+    # evaluation alike (dfkd.data.normalization).
+    norm = resolve_normalization(cfg.teacher_norm, meta, info)
+    if norm.source != "checkpoint" and not resume:
+        say(describe_normalization(norm, info.name))
+    spec = ImageSpec(info.num_classes, info.image_shape, norm.mean, norm.std, info.name,
+                     normalization=norm.source)
     trainer = Trainer(cfg, teacher, student, spec, EvalData(images, labels), out,
                       teacher_acc1=meta.get(f"{cfg.eval_split}_acc1"), progress=progress,
                       student_arch=resolve_spec(cfg.student),
                       recipe_hint=_recipe_hint(cfg.method, tuple(info.image_shape)))
     if resume:
         trainer.resume(state)
-    if line is not None:   # once the run is built: a user error stays a one-line message
-        say(line)
+    for text in (chosen, line, sized):   # once the run is built: an error stays one line
+        if text is not None:
+            say(text)
     return trainer
 
 

@@ -40,12 +40,14 @@ from dfkd.api import build_trainer
 from dfkd.checkpoint import load_model_checkpoint
 from dfkd.config import first_difference, flatten, load_config, merge, parse_overrides, read_yaml
 from dfkd.data import dataset_info, load_split
+from dfkd.data.normalization import resolve_normalization
 from dfkd.engine import CHECKPOINT, SUMMARY, Interrupted
 from dfkd.errors import ConfigError, DfkdError
 from dfkd.launcher_watch import die_with_parent
 from dfkd.methods import get_method, list_methods
 from dfkd.metrics import fidelity_metrics, predict
-from dfkd.report import METRICS_FILE, PlotUnavailable, format_table, read_metrics
+from dfkd.recipes import resolve_named
+from dfkd.report import METRICS_FILE, PlotUnavailable, dumps_strict, format_table, read_metrics
 from dfkd.report import plot_curves as draw_curves
 from dfkd.teacher import SupervisedSettings, normalizer, train_supervised
 
@@ -81,6 +83,21 @@ def plan(config: dict[str, Any], methods: list[str], seeds: list[int], out: Path
     return runs
 
 
+def _resolve_recipe_files(config: dict[str, Any], folder: Path) -> None:
+    """The ``recipes:`` entries as the files they name, whatever the working folder: a
+    relative entry is looked for next to the bench file first, then in the working folder,
+    then among the bundled recipes (:func:`dfkd.recipes.resolve_named`). ``base.teacher``
+    and the other paths stay relative to the working folder, as on the command line."""
+    entries = config.get("recipes")
+    if not isinstance(entries, dict):
+        return
+    for name, entry in entries.items():
+        if not isinstance(entry, (str, os.PathLike)):
+            continue
+        beside = folder / Path(entry).expanduser()
+        entries[name] = str(beside if beside.is_file() else resolve_named(entry))
+
+
 def _row_recipe(config: dict[str, Any], name: str) -> dict[str, Any]:
     """A row's recipe (empty if it has none) with the method the row runs: the recipe's
     ``method``, else the row's own name."""
@@ -105,14 +122,18 @@ def _reference_settings(config: dict[str, Any], kind: str, seed: int) -> Supervi
         dataset=dataset_info(meta["dataset"]).name, model=base.get("student", "lenet5_half"),
         seed=seed, epochs=int((config.get("references") or {}).get("epochs", 10)),
         device=base.get("device", "auto"), data_root=base.get("data_root"),
-        kd_from=base["teacher"] if kind == "kd_with_data" else None)
+        kd_from=base["teacher"] if kind == "kd_with_data" else None,
+        kd_norm=base.get("teacher_norm") if kind == "kd_with_data" else None)
 
 
 def run_config(config: dict[str, Any], method: str, seed: int) -> dict[str, Any]:
     """The resolved configuration of one run, as its folder stores it."""
     if method in REFERENCES:
         split = config.get("base", {}).get("eval_split", "test")
-        return {**asdict(_reference_settings(config, method, seed)), "eval_split": split}
+        settings = asdict(_reference_settings(config, method, seed))
+        if settings["kd_norm"] is None:   # added later: runs stored before compare equal
+            del settings["kd_norm"]
+        return {**settings, "eval_split": split}
     return load_config(_method_config(config, method, seed)).to_dict()
 
 
@@ -147,15 +168,17 @@ def _reference(config: dict[str, Any], kind: str, seed: int, folder: Path,
     split = base.get("eval_split", "test")
     images, labels = load_split(info.name, split, settings.data_root)
     device = next(student.parameters()).device
-    norm = normalizer(info.mean, info.std, device)
+    norm = normalizer(info.mean, info.std, device)   # the student's: train_supervised's
+    teacher_norm = resolve_normalization(base.get("teacher_norm"), meta, info)
     s_logits = predict(student, images, 1024, norm, device)
-    t_logits = predict(teacher.to(device), images, 1024, norm, device)
+    t_logits = predict(teacher.to(device), images, 1024,
+                       normalizer(teacher_norm.mean, teacher_norm.std, device), device)
     m = fidelity_metrics(s_logits, t_logits, labels)
     result = {"final_acc1": m["acc1"], "final_agreement": m["agreement"],
               "final_loyalty": m["loyalty"], "final_loyalty_official": m["loyalty_official"],
               "student_seconds": smeta["train_seconds"],
               "teacher_acc1": meta.get(f"{split}_acc1"), "eval_split": split}
-    (folder / "result.json").write_text(json.dumps(result, indent=2))
+    (folder / "result.json").write_text(dumps_strict(result, indent=2))
     return result
 
 
@@ -172,14 +195,18 @@ def _run_one(config: dict[str, Any], run: dict[str, Any], progress: bool | None)
     build_trainer(raw, folder, resume=resume, overwrite=not resume, progress=progress).fit()
 
 
-def _init_worker() -> None:
+def _init_worker(gpu_ids: Any = None) -> None:
     """A pool worker ends with the bench (``die_with_parent``), and its progress bars take a
     thread lock: tqdm's default one is a multiprocessing lock, whose semaphore a worker that
-    a signal stops (``os._exit``) would leave to Python's resource tracker, which warns."""
+    a signal stops (``os._exit``) would leave to Python's resource tracker, which warns.
+    With ``gpu_ids`` (a queue holding one GPU index per worker) the worker takes one GPU and
+    sees only it, before anything touches CUDA: one run per GPU at a time."""
     from tqdm import tqdm
 
     die_with_parent()
     tqdm.set_lock(threading.RLock())
+    if gpu_ids is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_ids.get())
 
 
 def _pool_run(config: dict[str, Any], run: dict[str, Any], threads: int) -> None:
@@ -198,12 +225,19 @@ def _pool_run(config: dict[str, Any], run: dict[str, Any], threads: int) -> None
 def run_bench(config_path: str, methods: list[str], seeds: list[int], out: str | Path,
               dry_run: bool = False, report_only: bool = False, teacher: str | None = None,
               overrides: list[str] = (), progress: bool | None = None,
-              jobs: int = 1) -> list[dict[str, Any]]:
+              jobs: int = 1, gpus: int = 0) -> list[dict[str, Any]]:
     """``teacher`` and ``overrides`` ("key=value") replace keys of the config's base;
-    ``jobs`` runs at most that many runs at once, each in its own process."""
+    ``jobs`` runs at most that many runs at once, each in its own process. ``gpus`` > 1
+    runs one run per GPU at a time on that many GPUs (it sets ``jobs``); 1 runs the queue
+    one run at a time on the default device."""
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if gpus < 0:
+        raise ConfigError(f"--gpus must be >= 0, got {gpus}")
+    jobs = gpus or jobs
+    config_path = resolve_named(config_path)
     config = read_yaml(config_path)
+    _resolve_recipe_files(config, config_path.parent)
     base = merge(config.get("base") or {}, parse_overrides(list(overrides)))
     config["base"] = {**base, "teacher": teacher} if teacher is not None else base
     if "teacher" not in config.get("base", {}):
@@ -223,7 +257,7 @@ def run_bench(config_path: str, methods: list[str], seeds: list[int], out: str |
             for run in todo:
                 _run_one(config, run, progress)
         else:
-            _run_pool(config, todo, jobs)
+            _run_pool(config, todo, jobs, gpus)
         rows = collect(out, methods, seeds)
         write_results(out, rows, paired_differences(out, methods, seeds))
     return runs
@@ -270,15 +304,23 @@ def _sigterm_stops_the_workers():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_pool(config: dict[str, Any], todo: list[dict[str, Any]], jobs: int) -> None:
+def _run_pool(config: dict[str, Any], todo: list[dict[str, Any]], jobs: int,
+              gpus: int = 0) -> None:
     """The queue in at most ``jobs`` worker processes; the first failure stops the rest
-    (a stopped run resumes from its last checkpoint next time)."""
+    (a stopped run resumes from its last checkpoint next time). ``gpus``: each worker
+    takes one of that many GPUs."""
     jobs = min(jobs, len(todo))
     threads = threads_per_job(jobs)
     context = multiprocessing.get_context("spawn")  # no forked copies of torch's threads
+    gpu_ids = None
+    if gpus:
+        gpu_ids = context.Queue()
+        for index in range(jobs):
+            gpu_ids.put(index)
     # Workers stop (checkpointing their round) when the bench dies, e.g. under `timeout`.
     with _sigterm_stops_the_workers(), ProcessPoolExecutor(
-            max_workers=jobs, mp_context=context, initializer=_init_worker) as pool:
+            max_workers=jobs, mp_context=context, initializer=_init_worker,
+            initargs=(gpu_ids,)) as pool:
         futures = {pool.submit(_pool_run, config, run, threads): run for run in todo}
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in done if f.exception() is not None]
@@ -387,8 +429,9 @@ def paired_differences(out: Path, methods: list[str], seeds: list[int],
 
 def write_results(out: Path, rows: list[dict[str, Any]],
                   paired: list[dict[str, Any]] = ()) -> None:
-    (out / "results.json").write_text(json.dumps({"methods": rows, "paired": list(paired)},
-                                                 indent=2) + "\n")
+    # One seed has no interval: NaN in memory (the tables print "-"), null in the file.
+    (out / "results.json").write_text(dumps_strict({"methods": rows, "paired": list(paired)},
+                                                   indent=2) + "\n")
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -294,3 +294,40 @@ def load_model_checkpoint(
     load_state_dict_strict(model, state, str(path))
     meta["arch"], meta["num_classes"] = arch, num_classes  # what the model was built as
     return model, meta
+
+
+def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """A model file's dfkd metadata ({} for a bare state dict), without building the model:
+    a run folder's from its ``student.safetensors`` header (no weights read) when there is
+    one, else from the file itself."""
+    path = Path(path)
+    if path.is_dir() and (path / STUDENT_SAFETENSORS).is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path / STUDENT_SAFETENSORS), framework="pt") as f:
+                fields = dict(f.metadata() or {})
+            fields.pop("format", None)
+            return metadata_from_strings(fields)
+        except Exception:  # noqa: BLE001  (a damaged header: read the .pt instead)
+            pass
+    return _read_model_file(path)[1]
+
+
+def missing_rebuild_flags(meta: dict[str, Any], *, model: str | None, dataset: str | None,
+                          needs_data: bool) -> list[str]:
+    """The flags a model file needs from the user before it can be rebuilt, all at once:
+    ``--model`` without a recorded architecture, ``--dataset`` without a recorded class
+    count and image shape (or, with ``needs_data``, to evaluate on, a recorded dataset)."""
+    flags = []
+    if not model and not meta.get("arch"):
+        built = meta.get("module_class")
+        how = (f"it was built in Python as {built}; " if built else "") + \
+            "give its architecture as a zoo name, package.module:callable or " \
+            "path/to/file.py:callable"
+        flags.append(f"--model SPEC ({how})")
+    sized = meta.get("num_classes") and meta.get("image_shape")
+    if not dataset and (not sized or (needs_data and not meta.get("dataset"))):
+        flags.append("--dataset NAME (the data it " +
+                     ("is measured on)" if needs_data else "classifies, which sizes it)"))
+    return flags

@@ -23,6 +23,12 @@ EPILOG = """examples:
 """
 
 
+NORM_HELP = ("the input normalisation the model was trained with: auto (default: the "
+             "checkpoint's own; for a bare state dict on CIFAR-10/100, the public CIFAR model "
+             "zoo's constants; else the dataset's), zoo, dataset, or MEAN:STD (comma-separated "
+             "per channel, e.g. 0.5,0.5,0.5:0.25,0.25,0.25)")
+
+
 def _parser() -> argparse.ArgumentParser:
     from dfkd.data import DATASETS
     from dfkd.methods import list_methods
@@ -82,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", default=None, help="needed only if the checkpoint does not say")
     e.add_argument("--model", default=None, metavar="SPEC",
                    help=f"architecture, for checkpoints without dfkd metadata: {SPEC_HELP}")
+    e.add_argument("--norm", metavar="NORM", default=None, help=NORM_HELP)
     e.add_argument("--split", choices=("test", "val"), default="test",
                    help="real data to measure on (default test; val: the held-out part of the "
                         "training set, for choosing configurations)")
@@ -100,19 +107,28 @@ def _parser() -> argparse.ArgumentParser:
         "(never its teacher, student or dataset); the run prints which recipe it started "
         "from and config.yaml records it as base_recipe; every flag and --set still wins "
         "(--set base_recipe=none: the engine defaults; --set base_recipe=FILE: that "
-        "recipe). Each epoch the student is also scored against the teacher on 1024 "
-        "held-out synthetic images (synthetic_agreement, synthetic_loyalty: a signal that "
-        "needs no data), and a run that is not learning says so once, with settings to "
-        "try. Writes DIR/metrics.jsonl "
+        "recipe, which also sets the method: a --method naming another one is refused). "
+        "Each epoch the student is also scored against the teacher on 1024 held-out "
+        "synthetic images (synthetic_agreement, synthetic_loyalty: a signal that "
+        "needs no data; making them once costs a few seconds for a small teacher, up to a "
+        "minute for a large one on a CPU, and the run says so when it is long; --set "
+        "synthetic_probe=0 turns it off), and a run that is not learning says so once, "
+        "with settings to try. Writes DIR/metrics.jsonl "
         "(one line per epoch), DIR/samples/epoch_NNN.png, DIR/checkpoint.pt (each epoch), "
         "the student as DIR/student.pt and DIR/student.safetensors (each epoch), "
         "DIR/summary.json and, with matplotlib, DIR/curves.png. Ctrl-C saves a checkpoint; "
-        "--resume DIR continues exactly.",
+        "--resume DIR continues exactly (with --set, those settings change for the rest of "
+        "the run, e.g. --set student_optim.lr=0.01 after a student diverged). A student "
+        "loss that becomes non-finite or over 1000 times its first epoch's stops the run, "
+        "naming the student's learning rate.",
         epilog=f"methods: {', '.join(list_methods())}\nmodels: {', '.join(list_models())}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--config", metavar="FILE",
-                   help="YAML recipe (see configs/); without it, the recipe of the images' "
-                        "family (see above)")
+                   help="YAML recipe: a file, or a bundled recipe by name from any folder "
+                        "(e.g. fashion_mnist/cudfkd_lenet5; the configs/ prefix and .yaml "
+                        "are optional); without it, the recipe of the images' family (see "
+                        "above). Paths inside it (teacher, data_root) are relative to the "
+                        "working folder")
     d.add_argument("--teacher", metavar="CKPT",
                    help="teacher checkpoint: train-teacher's .pt, a distilled student (a run "
                         "folder, its student.pt or student.safetensors), or a zoo file with "
@@ -120,6 +136,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--teacher-model", metavar="SPEC",
                    help="teacher architecture, only for checkpoints without dfkd metadata: "
                         f"{SPEC_HELP}")
+    d.add_argument("--teacher-norm", metavar="NORM",
+                   help=f"the teacher's {NORM_HELP}. The generator's output, the student and "
+                        "the evaluation all use it; summary.json and student.pt record it. A "
+                        "teacher near chance on the eval split stops the run before training "
+                        "(--set check_teacher=false forces it)")
     d.add_argument("--student", metavar="SPEC",
                    help=f"student architecture (default lenet5_half): {SPEC_HELP}. "
                         "config.yaml and student.pt record it, so --resume and evaluate "
@@ -134,7 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int)
     d.add_argument("--seed", type=int)
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key (repeatable)")
+                   help="override any config key (repeatable); with --resume, it changes "
+                        "that setting for the rest of the run")
     d.add_argument("--out", metavar="DIR", help="output folder")
     d.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     d.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -151,7 +173,12 @@ def _parser() -> argparse.ArgumentParser:
         "and curves.png (needs matplotlib). Finished runs are skipped and interrupted ones "
         "resumed, so re-running an interrupted bench continues it; a run whose stored config "
         "differs from the current one is refused, naming the key.")
-    b.add_argument("--config", required=True, metavar="FILE", help="bench YAML (see configs/)")
+    b.add_argument("--config", required=True, metavar="FILE",
+                   help="bench YAML: a file, or a bundled one by name (e.g. "
+                        "fashion_mnist/bench). Its recipes: entries are found next to the "
+                        "bench file first, then in the working folder, then among the bundled "
+                        "recipes; base.teacher and other paths are relative to the working "
+                        "folder")
     b.add_argument("--methods", required=True,
                    help="comma-separated rows: methods, the references scratch and "
                         "kd_with_data, and rows named in the config's recipes (e.g. "
@@ -168,11 +195,56 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: one per CPU core this process may use, which respects "
                         "taskset and SLURM/cgroup cpusets; 1 runs them one after another "
                         "here)")
+    b.add_argument("--gpus", type=int, default=0, metavar="N",
+                   help="run one run per GPU at a time on N GPUs (sets --jobs N; each worker "
+                        "sees only its GPU)")
     b.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
     b.add_argument("--report-only", action="store_true",
                    help="write the results from the runs finished so far, run nothing "
                         "(e.g. while parallel benches fill DIR)")
     common(b)
+
+    r = sub.add_parser(
+        "reproduce", help="the papers' CIFAR table: every method x pair x seed, official "
+        "recipes, published numbers beside the measured ones",
+        description="Runs each method's official recipe (configs/cifar10|cifar100/, every "
+        "value traced to its official script) on the pairs of the papers' CIFAR table (C10 "
+        "R34->R18, C10 WRN40-2->WRN16-1, C10 WRN40-2->WRN40-1, C100 R34->R18, C100 "
+        "WRN40-2->WRN16-2) with the public CIFAR model zoo's teachers, through 'dfkd bench' "
+        "(DIR/<pair>/: interrupted runs resume when the command is repeated). Writes "
+        "DIR/table.md and DIR/table.json: measured test Acc@1 (mean ± std over seeds) beside "
+        "the published one, paired differences against CuDFKD with 95% intervals, and hours "
+        "per run. fp32 by default, as the papers' code; --fast for bf16 + channels_last + "
+        "torch.compile (CUDA). Each teacher is fed the zoo's normalisation.",
+        epilog="example:\n  dfkd reproduce --data-root ~/data --teachers "
+        "checkpoints/pretrained --seeds 0,1,2 --gpus 4 --out runs/reproduce\n"
+        "  (--data-root holds cifar-10-batches-py/ and cifar-100-python/; --teachers holds "
+        "cifar10_resnet34.pth, cifar10_wrn40_2.pth, cifar100_resnet34.pth, "
+        "cifar100_wrn40_2.pth)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--teachers", required=True, metavar="DIR",
+                   help="folder of the zoo's teachers, named <dataset>_<arch>.pth")
+    r.add_argument("--methods", default="all",
+                   help="comma-separated rows (default all: cudfkd, dafl, zskt, deepinv, dfq, "
+                        "cmi, dfad, and the Fast variants)")
+    r.add_argument("--pairs", default="all",
+                   help="comma-separated pairs (default all): c10_resnet34_resnet18, "
+                        "c10_wrn40_2_wrn16_1, c10_wrn40_2_wrn40_1, c100_resnet34_resnet18, "
+                        "c100_wrn40_2_wrn16_2")
+    r.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    r.add_argument("--fast", action="store_true",
+                   help="bf16 autocast, channels_last and torch.compile (CUDA) instead of fp32")
+    r.add_argument("--gpus", type=int, default=0, metavar="N",
+                   help="one run per GPU at a time on N GPUs (default: one run at a time on "
+                        "the default device)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of every run (e.g. --set epochs=1 for a smoke "
+                        "run; the table then says the recipes were not run in full)")
+    r.add_argument("--out", required=True, metavar="DIR")
+    r.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
+    r.add_argument("--report-only", action="store_true",
+                   help="write the table from the runs finished so far, run nothing")
+    common(r)
 
     tu = sub.add_parser(
         "tune", help="choose a recipe's hyperparameters on the val split (Optuna)",
@@ -188,7 +260,8 @@ def _parser() -> argparse.ArgumentParser:
         "--teacher runs/teacher.pt --trials 20 --set epochs=4 --out runs/tune_cudfkd",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     tu.add_argument("--config", required=True, metavar="RECIPE",
-                    help="YAML recipe with a 'search:' section")
+                    help="YAML recipe with a 'search:' section: a file, or a bundled recipe "
+                         "by name (e.g. fashion_mnist/cudfkd_lenet5)")
     tu.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint")
     tu.add_argument("--trials", type=int, required=True, metavar="N",
                     help="finished trials (complete or pruned) the study should reach")
@@ -222,6 +295,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"architecture, for checkpoints without dfkd metadata: {SPEC_HELP}")
     x.add_argument("--dataset", default=None,
                    help="for checkpoints without dfkd metadata: sizes the input")
+    x.add_argument("--norm", metavar="NORM", default=None,
+                   help=f"for checkpoints without dfkd metadata: {NORM_HELP}")
     x.add_argument("--opset", type=int, default=None, help="ONNX opset (default: PyTorch's)")
     x.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show full tracebacks on errors")
@@ -278,19 +353,34 @@ def _model_path(args) -> str:
     return path
 
 
+def _require_rebuild_flags(path: str, args, needs_data: bool) -> None:
+    """Every flag the model file still needs, named in one message (not one per try)."""
+    from dfkd.checkpoint import missing_rebuild_flags, read_model_meta
+    from dfkd.errors import ConfigError
+
+    missing = missing_rebuild_flags(read_model_meta(path), model=args.model,
+                                    dataset=args.dataset, needs_data=needs_data)
+    if missing:
+        raise ConfigError(f"'{path}' does not record all that rebuilds its model; pass "
+                          + " and ".join(missing))
+
+
 def _cmd_evaluate(args) -> int:
     from dfkd.teacher import evaluate_checkpoint
 
+    _require_rebuild_flags(_model_path(args), args, needs_data=True)
     result = evaluate_checkpoint(_model_path(args), dataset=args.dataset,
                                  data_root=args.data_root,
                                  device=args.device or "auto", model=args.model,
-                                 split=args.split)
+                                 split=args.split, norm=args.norm)
     if args.json:
         print(json.dumps(result))
     else:
         extra = f"  Acc@5 {result['acc5']:.2f}%" if "acc5" in result else ""
+        source = result["normalization"]["source"]
+        norm = "" if source == "checkpoint" else f"  (input normalisation: {source})"
         print(f"{result['arch']} on {result['dataset']} {result['split']}: "
-              f"Acc@1 {result['acc1']:.2f}%{extra}")
+              f"Acc@1 {result['acc1']:.2f}%{extra}{norm}")
     return 0
 
 
@@ -299,6 +389,7 @@ def _cmd_distill(args) -> int:
     from dfkd.config import merge, parse_overrides, read_yaml
     from dfkd.distributed import init_from_env, shutdown
     from dfkd.errors import ConfigError
+    from dfkd.recipes import resolve_named
     from dfkd.report import draw_run_curves, result_table
 
     if args.resume:
@@ -308,15 +399,18 @@ def _cmd_distill(args) -> int:
         raw = dict(state["config"])
         if args.device:
             raw["device"] = args.device
+        # --set with --resume: those settings change for the rest of the run (the student's
+        # rate goes on from the same point of its schedule, at the new value).
+        raw = merge(raw, parse_overrides(args.set))
         out, resume = args.resume, True
     else:
         if not args.out:
             raise ConfigError("--out DIR is required (or --resume DIR)")
-        raw = read_yaml(args.config) if args.config else {}
+        raw = read_yaml(resolve_named(args.config)) if args.config else {}
         flags = {"teacher": args.teacher, "teacher_model": args.teacher_model,
                  "student": args.student, "method": args.method, "dataset": args.dataset,
                  "epochs": args.epochs, "seed": args.seed, "device": args.device,
-                 "eval_split": args.eval_split,
+                 "eval_split": args.eval_split, "teacher_norm": args.teacher_norm,
                  "data_root": args.data_root}
         raw = merge(raw, {k: v for k, v in flags.items() if v is not None})
         overrides = parse_overrides(args.set)
@@ -355,17 +449,13 @@ def _cmd_distill(args) -> int:
 
 def _cmd_bench(args) -> int:
     from dfkd.bench import run_bench, usable_cores
-    from dfkd.errors import ConfigError
 
-    try:
-        seeds = [int(x) for x in args.seeds.split(",")]
-    except ValueError as exc:
-        raise ConfigError(f"--seeds expects comma-separated integers, got '{args.seeds}'") from exc
+    seeds = _seed_list(args.seeds)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     runs = run_bench(args.config, methods, seeds, args.out, dry_run=args.dry_run,
                      report_only=args.report_only, teacher=args.teacher,
                      overrides=args.set, progress=_progress(args),
-                     jobs=args.jobs or usable_cores())
+                     jobs=args.jobs or usable_cores(), gpus=args.gpus)
     if args.dry_run:
         for run in runs:
             print(f"{run['state']:>6}  {run['method']} seed {run['seed']}  -> {run['folder']}")
@@ -374,13 +464,45 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _seed_list(text: str) -> list[int]:
+    from dfkd.errors import ConfigError
+
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError as exc:
+        raise ConfigError(f"--seeds expects comma-separated integers, got '{text}'") from exc
+
+
+def _cmd_reproduce(args) -> int:
+    from dfkd.errors import ConfigError
+    from dfkd.reproduce import run_reproduce
+
+    if not args.data_root and not (args.dry_run or args.report_only):
+        raise ConfigError("--data-root DIR is required: the folder holding the official "
+                          "cifar-10-batches-py/ and cifar-100-python/")
+    runs = run_reproduce(args.data_root or ".", args.teachers, args.out, methods=args.methods,
+                         pairs=args.pairs, seeds=_seed_list(args.seeds),
+                         precision="fast" if args.fast else "fp32", gpus=args.gpus,
+                         overrides=args.set, dry_run=args.dry_run,
+                         report_only=args.report_only, progress=_progress(args),
+                         device=args.device)
+    if args.dry_run:
+        for run in runs:
+            print(f"{run['state']:>6}  {run['pair']}  {run['method']} seed {run['seed']}  "
+                  f"-> {run['folder']}")
+    else:
+        print((Path(args.out) / "table.md").read_text())
+    return 0
+
+
 def _cmd_tune(args) -> int:
+    from dfkd.recipes import resolve_named
     from dfkd.tune import run_tune
 
     extra = [f"device={args.device}"] if args.device else []
     # JSON-quoted: the path stays a string whatever it looks like in YAML (~, yes, 1e3)
     extra += [f"data_root={json.dumps(args.data_root)}"] if args.data_root else []
-    study = run_tune(args.config, args.teacher, args.trials, args.out,
+    study = run_tune(str(resolve_named(args.config)), args.teacher, args.trials, args.out,
                      overrides=[*extra, *args.set], storage=args.storage,
                      study_name=args.study_name, seed=args.seed, progress=_progress(args))
     best = study.best_trial
@@ -398,8 +520,9 @@ def _cmd_tune(args) -> int:
 def _cmd_export(args) -> int:
     from dfkd.export import export_model
 
+    _require_rebuild_flags(_model_path(args), args, needs_data=False)
     for line in export_model(_model_path(args), args.format, args.out, model_spec=args.model,
-                             dataset=args.dataset, opset=args.opset):
+                             dataset=args.dataset, opset=args.opset, norm=args.norm):
         print(line)
     return 0
 
@@ -421,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     handler = {"train-teacher": _cmd_train_teacher, "evaluate": _cmd_evaluate,
                "distill": _cmd_distill, "bench": _cmd_bench, "tune": _cmd_tune,
-               "export": _cmd_export, "plot": _cmd_plot}[args.command]
+               "export": _cmd_export, "plot": _cmd_plot,
+               "reproduce": _cmd_reproduce}[args.command]
     try:
         return handler(args)
     except DfkdError as exc:

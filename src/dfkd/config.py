@@ -19,9 +19,11 @@ from typing import Any, Literal
 
 import yaml
 
+from dfkd.data.normalization import parse_normalization
 from dfkd.errors import ConfigError
 from dfkd.generators import GeneratorConfig
 from dfkd.methods import GeneratorMethod, get_method, list_methods
+from dfkd.trackers import check_trackers
 
 
 @dataclass
@@ -33,9 +35,20 @@ class StudentOptimConfig:
 
 @dataclass
 class RunConfig:
+    """One run's resolved settings: the top-level keys, then the sections of the student's
+    optimiser, the generator and the run's method (dotted keys in ``--set``). Build it with
+    :func:`load_config`, which validates; ``config.yaml`` of a run folder is its dump."""
+
     method: str = "cudfkd"
     teacher: str | None = None        # checkpoint path
     teacher_model: str | None = None  # only for zoo checkpoints without dfkd metadata
+    # The teacher's input normalisation (dfkd.data.normalization): None decides from the
+    # teacher (its checkpoint's, the CIFAR zoo's for a bare CIFAR state dict, else the
+    # dataset's); "zoo", "dataset", or {mean: [...], std: [...]} choose it.
+    teacher_norm: Any = None
+    # Stop before training when the teacher scores near chance on the eval split (a wrong
+    # normalisation, dataset or class count); false forces the run.
+    check_teacher: bool = True
     dataset: str | None = None        # evaluation data; default: the teacher's dataset
     eval_split: Literal["val", "test"] = "test"  # what the per-epoch metrics are computed on
     data_root: str | None = None
@@ -74,6 +87,11 @@ class RunConfig:
     # The recipe whose training settings the run started from when it was given none
     # (dfkd.recipes): a record, or the recipe to start from (none: the engine defaults).
     base_recipe: str | None = None
+    # Experiment trackers (dfkd.trackers): a name or a list of tensorboard, mlflow, wandb
+    # (None: none). tracker_uri: MLflow's tracking URI (default: MLFLOW_TRACKING_URI, else
+    # sqlite:///mlflow.db in the current folder).
+    tracker: Any = None
+    tracker_uri: str | None = None
     student_optim: StudentOptimConfig = field(default_factory=StudentOptimConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     method_settings: Any = None       # the method's Settings instance (filled by load_config)
@@ -96,7 +114,8 @@ class RunConfig:
 # key absent from a stored config as its default (bench.check_same_config), method settings
 # included, so a new key need not be listed here.
 _WRITTEN_WHEN_SET = frozenset({"synthetic_probe", "base_recipe", "batched_g",
-                               "teacher_graph", "student_ema"})
+                               "teacher_graph", "student_ema", "teacher_norm",
+                               "check_teacher", "tracker", "tracker_uri"})
 
 _RANGES: dict[str, tuple[float, float | None]] = {
     "epochs": (1, None), "rounds": (1, None), "g_steps": (0, None), "kd_steps": (1, None),
@@ -268,6 +287,8 @@ def load_config(raw: dict[str, Any]) -> RunConfig:
     method_cls = get_method(method_name)
     sections = {name: raw.pop(name) for name in list(raw) if name in list_methods()}
     cfg = build_dataclass(RunConfig, raw)
+    parse_normalization(cfg.teacher_norm)   # a bad value fails here, before any work
+    cfg.tracker = check_trackers(cfg.tracker)   # names, checked; a name alone -> [name]
     cfg.method_settings = build_dataclass(
         method_cls.Settings, sections.get(method_name) or {}, method_name + "."
     )

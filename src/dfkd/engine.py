@@ -17,7 +17,6 @@ warnings when the run is not learning.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -37,7 +36,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from dfkd import distributed, runlock
-from dfkd.advice import RunWatch, hints_for
+from dfkd.advice import RunWatch, has_normalisation, hints_for, student_divergence
 from dfkd.checkpoint import (
     BackgroundWriter,
     atomic_save,
@@ -51,9 +50,12 @@ from dfkd.hooks import batchnorm_layers
 from dfkd.methods import GeneratorMethod, MethodContext, get_method
 from dfkd.metrics import accuracy, fidelity_metrics, predict, run_summary
 from dfkd.probe import KEYS as SYNTHETIC_KEYS
+from dfkd.probe import NOTICE_SECONDS as PROBE_NOTICE_SECONDS
 from dfkd.probe import SyntheticProbe
-from dfkd.report import save_image_grid
+from dfkd.probe import expected_seconds as expected_probe_seconds
+from dfkd.report import dumps_strict, save_image_grid
 from dfkd.teacher_wrap import FrozenTeacher, GraphedForward
+from dfkd.trackers.hub import Tracking
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -67,6 +69,12 @@ class ImageSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     dataset: str | None = None   # recorded in student.pt, so the student knows its data
+    # Where mean/std came from (dfkd.data.normalization: "checkpoint", "zoo",
+    # "dataset", "given"); recorded in student.pt and summary.json.
+    normalization: str = "given"
+
+    def normalization_record(self) -> dict[str, Any]:
+        return {"mean": list(self.mean), "std": list(self.std), "source": self.normalization}
 
 
 @dataclass
@@ -207,6 +215,9 @@ class Trainer:
         self.teacher_acc1 = teacher_acc1
         # Only rank 0 talks and writes; every rank computes.
         self.is_main = self.dist.is_main
+        # Experiment trackers (dfkd.trackers): rank 0 hands them each metrics.jsonl row.
+        self.tracking = Tracking(cfg.tracker if self.is_main else None, cfg.tracker_uri,
+                                 out_dir)
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.is_main
         if cfg.batch_size % self.dist.world_size:
             raise DfkdError(f"batch_size {cfg.batch_size} is the global batch and must divide "
@@ -224,10 +235,11 @@ class Trainer:
         # gradients are averaged. Rank 0's initial weights are broadcast at wrap time.
         self.student_ddp = self._wrap(self.student)
         method_cls = get_method(cfg.method)
-        if method_cls.needs_bn and not batchnorm_layers(teacher):
+        if method_cls.uses_bn(cfg.method_settings) and not batchnorm_layers(teacher):
             raise DfkdError(f"method '{cfg.method}' matches the teacher's BatchNorm statistics, "
-                            "but the teacher has no BatchNorm layer; pick a method that does "
-                            "not need them (e.g. dfad, zskt) or a teacher with BatchNorm")
+                            "but the teacher has no BatchNorm layer; set "
+                            f"{cfg.method}.w_bn=0 to run it without that term, or pick a "
+                            "method that needs none (dafl, dfad, zskt)")
         mean = torch.tensor(spec.mean, device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(spec.std, device=self.device).view(1, -1, 1, 1)
         self._mean, self._std = mean, std
@@ -270,14 +282,20 @@ class Trainer:
             self._eval_transform = self._make_eval_transform(eval_data, mean, std)
             # The teacher's test predictions are computed once, not every epoch.
             self.teacher_test_logits = self._predict(self.teacher)
+            measured = accuracy(self.teacher_test_logits, eval_data.labels)["acc1"]
             if self.teacher_acc1 is None:
-                self.teacher_acc1 = accuracy(self.teacher_test_logits,
-                                             eval_data.labels)["acc1"]
+                self.teacher_acc1 = measured
+            if cfg.check_teacher:
+                check_teacher_accuracy(measured, spec, cfg.eval_split)
 
         # The data-free signal: made at the start of fit (dfkd.probe), then checkpointed.
         self.probe: SyntheticProbe | None = None
         self._probe_transform = self._pixels_transform(mean, std)
         self.watch = RunWatch()
+        # A diverging student is stopped (dfkd.advice.student_divergence): its first loss,
+        # until the first epoch's is in the history, and whether it has normalisation.
+        self._first_student_loss: float | None = None
+        self._student_normalised = has_normalisation(student)
         self._epoch_weights: list[torch.Tensor] | None = None   # the student's, for the watch
 
         # Loop position and accumulators: all of it is checkpointed.
@@ -348,6 +366,7 @@ class Trainer:
             self.student_ema.load_state_dict(state["student_ema"])
         self.opt_s.load_state_dict(state["opt_s"])
         self.sched_s.load_state_dict(state["sched_s"])
+        self._rescale_student_lr(state.get("config") or {})
         self.method.load_state_dict(state["method"])
         self.epoch, self.round = int(state["epoch"]), int(state["round"])
         self.history = list(state["history"])
@@ -374,7 +393,7 @@ class Trainer:
                 out_dir, meta = self.out_dir, self.student_meta()
                 state = cpu_snapshot(state)
                 student = self._kept_weights(state)
-                rows = "".join(json.dumps(row) + "\n"
+                rows = "".join(dumps_strict(row) + "\n"
                                for row in state["history"][self._rows_written:])
                 self._rows_written = len(state["history"])
 
@@ -386,6 +405,7 @@ class Trainer:
                             f.write(rows)
                             f.flush()
                             os.fsync(f.fileno())
+                        self.tracking.saved(rows)   # after their checkpoint, as here
                 self.writer.submit(write)
             distributed.barrier()
 
@@ -407,7 +427,8 @@ class Trainer:
         meta: dict[str, Any] = {
             "arch": self.student_arch, "dataset": spec.dataset,
             "num_classes": spec.num_classes, "image_shape": list(spec.image_shape),
-            "mean": list(spec.mean), "std": list(spec.std), "dfkd_kind": "distilled",
+            "mean": list(spec.mean), "std": list(spec.std),
+            "normalization": spec.normalization, "dfkd_kind": "distilled",
             "method": cfg.method, "teacher": cfg.teacher, "seed": cfg.seed,
             "epoch": self.epoch, "epochs": cfg.epochs, "eval_split": split,
             "teacher_acc1": self.teacher_acc1,
@@ -428,7 +449,7 @@ class Trainer:
             return
         # The metrics file continues exactly the checkpoint's history: lines written
         # after the checkpoint (by a run that was then killed) are dropped.
-        lines = "".join(json.dumps(row) + "\n" for row in self.history)
+        lines = "".join(dumps_strict(row) + "\n" for row in self.history)
         tmp = self.out_dir / (METRICS + ".tmp")
         tmp.write_text(lines)
         os.replace(tmp, self.out_dir / METRICS)
@@ -479,6 +500,7 @@ class Trainer:
         self.timers["student_seconds"] += t2 - t1
         # Training wall time (synthesis + student steps); evaluation is not counted.
         self.timers["elapsed_seconds"] += t2 - t0
+        self._check_student_loss(dict(zip(names, values)), student_steps)
         for name, value in zip(names, values):
             if not math.isfinite(value):
                 raise NonFiniteLoss(
@@ -489,6 +511,49 @@ class Trainer:
             steps = cfg.g_steps if name.startswith(("loss_g", "g_")) else cfg.kd_steps
             self.sums[name] = self.sums.get(name, 0.0) + value / max(steps, 1)
         return dict(zip(names, values))
+
+    def _student_loss_reference(self) -> float | None:
+        """The student loss (mean per step) of the first epoch that had student steps, or
+        of this run's first round with some while that epoch is not over."""
+        first = next((row["loss_s"] for row in self.history if "loss_s" in row), None)
+        return first if first is not None else self._first_student_loss
+
+    def _check_student_loss(self, values: dict[str, float], student_steps: int) -> None:
+        """Stop a student that diverges (dfkd.advice.student_divergence), before anything
+        of the round is checkpointed."""
+        if "loss_s" not in values or not student_steps:
+            return
+        loss = values["loss_s"] / student_steps
+        if self._student_loss_reference() is None and math.isfinite(loss):
+            self._first_student_loss = loss
+        if self.out_dir is None:
+            again = "run it again with"
+        elif (self.out_dir / CHECKPOINT).is_file():
+            again = f"resume with: dfkd distill --resume {self.out_dir}"
+        else:
+            again = "start it again with"
+        line = student_divergence(
+            "loss_s", loss, self._student_loss_reference(),
+            where=f"in epoch {self.epoch + 1}, round {self.round + 1}",
+            lr=self.opt_s.param_groups[0]["lr"], configured_lr=self.cfg.student_optim.lr,
+            normalised=self._student_normalised, resume_hint=again)
+        if line is not None:
+            raise NonFiniteLoss(line)
+
+    def _rescale_student_lr(self, recorded: dict[str, Any]) -> None:
+        """A resume given another student_optim.lr (say, after a divergence) goes on from
+        the same point of the schedule at the new rate: the optimiser's and the schedule's
+        rates, restored from the checkpoint, are scaled by new / recorded."""
+        old = (recorded.get("student_optim") or {}).get("lr")
+        new = self.cfg.student_optim.lr
+        if not old or old == new:
+            return
+        scale = new / old
+        for group in self.opt_s.param_groups:
+            group["lr"] *= scale
+            group["initial_lr"] = group.get("initial_lr", old) * scale
+        self.sched_s.base_lrs = [lr * scale for lr in self.sched_s.base_lrs]
+        self.sched_s._last_lr = [group["lr"] for group in self.opt_s.param_groups]
 
     @property
     def kept_student(self) -> nn.Module:
@@ -532,6 +597,13 @@ class Trainer:
         student step, also score the untrained student on it (the warnings' baseline)."""
         if self.probe is not None or not self.cfg.synthetic_probe:
             return
+        seconds = expected_probe_seconds(self.teacher, tuple(self.spec.image_shape), self._mean,
+                                         self._std, self.device, self.cfg.synthetic_probe)
+        if seconds > PROBE_NOTICE_SECONDS and self.is_main:
+            tqdm.write(f"dfkd: making the synthetic probe ({self.cfg.synthetic_probe} held-out "
+                       f"synthetic images for the data-free signal): about {seconds:.0f} s, "
+                       "once per run; --set synthetic_probe=0 turns it (and the warnings "
+                       "that read it) off", file=sys.stderr)
         self.probe = SyntheticProbe.create(self.teacher, tuple(self.spec.image_shape),
                                            self.spec.num_classes, self._mean, self._std,
                                            self.device, self.cfg.synthetic_probe)
@@ -570,8 +642,11 @@ class Trainer:
         cfg = self.cfg
         learned = self.epoch + 1 - self.method.warmup_epochs
         initial = (self.probe.initial or {}).get("synthetic_kl")
+        first = self._student_loss_reference()
+        rise = row["loss_s"] / first if "loss_s" in row and first and first > 0 else None
         hints = hints_for(cfg, generator_method=isinstance(self.method, GeneratorMethod),
-                          recipe_name=self.recipe_hint, student_lr=row["lr"])
+                          recipe_name=self.recipe_hint, student_lr=row["lr"],
+                          student_loss_rise=rise, student_normalised=self._student_normalised)
         for warning in self.watch.check(row, learned_epochs=learned,
                                         student_steps=learned * cfg.rounds * cfg.kd_steps,
                                         num_classes=self.spec.num_classes,
@@ -585,7 +660,8 @@ class Trainer:
         ``stop_after_epoch`` (a time-sliced job; ``resume`` continues it exactly)."""
         if self.out_dir is None or not self.is_main:
             return self._fit(stop_after_epoch)
-        with runlock.holding(self.out_dir):  # re-entrant: build_trainer may hold it already
+        # re-entrant: build_trainer may hold it already
+        with runlock.holding(self.out_dir), self.tracking.session(self):
             try:
                 return self._fit(stop_after_epoch)
             finally:  # the last checkpoint is on disk, whatever ended the loop
@@ -664,6 +740,7 @@ class Trainer:
             "eval_split": self.cfg.eval_split if self.eval_data is not None else None,
             **run_summary(acc, elapsed),
             "teacher_acc1": self.teacher_acc1,
+            "normalization": self.spec.normalization_record(),
             **{k: round(v, 3) for k, v in self.timers.items()},
             # Student steps run only after a warm-up (Fast): count the epochs that had them.
             "student_samples_per_second": max(0, self.epoch - self.method.warmup_epochs)
@@ -675,9 +752,25 @@ class Trainer:
         }
         if self.out_dir is not None and self.is_main and self.epoch == self.cfg.epochs:
             tmp = self.out_dir / (SUMMARY + ".tmp")
-            tmp.write_text(json.dumps(out, indent=2) + "\n")
+            tmp.write_text(dumps_strict(out, indent=2) + "\n")
             os.replace(tmp, self.out_dir / SUMMARY)
         return out
+
+
+def check_teacher_accuracy(acc1: float, spec: ImageSpec, split: str) -> None:
+    """Refuse a teacher that scores near chance on the real eval split: distilling it
+    teaches the student nothing, and the cause is nearly always the input (a wrong
+    normalisation or dataset) or the head (a wrong class count)."""
+    chance = 100.0 / spec.num_classes
+    if acc1 >= chance + min(chance, 10.0):
+        return
+    norm = spec.normalization_record()
+    raise DfkdError(
+        f"the teacher scores {acc1:.2f}% on the {split} split of {spec.dataset or 'the data'} "
+        f"(chance: {chance:.2f}%): likely causes are a wrong input normalisation (fed mean "
+        f"{norm['mean']}, std {norm['std']} from {norm['source']}; --teacher-norm zoo|dataset|"
+        f"MEAN:STD changes it), a teacher trained on another dataset (--dataset), or a wrong "
+        f"class count; pass --set check_teacher=false to distil it anyway")
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:

@@ -178,9 +178,11 @@ def export_safetensors(model: nn.Module, meta: dict[str, Any], out: Path) -> lis
 
 def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike,
                  model_spec: str | None = None, dataset: str | None = None,
-                 opset: int | None = None) -> list[str]:
+                 opset: int | None = None, norm: Any = None) -> list[str]:
     """Export ``checkpoint`` (a model checkpoint or a run folder) as ``fmt`` to ``out``;
-    returns the lines to print (what was written, and the check's result)."""
+    returns the lines to print (what was written, and the check's result). ``norm``: the
+    input normalisation recorded for a file without dfkd metadata
+    (:mod:`dfkd.data.normalization`)."""
     if fmt not in FORMATS:
         raise DfkdError(f"unknown export format '{fmt}'; one of {', '.join(FORMATS)}")
     if fmt == "onnx":
@@ -194,8 +196,12 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
     model, meta = load_model_checkpoint(checkpoint, arch=model_spec, num_classes=num_classes,
                                         in_channels=in_channels)
     if dataset and "image_shape" not in meta:  # a zoo file: the dataset says what it eats
+        from dfkd.data.normalization import resolve_normalization
+
+        normalization = resolve_normalization(norm, meta, info)
         meta.update(dataset=info.name, image_shape=list(info.image_shape),
-                    mean=list(info.mean), std=list(info.std))
+                    mean=list(normalization.mean), std=list(normalization.std),
+                    normalization=normalization.source)
     model = model.float().eval()
     out = Path(out)
     if fmt == "onnx":

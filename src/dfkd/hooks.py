@@ -3,6 +3,7 @@
 * :class:`BNStatsHook` turns every BatchNorm layer's input statistics into the
   DeepInversion / CuDFKD prior term
   ``sum_l ||mu_batch - running_mean||_2 + ||var_batch - running_var||_2``.
+  :class:`NoBNStats` is its stand-in when the term is off.
 * :class:`FeatureHook` keeps the outputs of chosen modules (attention transfer,
   contrastive heads).
 """
@@ -61,6 +62,38 @@ class BNStatsHook:
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+
+
+class NoBNStats:
+    """Stands in for :class:`BNStatsHook` when a method's BN term is off (its ``w_bn`` is 0,
+    e.g. for a teacher without BatchNorm): no hooks, and a zero term."""
+
+    layers: list = []
+    running = None
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = device
+
+    def __enter__(self) -> NoBNStats:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def loss(self) -> torch.Tensor:
+        return torch.zeros((), device=self.device)
+
+    def update(self) -> None:
+        """Fast's momentum statistics: nothing to fold in."""
+
+    def state_dict(self) -> dict:
+        return {"running": None}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        pass
+
+    def remove(self) -> None:
+        pass
 
 
 class FeatureHook:

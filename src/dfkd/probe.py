@@ -175,6 +175,43 @@ def build_probe(teacher: nn.Module, image_shape: tuple[int, int, int], num_class
     return {k: v.clone() for k, v in probe.items()}
 
 
+NOTICE_SECONDS = 5.0        # a probe expected to take longer is announced, with its off switch
+
+
+def expected_seconds(teacher: nn.Module, image_shape: tuple[int, int, int],
+                     mean: torch.Tensor, std: torch.Tensor, device: torch.device,
+                     size: int) -> float:
+    """About how long :func:`build_probe` will take: 0 when it is cached, else one of its
+    generator steps, timed, times the steps and candidate batches it makes. Draws none of
+    the caller's random numbers and changes nothing."""
+    key = _fingerprint(teacher, image_shape, mean.flatten().tolist(), std.flatten().tolist(),
+                       size, device)
+    if key in _CACHE:
+        return 0.0
+    devices = [device.index or 0] if device.type == "cuda" else []
+    g_size = default_generator_size(tuple(image_shape))
+    scale = 2 ** g_size.stages
+    channels, height, width = image_shape
+    drawn = (channels, -(-height // scale) * scale, -(-width // scale) * scale)
+    with torch.random.fork_rng(devices=devices), _cpu_threads(1 if device.type == "cpu" else 0):
+        net = Generator(g_size.nz, max(4, g_size.ngf // 2), drawn, width=g_size.width,
+                        stages=g_size.stages).to(device)
+        z = torch.randn(PROBE_BATCH, g_size.nz, device=device)
+        t0 = time.perf_counter()
+        x = F.interpolate(net(z), size=(height, width)) if drawn[1:] != (height, width) \
+            else net(z)
+        loss = teacher((x - mean) / std).float().logsumexp(1).mean()
+        loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        step = time.perf_counter() - t0
+    for p in teacher.parameters():   # a teacher that requires grad keeps none of this one
+        p.grad = None
+    batches = math.ceil(PROBE_CANDIDATES * size / PROBE_BATCH)
+    # Each candidate batch is a forward only: about a third of a step.
+    return step * (PROBE_STEPS + batches / 3)
+
+
 class SyntheticProbe:
     """The fixed probe of one run and the student's scores on it (see the module's text)."""
 

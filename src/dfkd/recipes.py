@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dfkd.config import merge, read_yaml
+from dfkd.errors import ConfigError
 
 # What names the pair, the data and where to run: never taken from a base recipe.
 PAIR_KEYS = frozenset({"teacher", "teacher_model", "student", "dataset", "data_root",
@@ -87,17 +88,36 @@ def recipe_for(method: str, image_shape: tuple[int, int, int]) -> BaseRecipe | N
     return BaseRecipe(family, path, f"configs/{family.folder}/{path.name}")
 
 
-def resolve_named(name: str) -> Path:
-    """A recipe given by name: a file, or a path under configs/ (``configs/`` optional)."""
+def resolve_named(name: str | Path) -> Path:
+    """A recipe (or bench file) given by path or by name, from any working folder: the file
+    itself, else a bundled one under configs/, where ``configs/`` and ``.yaml`` are optional
+    (``fashion_mnist/cudfkd_lenet5`` is ``configs/fashion_mnist/cudfkd_lenet5.yaml``)."""
+    name = str(name)
     path = Path(name).expanduser()
-    if path.is_file():
-        return path
+    bare = path.suffix not in (".yaml", ".yml")
+    for candidate in (path, path.with_name(path.name + ".yaml")) if bare else (path,):
+        if candidate.is_file():
+            return candidate
     root = recipes_dir()
-    if root is not None:
+    if root is not None and not path.is_absolute():
         rel = name[len("configs/"):] if name.startswith("configs/") else name
-        if (root / rel).is_file():
-            return root / rel
+        for candidate in (root / rel, root / (rel + ".yaml")) if bare else (root / rel,):
+            if candidate.is_file():
+                return candidate
     return path  # read_yaml names it in its error
+
+
+def recipe_method(recipe: dict[str, Any], asked: str | None, name: str,
+                  default_method: str) -> str:
+    """The method a run started from ``recipe`` runs: the recipe's own. A method the user
+    named explicitly (``asked``) must agree: a recipe's step counts, batch and generator are
+    tuned for its method, so running another method on them is refused, in one line."""
+    own = recipe.get("method")
+    if asked and own and asked != own:
+        raise ConfigError(
+            f"the recipe {name} is a '{own}' recipe, but method '{asked}' was asked for: drop "
+            f"--method (method=) to run {own}, or start from a '{asked}' recipe")
+    return asked or own or default_method
 
 
 def training_settings(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +132,8 @@ def with_base_recipe(raw: dict[str, Any], image_shape: tuple[int, int, int],
 
     A ``base_recipe`` key in ``raw`` picks the recipe instead: a name such as
     ``configs/fashion_mnist/dafl_lenet5.yaml`` (or a path), or ``none`` for the engine
-    defaults."""
+    defaults. A named recipe runs its own method (as the API's ``recipe=`` does); a
+    ``method`` in ``raw`` (given explicitly) must then be the recipe's, or it is refused."""
     method = raw.get("method") or default_method
     if "base_recipe" in raw:
         asked = raw["base_recipe"]
@@ -120,9 +141,11 @@ def with_base_recipe(raw: dict[str, Any], image_shape: tuple[int, int, int],
             return {**raw, "base_recipe": None}, \
                 "no recipe (base_recipe: none): the engine defaults, and your settings"
         path = resolve_named(str(asked))
-        base = training_settings(read_yaml(path))
-        return {**merge(base, raw), "base_recipe": str(asked)}, \
-            f"starting from the recipe {asked}; your settings override it"
+        recipe = read_yaml(path)
+        method = recipe_method(recipe, raw.get("method"), str(asked), default_method)
+        base = training_settings(recipe)
+        return {**merge(base, raw), "method": method, "base_recipe": str(asked)}, \
+            f"starting from the recipe {asked} (method {method}); your settings override it"
     choice = recipe_for(method, image_shape)
     geometry = _describe(image_shape)
     if choice is None:

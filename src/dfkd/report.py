@@ -29,6 +29,25 @@ def save_image_grid(images: torch.Tensor, path: Path, pad: int = 2) -> None:
     Image.fromarray(array[:, :, 0] if c == 1 else array).save(path)
 
 
+def json_ready(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, infinity) replaced by None, in nested
+    dicts, lists and tuples too: strict JSON has no NaN, and strict readers (jq, JavaScript,
+    most non-Python parsers) reject the ``NaN`` token Python writes by default."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def dumps_strict(value: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of :func:`json_ready`'s copy, refusing anything that is not strict
+    JSON: what dfkd writes to metrics.jsonl, summary.json and the bench's results."""
+    return json.dumps(json_ready(value), allow_nan=False, **kwargs)
+
+
 def format_table(headers: list[str], rows: list[list[Any]]) -> str:
     """A plain Markdown table, readable in a terminal too."""
     cells = [[_fmt(v) for v in row] for row in rows]

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from dfkd.checkpoint import load_model_checkpoint, save_model_checkpoint
 from dfkd.data import augment, dataset_info, load_split
+from dfkd.data.normalization import resolve_normalization
 from dfkd.engine import resolve_device, seed_everything
 from dfkd.errors import DfkdError
 from dfkd.losses import kd_kl
@@ -38,6 +39,7 @@ class SupervisedSettings:
     data_root: str | None = None
     download: bool = False
     kd_from: str | None = None        # teacher checkpoint: train by KD on real data instead
+    kd_norm: Any = None               # its input normalisation (dfkd.data.normalization)
     kd_tau: float = 4.0
 
 
@@ -63,11 +65,14 @@ def normalizer(mean, std, device: torch.device):
 
 def evaluate_checkpoint(path: str, dataset: str | None = None, data_root: str | None = None,
                         device: str = "auto", batch_size: int = 1024,
-                        model: str | None = None, split: str = "test") -> dict[str, Any]:
+                        model: str | None = None, split: str = "test",
+                        norm: Any = None) -> dict[str, Any]:
     """Acc@1 (and Acc@5 with more than 5 classes) of a checkpoint on ``split``.
 
     ``path``: a model checkpoint (``.pt`` or ``.safetensors``) or a run folder of
-    ``dfkd distill``, whose ``student.pt`` is evaluated."""
+    ``dfkd distill``, whose ``student.pt`` is evaluated. ``norm``: its input normalisation
+    (:mod:`dfkd.data.normalization`; by default the checkpoint's own, the CIFAR zoo's for a
+    bare CIFAR state dict, else the dataset's)."""
     dev = resolve_device(device)
     # One read of the file: a named dataset sizes a zoo model; otherwise the
     # checkpoint's own metadata names both the model and its dataset.
@@ -80,11 +85,11 @@ def evaluate_checkpoint(path: str, dataset: str | None = None, data_root: str | 
             raise DfkdError(f"'{path}' does not name its dataset; pass --dataset NAME")
         info = dataset_info(meta["dataset"])
     images, labels = load_split(info.name, split, data_root)
-    # The normalisation the model was trained with (its metadata's), else the dataset's.
-    mean, std = meta.get("mean") or info.mean, meta.get("std") or info.std
-    logits = predict(net.to(dev), images, batch_size, normalizer(mean, std, dev), dev)
+    normalization = resolve_normalization(norm, meta, info)
+    logits = predict(net.to(dev), images, batch_size,
+                     normalizer(normalization.mean, normalization.std, dev), dev)
     return {"checkpoint": str(path), "arch": meta["arch"], "dataset": info.name, "split": split,
-            **accuracy(logits, labels)}
+            **accuracy(logits, labels), "normalization": normalization.to_dict()}
 
 
 def train_supervised(settings: SupervisedSettings, out: str | Path | None = None,
@@ -104,10 +109,14 @@ def train_supervised(settings: SupervisedSettings, out: str | Path | None = None
         train_y = flip_labels(train_y, s.label_noise, info.num_classes, gen)
     model = create_model(s.model, info.num_classes, info.image_shape[0]).to(device)
     kd_teacher = None
-    if s.kd_from:
-        kd_teacher, _ = load_model_checkpoint(s.kd_from)
-        kd_teacher.to(device).eval().requires_grad_(False)
     norm = normalizer(info.mean, info.std, device)
+    if s.kd_from:
+        kd_teacher, kd_meta = load_model_checkpoint(s.kd_from)
+        kd_teacher.to(device).eval().requires_grad_(False)
+        # The teacher sees the images under its own normalisation, the student under the
+        # dataset's (dfkd.data.normalization).
+        kd_norm = resolve_normalization(s.kd_norm, kd_meta, info)
+        teacher_norm = normalizer(kd_norm.mean, kd_norm.std, device)
     steps_per_epoch = len(train_x) // s.batch_size
     opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum,
                           weight_decay=s.weight_decay, nesterov=True)
@@ -123,14 +132,14 @@ def train_supervised(settings: SupervisedSettings, out: str | Path | None = None
         for i in range(steps_per_epoch):
             idx = order[i * s.batch_size:(i + 1) * s.batch_size]
             # Augment in pixel units (zero padding = black), then normalise.
-            x = norm(augment(train_x[idx].to(device).float(), info, generator=gen))
+            pixels = augment(train_x[idx].to(device).float(), info, generator=gen)
             y = train_y[idx].to(device)
-            logits = model(x)
+            logits = model(norm(pixels))
             if kd_teacher is None:
                 loss = F.cross_entropy(logits, y)
             else:
                 with torch.no_grad():
-                    t = kd_teacher(x)
+                    t = kd_teacher(teacher_norm(pixels))
                 loss = kd_kl(logits, t, s.kd_tau)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -21,10 +21,13 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def list_methods() -> list[str]:
+    """The names ``--method`` (and ``dfkd.distill(method=...)``) accepts, sorted."""
     return sorted(_METHODS)
 
 
 def get_method(name: str) -> type[Method]:
+    """The method class registered as ``name``; an unknown name is a one-line
+    :class:`~dfkd.errors.ConfigError` with a "did you mean"."""
     if not isinstance(name, str) or name not in _METHODS:
         close = difflib.get_close_matches(str(name), _METHODS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from dfkd import distributed
 from dfkd.errors import ConfigError
-from dfkd.hooks import BNStatsHook
 from dfkd.losses import kd_kl
 from dfkd.methods.base import Method, MethodContext
 
@@ -163,9 +162,6 @@ class BankMethod(Method):
         super().__init__(ctx, settings)
         self.bank = SampleBank(settings.bank_size)
         self.bn_hook = self.make_bn_hook() if self.needs_bn else None
-
-    def make_bn_hook(self) -> BNStatsHook:
-        return BNStatsHook(self.ctx.teacher)
 
     def pixel_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised values of pixels 0 and 1, per channel, for clamping inputs."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -10,8 +11,16 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from dfkd import distributed
 from dfkd.generators import Generator, GeneratorConfig, default_generator_size
-from dfkd.hooks import BNStatsHook
+from dfkd.hooks import BNStatsHook, NoBNStats
+
+
+def warn(line: str) -> None:
+    """One warning for the user, on rank 0's stderr, as the engine's own look
+    (``dfkd: warning: ...``): for a part of a method that cannot run and is skipped."""
+    if distributed.current().is_main:
+        print(f"dfkd: warning: {line}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -57,7 +66,9 @@ class Method:
 
     name: ClassVar[str]
     Settings: ClassVar[type]
-    needs_bn: ClassVar[bool] = False   # needs BatchNorm statistics in the teacher
+    # Has a BatchNorm-statistics term, weighted by its settings' ``w_bn``: with w_bn > 0 it
+    # needs BatchNorm layers in the teacher; ``w_bn: 0`` turns the term off (uses_bn).
+    needs_bn: ClassVar[bool] = False
     # Fewest generator steps per round the method works with: a bank method synthesises
     # each round's batch in its g_steps, so it needs at least one (config.load_config).
     min_g_steps: ClassVar[int] = 0
@@ -66,6 +77,18 @@ class Method:
         self.ctx = ctx
         self.settings = settings
         self.epoch = 0
+
+    @classmethod
+    def uses_bn(cls, settings: Any) -> bool:
+        """Whether a run with these settings reads the teacher's BatchNorm statistics: the
+        method has the term and its weight ``w_bn`` is not 0."""
+        return cls.needs_bn and getattr(settings, "w_bn", 1.0) != 0
+
+    def make_bn_hook(self) -> BNStatsHook | NoBNStats:
+        """The BN-statistics hook on the teacher, or a zero term when ``w_bn`` is 0."""
+        if not self.uses_bn(self.settings):
+            return NoBNStats(self.ctx.device)
+        return BNStatsHook(self.ctx.teacher)
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
@@ -129,7 +152,7 @@ class GeneratorMethod(Method):
         self.generator_ddp = ctx.wrap(self.generator)  # what the generator step calls
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=ctx.generator.lr,
                                       betas=ctx.generator.betas)
-        self.bn_hook = BNStatsHook(ctx.teacher) if self.needs_bn else None
+        self.bn_hook = self.make_bn_hook() if self.needs_bn else None
         # batched_g: this round's student batches, made by one G forward, not yet used.
         self._queued: list[torch.Tensor] = []
 

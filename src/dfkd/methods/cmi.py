@@ -13,11 +13,14 @@ Each step makes two views of x = G(z), per sample:
 
 L_adv is the masked adversarial KL (only samples where S agrees with T). L_cr is
 contrastive over T's features f: for every BatchNorm layer of T, the per-sample
-channel means of its input, concatenated. A small head h (Linear, ReLU, Linear,
-L2-normalised; it persists across rounds and learns with G) projects the local and
-the global features of the current batch and of ``negatives`` rows drawn from the
-feature bank (earlier rounds' features, both views). Each local projection must pick
-its own global projection among all global projections, current and banked:
+channel means of its input, concatenated (a teacher without BatchNorm: its GroupNorm /
+LayerNorm / InstanceNorm layers' inputs, or with none, its logits). ``w_bn: 0`` turns the
+BN-statistics term off, which a teacher without BatchNorm needs. A small head h
+(Linear, ReLU, Linear, L2-normalised; it persists across rounds and learns with G)
+projects the local and the global features of the current batch and of ``negatives``
+rows drawn from the feature bank (earlier rounds' features, both views). Each local
+projection must pick its own global projection among all global projections, current
+and banked:
 
     logits = h(f_l) . stop_grad(h(f_g))^T / cr_tau,  CE against the diagonal,
 
@@ -48,7 +51,7 @@ from dfkd.methods.bank import BankMethod, SampleBank, random_crop_flip
 
 @dataclass
 class CMISettings:
-    w_bn: float = 1.0        # BatchNorm statistics term
+    w_bn: float = 1.0        # BatchNorm statistics term (0: off, e.g. no BN)
     w_ce: float = 1.0        # CE to the target classes
     w_adv: float = 0.5       # masked adversarial term
     w_cr: float = 0.8        # contrastive term
@@ -112,12 +115,38 @@ def random_resized_crop(images: torch.Tensor, scale: tuple[float, float],
     return resized_crop(images, torch.stack([top, left, bh, bw], 1), mirror)
 
 
+NORM_LAYERS = (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def feature_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers whose inputs make CMI's features: every BatchNorm layer (the original);
+    in a teacher without BatchNorm, its other normalisation layers (GroupNorm, LayerNorm,
+    InstanceNorm and their subclasses, e.g. timm's LayerNorm2d), which see the same kind
+    of per-channel activations."""
+    return batchnorm_layers(model) or [m for m in model.modules()
+                                       if isinstance(m, NORM_LAYERS)]
+
+
+def channel_means(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The per-sample channel means of a normalisation layer's input: over the spatial
+    dims of (N, C, ...) maps, or, for a LayerNorm over the last dim of channels-last maps
+    or tokens (N, ..., C), over every dim between."""
+    if x.dim() <= 2:
+        return x
+    if isinstance(module, nn.LayerNorm):
+        width = module.normalized_shape[-1]
+        if x.shape[-1] == width and x.shape[1] != width:
+            return x.mean(dim=list(range(1, x.dim() - 1)))
+    return x.mean(dim=list(range(2, x.dim())))
+
+
 class InstanceMeans:
-    """While active, keeps the per-sample channel mean of every BatchNorm layer's input
-    (CMI's features; the original's InstanceMeanHook on each BN layer)."""
+    """While active, keeps the per-sample channel mean of the input of every layer of
+    :func:`feature_layers` (CMI's features; the original's InstanceMeanHook on each BN
+    layer). A teacher without normalisation layers gives its logits as the features."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.layers = batchnorm_layers(model)
+        self.layers = feature_layers(model)
         self.index = {id(m): i for i, m in enumerate(self.layers)}
         self.active = False
         self.means: list[torch.Tensor | None] = [None] * len(self.layers)
@@ -125,18 +154,18 @@ class InstanceMeans:
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], _out) -> None:
         if self.active:
-            x = inputs[0].float()
-            self.means[self.index[id(module)]] = x.mean(dim=list(range(2, x.dim()))) \
-                if x.dim() > 2 else x
+            self.means[self.index[id(module)]] = channel_means(module, inputs[0].float())
 
     def __call__(self, forward, x: torch.Tensor) -> tuple[Any, torch.Tensor]:
-        """``forward(x)`` and the features it produced, (N, sum of BN input channels)."""
+        """``forward(x)`` and the features it produced, (N, sum of the layers' channels)."""
         self.means = [None] * len(self.layers)
         self.active = True
         try:
             out = forward(x)
         finally:
             self.active = False
+        if not self.layers:
+            return out, out.float()
         return out, torch.cat(self.means, dim=1)
 
 

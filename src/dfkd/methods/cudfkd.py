@@ -2,6 +2,7 @@
 
 Generator step (one generator for the whole run, no bank):
     L_G = w_ent H(p_bar) + w_oh CE(t, argmax t) + w_bn L_bn + w_adv(e) L_adv
+(``w_bn: 0`` drops L_bn, for a teacher without BatchNorm.)
 Student step, on fresh samples from G in eval mode:
     l = KD(s, t);  v = v*(l; lambda_k);  minimise v * l
 with lambda_k = lambda_0 + pace * k and w_adv growing by grad_adv after each 0-based
@@ -29,9 +30,11 @@ Beyond the paper (each off by default and in the official recipes):
   * ``at_weight``: the student's loss also matches the teacher's spatial attention maps
     on its batch, ``at_weight * AT`` (ZSKT's attention transfer, ``dfkd.losses``, on the
     layer pairs ``at_teacher_layers``/``at_student_layers``, found as ZSKT finds them when
-    unset): a signal from the teacher's features, beside its logits. The term is not
-    weighted by v*. With ``at_until: u`` its weight falls linearly from ``at_weight`` (first
-    epoch) to 0 at the share u of the epochs, and stays 0. ``feature_match: similarity``
+    unset, for any two architectures; when they share no stage size the term is skipped
+    with one warning, and ``at_weight: 0`` turns it off): a signal from the teacher's
+    features, beside its logits. The term is not weighted by v*. With ``at_until: u`` its
+    weight falls linearly from ``at_weight`` (first epoch) to 0 at the share u of the
+    epochs, and stays 0. ``feature_match: similarity``
     makes the term similarity-preserving KD's on the same layers instead (Tung & Mori 2019:
     the batch's sample-to-sample similarities, not the maps); ``at_stages: last`` keeps only
     the deepest layer pair.
@@ -74,7 +77,7 @@ class CuDFKDSettings:
     ent_tau: float | None = None
     w_ent: float = -20.0       # negative: generation maximises class balance
     w_oh: float = 1.0
-    w_bn: float = 1.0
+    w_bn: float = 1.0          # BatchNorm statistics term (0: off; a teacher without BN)
     w_adv0: float = 0.0
     grad_adv: float = 0.5      # added to w_adv after each epoch e, E*begin < e < E*end
     begin: float = 0.25
@@ -118,7 +121,8 @@ class CuDFKDSettings:
     g_cosine_start: float = 0.0
     g_cosine_end: float = 1.0
     # attention transfer from the teacher's features in the student's loss (0: off; ZSKT's
-    # beta is 250) and its layer pairs (None: the end of each resolution stage, as in zskt)
+    # beta is 250) and its layer pairs (None: the ends of the stages of equal spatial size,
+    # as in zskt; with none, the term is skipped with one warning)
     at_weight: float = 0.0
     at_until: float | None = None   # None: constant; u: linear to 0 at epoch u * E
     at_teacher_layers: list[str] | None = None
@@ -217,12 +221,14 @@ class CuDFKD(GeneratorMethod):
         self.code_labels: torch.Tensor | None = None  # the classes of the latest sample_z
         self.class_share = torch.full((k,), 1.0 / k, device=ctx.device) \
             if s.class_balance else None
-        self.attention = AttentionPairs(
+        attention = AttentionPairs(
             ctx, s.at_teacher_layers, s.at_student_layers,
             ("cudfkd.at_teacher_layers", "cudfkd.at_student_layers"),
             similarity_preserving if s.feature_match == "similarity" else attention_transfer,
-            last=s.at_stages == "last") \
+            last=s.at_stages == "last", off="cudfkd.at_weight=0") \
             if s.at_weight else None
+        # No layer pair found (one warning said so): the term is skipped.
+        self.attention = attention if attention is not None and attention.layers else None
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)

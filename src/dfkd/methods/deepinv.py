@@ -29,7 +29,7 @@ from dfkd.methods.bank import BankMethod, jitter
 
 @dataclass
 class DeepInvSettings:
-    w_bn: float = 10.0     # BatchNorm statistics term
+    w_bn: float = 10.0     # BatchNorm statistics term (0: off, e.g. no BN)
     w_ce: float = 1.0      # CE to the target classes
     w_tv: float = 1e-4     # total variation prior
     w_l2: float = 1e-5     # L2 prior on the inputs

@@ -39,7 +39,7 @@ from dfkd.methods.base import GeneratorMethod
 
 @dataclass
 class DFQSettings:
-    w_bn: float = 1.0     # BatchNorm statistics term
+    w_bn: float = 1.0     # BatchNorm statistics term (0: off, e.g. no BN)
     w_ce: float = 1.0     # CE to the target classes
     w_adv: float = 1.0    # adversarial term: G maximises KL(T || S)
     tau: float = 1.0      # temperature of both KL terms

@@ -46,7 +46,7 @@ from torch import nn
 
 from dfkd import distributed
 from dfkd.errors import ConfigError
-from dfkd.hooks import BNStatsHook
+from dfkd.hooks import BNStatsHook, NoBNStats
 from dfkd.losses import masked_adversarial
 from dfkd.methods import register_method
 from dfkd.methods.bank import BankMethod, random_crop_flip
@@ -54,7 +54,7 @@ from dfkd.methods.bank import BankMethod, random_crop_flip
 
 @dataclass
 class FastSettings:
-    w_bn: float = 10.0       # BatchNorm statistics term
+    w_bn: float = 10.0       # BatchNorm statistics term (0: off, e.g. no BN)
     w_ce: float = 0.5        # CE to the target classes
     w_adv: float = 1.0       # masked adversarial term
     adv_tau: float = 1.0     # temperature of the adversarial KL
@@ -162,7 +162,9 @@ class Fast(BankMethod):
         self.fast = copy.deepcopy(self.meta)
         self.l0_reset_done = False
 
-    def make_bn_hook(self) -> BNStatsHook:
+    def make_bn_hook(self) -> BNStatsHook | NoBNStats:
+        if not self.uses_bn(self.settings):
+            return NoBNStats(self.ctx.device)
         return MomentumBNHook(self.ctx.teacher, self.settings.bn_mmt)
 
     @property

@@ -28,7 +28,12 @@ group's BN-ReLU, as the released code's ``activation1..3`` (models/wresnet.py); 
 in a model without groups such as LeNet-5, the last leaf of each size (``bn1``/``bn2``,
 the normalised conv outputs before the ReLU, where the released LeNet takes its conv
 outputs). The released code has no ResNet; ``layer1..4`` are the group outputs that
-attention transfer (Zagoruyko & Komodakis) uses on ResNets.
+attention transfer (Zagoruyko & Komodakis) uses on ResNets. The rule names no layer, so it
+pairs any two architectures (a timm model's stages, a user's ``nn.Sequential``): only
+stages of equal spatial size pair up, as in attention transfer. When no size is shared (a
+model without 4-D feature maps, or stages of different sizes, e.g. LeNet-5-half's 28 and
+10 px against a 32/16/8 px CNN), the term is skipped with one warning and the run goes on.
+``beta: 0`` turns attention transfer off (no probe, no hooks, no warning).
 """
 
 from __future__ import annotations
@@ -45,13 +50,18 @@ from dfkd.errors import ConfigError
 from dfkd.hooks import FeatureHook
 from dfkd.losses import attention_transfer, kd_kl
 from dfkd.methods import register_method
-from dfkd.methods.base import GeneratorMethod
+from dfkd.methods.base import GeneratorMethod, warn
 from dfkd.methods.dafl import user_model
 
 
 @dataclass
 class ZSKTSettings:
-    beta: float = 250.0                      # attention-transfer weight (0: KL only)
+    """``beta``: the attention-transfer weight; 0 turns the term off (KL only).
+    ``teacher_layers``/``student_layers``: the module names to pair, both or neither; unset,
+    the stage ends of equal spatial size are paired (see the module doc), and with none
+    the term is skipped with one warning."""
+
+    beta: float = 250.0                      # attention-transfer weight (0: off, KL only)
     tau: float = 1.0                         # KL temperature (the paper uses 1)
     kl_reduction: Literal["elementwise", "batch"] = "elementwise"  # see the module doc
     clip_g: float = 5.0                      # generator gradient-norm clip (0: none)
@@ -67,12 +77,22 @@ class ZSKTSettings:
 
 def check_layer_pairs(teacher: list[str] | None, student: list[str] | None,
                       keys: tuple[str, str]) -> None:
-    """Attention-transfer layer names: both None, or two lists of as many module names."""
+    """Attention-transfer layer names: both None (found automatically), or two non-empty
+    lists of as many module names."""
     t, s = teacher, student
-    if (t is None) != (s is None) or len(t or []) != len(s or []) or any(
-            not isinstance(n, str) for n in (t or []) + (s or [])):
+
+    def names(value) -> bool:
+        return isinstance(value, (list, tuple)) and all(isinstance(n, str) for n in value)
+
+    if (t is None) != (s is None) or any(v is not None and not names(v) for v in (t, s)) \
+            or len(t or []) != len(s or []):
         raise ConfigError(f"{keys[0]} and {keys[1]} must be given together, as lists of as "
                           "many module names")
+    if t is not None and not t:
+        weight = "zskt.beta" if keys[0].startswith("zskt.") else "cudfkd.at_weight"
+        raise ConfigError(f"{keys[0]} and {keys[1]} are empty: name the layers to pair, leave "
+                          f"both unset to pair them automatically, or set {weight}=0 to turn "
+                          "attention transfer off")
 
 
 def divergence(student: torch.Tensor, teacher: torch.Tensor, tau: float,
@@ -135,27 +155,51 @@ class AttentionPairs:
     term (or ``match``'s) of the latest forward of both models (then forgets their outputs).
 
     ``teacher_layers``/``student_layers`` None: found by :func:`stage_outputs` (see the
-    module doc); ``last``: only the deepest pair; ``keys`` names the two settings in error
-    messages."""
+    module doc); when the two models share no stage size, ``layers`` is empty, nothing is
+    hooked and one warning says the term is skipped (``off`` names the switch that turns it
+    off). ``last``: only the deepest pair; ``keys`` names the two settings in messages."""
 
     def __init__(self, ctx, teacher_layers: list[str] | None, student_layers: list[str] | None,
-                 keys: tuple[str, str], match=attention_transfer, last: bool = False) -> None:
+                 keys: tuple[str, str], match=attention_transfer, last: bool = False,
+                 off: str = "zskt.beta=0") -> None:
         self.match = match  # the term on the hooked maps (similarity_preserving: SP's)
         teacher = user_model(ctx.teacher)  # layer names are the user's model's
-        t_names, s_names = teacher_layers, student_layers
-        if t_names is None:
+        if teacher_layers is None:
             t_stage = stage_outputs(teacher, ctx.image_shape, ctx.device)
             s_stage = stage_outputs(ctx.student_raw, ctx.image_shape, ctx.device)
             common = [size for size in t_stage if size in s_stage]
-            if not common:
-                raise ConfigError(f"found no layers of equal spatial size in teacher and "
-                                  f"student for attention transfer; set {keys[0]} and "
-                                  f"{keys[1]}, or turn attention transfer off")
-            t_names, s_names = [t_stage[k] for k in common], [s_stage[k] for k in common]
-        pairs = list(zip(t_names, s_names))
+            pairs = [(t_stage[k], s_stage[k]) for k in common]
+            if not pairs:
+                warn(f"attention transfer is skipped: the teacher and the student have no "
+                     f"stages of equal spatial size (teacher: {_sizes(t_stage)}; student: "
+                     f"{_sizes(s_stage)}); name layer pairs in {keys[0]} and {keys[1]}, or "
+                     f"set {off} to turn it off")
+        else:
+            pairs = list(zip(teacher_layers, student_layers))
         self.layers = pairs[-1:] if last else pairs
         self.t_hook = _hook(teacher, [t for t, _ in self.layers], keys[0])
         self.s_hook = _hook(ctx.student_raw, [s for _, s in self.layers], keys[1])
+        if self.layers and teacher_layers is not None and match is attention_transfer:
+            self._check_maps(teacher, ctx, keys)
+
+    def _check_maps(self, teacher: nn.Module, ctx, keys: tuple[str, str]) -> None:
+        """Named layers must output (N, C, H, W) maps: one probe forward of each model."""
+        for model, hook, key in ((teacher, self.t_hook, keys[0]),
+                                 (ctx.student_raw, self.s_hook, keys[1])):
+            training = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    model(torch.zeros(1, *ctx.image_shape, device=ctx.device))
+            finally:
+                model.train(training)
+            for name, out in hook.outputs.items():
+                if not isinstance(out, torch.Tensor) or out.dim() != 4:
+                    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else \
+                        type(out).__name__
+                    raise ConfigError(f"{key}: '{name}' outputs {shape}, not an (N, C, H, W) "
+                                      "feature map; name a convolutional layer")
+            hook.outputs.clear()
 
     def forget(self) -> None:
         """Drop kept activations (and their graphs, or an evaluation batch's maps)."""
@@ -169,6 +213,10 @@ class AttentionPairs:
         return at
 
 
+def _sizes(stages: dict[tuple, str]) -> str:
+    return ", ".join(f"{h}x{w}" for h, w in stages) or "no 4-D feature maps"
+
+
 @register_method
 class ZSKT(GeneratorMethod):
     name = "zskt"
@@ -178,9 +226,11 @@ class ZSKT(GeneratorMethod):
     def __init__(self, ctx, settings: ZSKTSettings) -> None:
         super().__init__(ctx, settings)
         s = settings
-        self.attention = AttentionPairs(ctx, s.teacher_layers, s.student_layers,
-                                        ("zskt.teacher_layers", "zskt.student_layers")) \
+        attention = AttentionPairs(ctx, s.teacher_layers, s.student_layers,
+                                   ("zskt.teacher_layers", "zskt.student_layers")) \
             if s.beta > 0 else None
+        # No pair found (one warning said so): the term is skipped, KL only.
+        self.attention = attention if attention is not None and attention.layers else None
         self.layers = [] if self.attention is None else self.attention.layers
 
     def _forget(self) -> None:
@@ -205,7 +255,7 @@ class ZSKT(GeneratorMethod):
 
     def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.settings
-        st, t = self.student_teacher_logits(hooked=True)
+        st, t = self.student_teacher_logits(hooked=self.attention is not None)
         kd = divergence(st, t, s.tau, s.kl_reduction)
         at = self.attention.loss() if self.attention is not None else \
             torch.zeros((), device=self.ctx.device)

@@ -1,5 +1,6 @@
-"""Architectures by name (a registry in the style of timm's ``@register_model``), or
-the user's own, given as ``package.module:callable`` or ``path/to/file.py:callable``."""
+"""Architectures by name (a registry in the style of timm's ``@register_model``), timm's
+by ``timm:NAME`` (:mod:`dfkd.models.timm_models`), or the user's own, given as
+``package.module:callable`` or ``path/to/file.py:callable``."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from types import ModuleType
 from torch import nn
 
 from dfkd.errors import DfkdError
+from dfkd.models.timm_models import create_timm_model, is_timm_spec
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _FILE_MODULES: dict[str, ModuleType] = {}  # resolved path -> module, loaded once per process
 
-SPEC_HELP = ("a zoo NAME, or your own model as package.module:callable or "
+SPEC_HELP = ("a zoo NAME, timm:NAME (a timm architecture, untrained; pip install "
+             "'dfkd[timm]'), or your own model as package.module:callable or "
              "path/to/file.py:callable (called with num_classes and in_channels when it "
              "takes them)")
 
@@ -33,12 +36,14 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 
 def list_models() -> list[str]:
+    """The registered architecture names (``lenet5``, ``resnet18``, ...), sorted."""
     return sorted(_MODELS)
 
 
 def _split_spec(spec: str) -> tuple[str, str, bool] | None:
-    """``(target, attribute, is_file)`` for a ``target:callable`` spec, None for a name."""
-    if ":" not in spec:
+    """``(target, attribute, is_file)`` for a ``target:callable`` spec, None for a name
+    (a zoo or a ``timm:`` name)."""
+    if ":" not in spec or is_timm_spec(spec):
         return None
     target, _, attr = spec.rpartition(":")
     is_file = target.endswith(".py") or "/" in target or os.sep in target
@@ -139,8 +144,11 @@ def _call(fn: Callable, spec: str, num_classes: int, in_channels: int) -> nn.Mod
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """Build a registered architecture, or the user's from ``module:callable`` or
-    ``file.py:callable``; a bad name or spec is a one-line user error."""
+    """Build a registered architecture, timm's from ``timm:NAME``, or the user's from
+    ``module:callable`` or ``file.py:callable``; a bad name or spec is a one-line user
+    error."""
+    if is_timm_spec(name):
+        return create_timm_model(name, num_classes, in_channels)
     parts = _split_spec(name)
     if parts is not None:
         target, attr, is_file = parts

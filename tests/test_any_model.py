@@ -1,0 +1,278 @@
+"""Any model a user brings: timm architectures by name, layer pairs found from the models
+themselves, and teachers without BatchNorm."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import dfkd
+from dfkd.checkpoint import load_model_checkpoint
+from dfkd.errors import ConfigError, DfkdError
+from dfkd.methods.choice import BN_FREE_METHOD, BN_FREE_SETTINGS
+from dfkd.models import create_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "benchmarks" / "own_pair_models.py"
+HAS_TIMM = importlib.util.find_spec("timm") is not None
+needs_timm = pytest.mark.skipif(not HAS_TIMM, reason="timm is not installed (dfkd[timm])")
+# A tiny run: one round of one generator and one student step, batch 8, no probe, no grid.
+TINY = {"epochs": 1, "rounds": 1, "g_steps": 1, "kd_steps": 1, "batch_size": 8,
+        "synthetic_probe": 0, "sample_grid": 0, "progress": False}
+
+
+def own(name: str, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    return create_model(f"{MODELS}:{name}", num_classes, in_channels)
+
+
+def distill(teacher: nn.Module, student: nn.Module, tmp_path: Path, **settings):
+    """A tiny API run on 32 px grey images, measured on 16 random test images."""
+    torch.manual_seed(0)
+    test = (torch.randint(0, 255, (16, 1, 32, 32), dtype=torch.uint8),
+            torch.randint(0, 10, (16,)))
+    return dfkd.distill(teacher, student, num_classes=10, image_shape=(1, 32, 32),
+                        mean=(0.5,), std=(0.5,), test_data=test, out_dir=tmp_path / "run",
+                        **{**TINY, **settings})
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "dfkd", *args], capture_output=True,
+                          text=True, env=env, timeout=600, cwd=ROOT)
+
+
+def warnings_about(stderr: str, fragment: str) -> list[str]:
+    return [line for line in stderr.splitlines() if fragment in line]
+
+
+# ------------------------------------------------------------------ timm by name
+@needs_timm
+@pytest.mark.parametrize("name", ["timm:resnet18", "timm:mobilenetv3_small_100",
+                                  "timm:convnext_atto"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_timm_models_by_name_run_on_32px(name, channels):
+    """Built for the data's channels and classes; ImageNet models still run on 32 px."""
+    model = create_model(name, num_classes=7, in_channels=channels).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, channels, 32, 32))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+
+
+@needs_timm
+def test_timm_never_downloads(monkeypatch):
+    """pretrained=False always, and the hub offline while timm builds the model."""
+    import timm
+
+    seen = {}
+    real = timm.create_model
+
+    def spy(name, **kwargs):
+        seen.update(kwargs, offline=os.environ.get("HF_HUB_OFFLINE"))
+        return real(name, **kwargs)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(timm, "create_model", spy)
+    create_model("timm:resnet18", 10, 1)
+    assert seen["pretrained"] is False and seen["offline"] == "1"
+    assert seen["num_classes"] == 10 and seen["in_chans"] == 1
+    assert "HF_HUB_OFFLINE" not in os.environ   # restored afterwards
+
+
+@needs_timm
+def test_timm_unknown_name_suggests_close_ones():
+    with pytest.raises(DfkdError, match=r"unknown timm model 'resnet181'\. Did you mean "
+                                        r"timm:resnet18\b"):
+        create_model("timm:resnet181", 10, 1)
+
+
+def test_missing_timm_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)   # import timm raises ImportError
+    with pytest.raises(DfkdError, match=r"needs timm.*pip install 'dfkd\[timm\]'") as info:
+        create_model("timm:resnet18", 10, 1)
+    assert "\n" not in str(info.value)
+
+
+@needs_timm
+@pytest.mark.parametrize("under_key", [False, True])
+def test_timm_teacher_loads_the_users_state_dict(tmp_path, under_key):
+    """torch.save(model.state_dict()) (or under 'state_dict'), rebuilt by timm:NAME."""
+    torch.manual_seed(1)
+    trained = create_model("timm:mobilenetv3_small_050", 10, 1)
+    state = trained.state_dict()
+    path = tmp_path / "teacher.pt"
+    torch.save({"state_dict": state} if under_key else state, path)
+    model, meta = load_model_checkpoint(path, arch="timm:mobilenetv3_small_050",
+                                        num_classes=10)
+    assert meta["arch"] == "timm:mobilenetv3_small_050"
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+@needs_timm
+def test_timm_teacher_and_student_in_the_api(tmp_path):
+    torch.manual_seed(0)
+    teacher = create_model("timm:mobilenetv3_small_050", 10, 1)
+    student = create_model("timm:convnext_atto", 10, 1)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    summary, trained = distill(teacher, student, tmp_path, method="dfad")
+    assert summary["method"] == "dfad" and trained is student
+    assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items())
+
+
+@needs_timm
+def test_timm_teacher_and_student_on_the_command_line(tmp_path):
+    """A user's timm teacher saved as a bare state_dict, a timm student by name."""
+    torch.manual_seed(0)
+    teacher = create_model("timm:mobilenetv3_small_050", 10, 1)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    out = cli("distill", "--teacher", str(tmp_path / "teacher.pt"),
+              "--teacher-model", "timm:mobilenetv3_small_050", "--dataset", "fashion_mnist",
+              "--student", "timm:mobilenetv3_small_050", "--method", "dfad",
+              "--eval-split", "val", "--out", str(tmp_path / "run"), "--no-progress",
+              "--set", "epochs=1", "--set", "rounds=1", "--set", "kd_steps=1",
+              "--set", "g_steps=1", "--set", "batch_size=8", "--set", "synthetic_probe=0",
+              "--set", "sample_grid=0")
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    student, meta = load_model_checkpoint(tmp_path / "run")
+    assert meta["arch"] == "timm:mobilenetv3_small_050"
+    assert type(student).__name__ == "MobileNetV3"
+
+
+# ------------------------------------------------------------------ layer pairs
+def test_zskt_on_own_models_pairs_layers_automatically(tmp_path):
+    """The zskt recipe names no layer: own models pair their stage ends of equal size."""
+    teacher = own("make_teacher")          # BN CNN, 32 -> 16 -> 8 px
+    student = own("make_plain_student")    # no normalisation, 32 -> 16 -> 8 px
+    summary, _ = distill(teacher, student, tmp_path, method="zskt")
+    assert summary["method"] == "zskt"
+    assert summary["config"]["zskt"]["teacher_layers"] is None
+    rows = [r for r in summary["history"] if "at" in r] if "history" in summary else []
+    assert all(torch.isfinite(torch.tensor(r["at"])) for r in rows)
+
+
+def test_stage_pairs_of_two_own_architectures():
+    from types import SimpleNamespace
+
+    from dfkd.methods.zskt import AttentionPairs
+
+    ctx = SimpleNamespace(teacher=own("make_groupnorm_teacher").eval(),
+                          student_raw=own("make_convnext_ln"), image_shape=(1, 32, 32),
+                          device=torch.device("cpu"))
+    pairs = AttentionPairs(ctx, None, None, ("t", "s"))
+    # GN CNN: 32, 16, 8 px; the ConvNeXt: 16 (stem, stage1), 8 (stage2): 16 and 8 pair up,
+    # each at the end of its stage.
+    assert pairs.layers == [("6", "stage1"), ("10", "stage2")]
+    x = torch.randn(3, 1, 32, 32)
+    ctx.teacher(x), ctx.student_raw(x)
+    assert pairs.loss() > 0
+
+
+def test_default_cudfkd_on_an_own_bn_teacher_warns_once_and_runs(tmp_path, capfd):
+    """LeNet-5-half's 28 and 10 px maps meet none of a 32/16/8 px CNN's: the attention
+    term of the recipe is skipped with one warning, and the run finishes."""
+    teacher = own("make_teacher")
+    summary, _ = distill(teacher, create_model("lenet5_half", 10, 1), tmp_path)
+    assert summary["method"] == "cudfkd"
+    lines = warnings_about(capfd.readouterr().err, "attention transfer is skipped")
+    assert len(lines) == 1 and "cudfkd.at_weight=0" in lines[0], lines
+
+
+def test_no_pair_in_zskt_warns_once_and_the_term_is_skipped(tmp_path, capfd):
+    teacher = own("make_teacher")
+    summary, _ = distill(teacher, create_model("lenet5_half", 10, 1), tmp_path,
+                         method="zskt", kd_steps=2)
+    lines = warnings_about(capfd.readouterr().err, "attention transfer is skipped")
+    assert len(lines) == 1 and "zskt.beta=0" in lines[0], lines
+    assert summary["final_agreement"] is not None
+
+
+def test_attention_off_switches_give_no_warning(tmp_path, capfd):
+    teacher = own("make_teacher")
+    distill(teacher, create_model("lenet5_half", 10, 1), tmp_path, at_weight=0.0)
+    assert not warnings_about(capfd.readouterr().err, "attention transfer")
+
+
+@pytest.mark.parametrize("method, keys", [
+    ("zskt", ("teacher_layers", "student_layers")),
+    ("cudfkd", ("at_teacher_layers", "at_student_layers")),
+])
+def test_empty_layer_lists_are_one_line(tmp_path, method, keys):
+    with pytest.raises(ConfigError, match="are empty") as info:
+        distill(own("make_teacher"), own("make_plain_student"), tmp_path, method=method,
+                **{keys[0]: [], keys[1]: []})
+    assert "\n" not in str(info.value)
+
+
+def test_empty_layer_lists_on_the_command_line(tmp_path, fmnist_teacher):
+    out = cli("distill", "--teacher", str(fmnist_teacher), "--method", "zskt",
+              "--out", str(tmp_path / "run"), "--set", "zskt.teacher_layers=[]",
+              "--set", "zskt.student_layers=[]")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("dfkd: error:") and "zskt.beta=0" in last, out.stderr
+
+
+def test_named_layer_that_is_no_feature_map_is_one_line(tmp_path):
+    teacher = own("make_teacher")    # module '17' is the Linear head
+    with pytest.raises(ConfigError, match=r"zskt.teacher_layers: '17' outputs \(1, 10\)"):
+        distill(teacher, own("make_plain_student"), tmp_path, method="zskt",
+                teacher_layers=["17"], student_layers=["2"])
+
+
+# ------------------------------------------------------------------ teachers without BN
+@pytest.mark.parametrize("method", ["cudfkd", "deepinv", "dfq", "cmi", "fast"])
+def test_bn_free_teacher_runs_with_the_bn_term_off(tmp_path, method):
+    teacher = own("make_groupnorm_teacher")
+    student = own("make_plain_student")
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    extra = {"warmup": 0} if method == "fast" else {}
+    summary, _ = distill(teacher, student, tmp_path, method=method, w_bn=0.0, **extra)
+    assert summary["method"] == method
+    assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items())
+
+
+def test_bn_free_teacher_with_the_bn_term_on_names_the_switch(tmp_path):
+    with pytest.raises(DfkdError, match=r"no BatchNorm layer; set deepinv\.w_bn=0"):
+        distill(own("make_groupnorm_teacher"), own("make_plain_student"), tmp_path,
+                method="deepinv")
+
+
+def test_cmi_features_of_a_layernorm_teacher():
+    from dfkd.methods.cmi import InstanceMeans
+
+    teacher = own("make_convnext_ln").eval()
+    features = InstanceMeans(teacher)
+    _, f = features(teacher, torch.randn(4, 1, 32, 32))
+    # every LayerNorm's input, per sample, one mean per channel: 24 x 3 + 48 x 3
+    assert f.shape == (4, 24 * 3 + 48 * 3)
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 10))
+    _, logits = InstanceMeans(plain)(plain, torch.randn(4, 1, 32, 32))
+    assert logits.shape == (4, 10)
+
+
+@pytest.mark.parametrize("teacher_name", ["make_groupnorm_teacher", "make_convnext_ln"])
+def test_bn_free_default_picks_the_measured_method_with_one_line(tmp_path, capfd,
+                                                                 teacher_name):
+    summary, _ = distill(own(teacher_name), create_model("lenet5_half", 10, 1), tmp_path)
+    assert summary["method"] == BN_FREE_METHOD
+    section = summary["config"].get(BN_FREE_METHOD, {})
+    assert all(section[k] == v for k, v in BN_FREE_SETTINGS.items())
+    lines = warnings_about(capfd.readouterr().err, "no BatchNorm layer")
+    assert len(lines) == 1 and BN_FREE_METHOD in lines[0], lines
+
+
+def test_a_named_method_is_not_replaced(tmp_path):
+    """--method given (or its settings): the user's choice stands, refused in one line."""
+    with pytest.raises(DfkdError, match="no BatchNorm layer"):
+        distill(own("make_groupnorm_teacher"), own("make_plain_student"), tmp_path,
+                method="cudfkd")
