@@ -46,6 +46,7 @@ def wallclock(cfg: RunConfig, epochs: int, out_dir: Path, test_size: int,
     images = torch.randint(0, 256, (test_size, *spec.image_shape), dtype=torch.uint8,
                            generator=gen)
     labels = torch.randint(0, spec.num_classes, (test_size,), generator=gen)
+    cfg.check_teacher = False   # a random teacher scores at chance: timing only
     trainer = Trainer(cfg, teacher, student, spec, EvalData(images, labels), out_dir,
                       progress=False, student_arch=cfg.student)
     trainer.ensure_probe()

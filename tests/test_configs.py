@@ -12,7 +12,9 @@ from dfkd.config import load_config, read_yaml
 from dfkd.tune import parse_search
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.name != "bench.yaml")
+# configs/official/ holds the table of official values behind the CIFAR recipes, not a recipe
+RECIPES = sorted(p for p in (ROOT / "configs").rglob("*.yaml")
+                 if p.name != "bench.yaml" and p.parent.name != "official")
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")

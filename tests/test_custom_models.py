@@ -58,8 +58,10 @@ def crashes(num_classes, in_channels):
 WIDTH = 8
 '''
 
+# The teachers here are random (they score at chance): distil them anyway.
 RUN = ["--dataset", "fashion_mnist", "--set", "rounds=2", "--set", "kd_steps=2",
-       "--set", "batch_size=16", "--set", "sample_grid=0", "--no-progress"]
+       "--set", "batch_size=16", "--set", "sample_grid=0", "--set", "check_teacher=false",
+       "--no-progress"]
 
 
 def dfkd(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -47,8 +47,8 @@ def test_every_method_with_a_recipe_gets_it_and_the_others_the_engine_defaults()
         choice = recipes.recipe_for(method, (1, 28, 28))
         assert choice.name == f"configs/fashion_mnist/{method}_lenet5.yaml"
         assert read_yaml(choice.path)["method"] == method
-    assert recipes.recipe_for("dafl", (3, 32, 32)) is None   # no CIFAR recipe for DAFL
-    raw, line = recipes.with_base_recipe({"method": "dafl"}, (3, 32, 32), "cudfkd")
+    assert recipes.recipe_for("dafl", (3, 64, 64)) is None   # no Tiny-ImageNet recipe for DAFL
+    raw, line = recipes.with_base_recipe({"method": "dafl"}, (3, 64, 64), "cudfkd")
     assert raw["base_recipe"] is None and "none for method 'dafl'" in line
     assert "engine defaults" in line
 

@@ -151,9 +151,9 @@ def test_python_api_and_bn_requirement():
         dfkd.distill(teacher, student, num_classes=10, image_shape=(1, 32, 32), mean=(0.5,),
                      std=(0.5,), tua=3)
     no_bn = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1024, 10))
-    with pytest.raises(DfkdError, match="no BatchNorm layer"):
-        dfkd.distill(no_bn, student, num_classes=10, image_shape=(1, 32, 32), mean=(0.5,),
-                     std=(0.5,), epochs=1)
+    with pytest.raises(DfkdError, match=r"no BatchNorm layer; set cudfkd\.w_bn=0"):
+        dfkd.distill(no_bn, student, method="cudfkd", num_classes=10, image_shape=(1, 32, 32),
+                     mean=(0.5,), std=(0.5,), epochs=1)
 
 
 def test_short_fashion_mnist_run_beats_chance_widely(fmnist_teacher, tmp_path):

@@ -133,7 +133,9 @@ def test_evaluate_on_the_val_split_of_a_val_run(fmnist_teacher, tmp_path):
 def test_a_student_teaches_the_next_student(run_dir, tmp_path):
     out = tmp_path / "next"
     result = dfkd("distill", "--teacher", str(run_dir / "student.pt"), "--student",
-                  "lenet5_half", "--out", str(out), "--set", "epochs=1", *SHORT)
+                  "lenet5_half", "--out", str(out), "--set", "epochs=1",
+                  # a student of 4 steps scores at chance: distil it anyway
+                  "--set", "check_teacher=false", *SHORT)
     assert result.returncode == 0, result.stderr
     first = torch.load(run_dir / "student.pt", weights_only=True)["meta"]
     summary = json.loads((out / "summary.json").read_text())

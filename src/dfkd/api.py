@@ -104,6 +104,11 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
             **settings: Any) -> tuple[dict[str, Any], nn.Module]:
     """Distil ``student`` from ``teacher`` with no training data.
 
+    ``mean`` and ``std`` (per channel, in [0, 1] pixel units) are the input normalisation the
+    teacher was trained with: the generator's images, the student and the evaluation are
+    normalised with them, and student.pt records them (see
+    :mod:`dfkd.data.normalization`; the CIFAR model zoo's constants are its ``ZOO``).
+
     ``recipe`` is where the settings start from. ``"auto"`` (the default): the validated
     recipe of the nearest family by ``image_shape`` (grey images of 32 px or less: the
     Fashion-MNIST recipe; other images up to 48 px: CIFAR-10's; larger: Tiny-ImageNet's;
@@ -137,6 +142,10 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
     else:
         raw, line = _start_settings(method, recipe, settings, tuple(image_shape), teacher)
     cfg = load_config(raw)
+    if cfg.teacher_norm is not None:
+        raise ConfigError("dfkd.distill feeds the teacher the mean and std it is given: pass "
+                          "the teacher's normalisation as mean= and std= (teacher_norm is "
+                          "for teacher checkpoints)")
     sized = None
     if not resume and cfg.base_recipe and resolve_device(cfg.device).type == "cpu":
         cfg, sized = size_for_cpu(cfg, set(settings), teacher, student, tuple(image_shape),

@@ -29,6 +29,28 @@ NORM_HELP = ("the input normalisation the model was trained with: auto (default:
              "per channel, e.g. 0.5,0.5,0.5:0.25,0.25,0.25)")
 
 
+def _tracker_flags(sp: argparse.ArgumentParser, what: str) -> None:
+    """--tracker and --tracker-uri (dfkd.trackers), for distill, bench and tune."""
+    sp.add_argument("--tracker", action="append", default=None, metavar="NAME",
+                    help=f"log {what} to an experiment tracker as well (repeatable): "
+                         "tensorboard (event files in the run folder's tensorboard/), mlflow "
+                         "(the config as parameters, each epoch's metrics, sample grids and "
+                         "the student), wandb (offline in the run folder's wandb/ unless you "
+                         "have logged in). Each epoch is logged once, also across kills and "
+                         "--resume; a tracker that fails warns once and the run goes on. "
+                         "Needs pip install 'dfkd[NAME]'")
+    sp.add_argument("--tracker-uri", metavar="URI", default=None,
+                    help="MLflow's tracking URI, e.g. http://127.0.0.1:5000 or "
+                         "sqlite:///mlflow.db (default: $MLFLOW_TRACKING_URI, else "
+                         "sqlite:///mlflow.db in the current folder)")
+
+
+def _tracker_sets(args) -> list[str]:
+    """--tracker/--tracker-uri as --set overrides (JSON: YAML reads it back unchanged)."""
+    out = [f"tracker={json.dumps(args.tracker)}"] if args.tracker else []
+    return out + ([f"tracker_uri={json.dumps(args.tracker_uri)}"] if args.tracker_uri else [])
+
+
 def _parser() -> argparse.ArgumentParser:
     from dfkd.data import DATASETS
     from dfkd.methods import list_methods
@@ -162,6 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     d.add_argument("--stop-after-epoch", type=int, metavar="N",
                    help="checkpoint and exit after epoch N (time-sliced jobs); resume later")
+    _tracker_flags(d, "each epoch's metrics")
     common(d)
 
     b = sub.add_parser(
@@ -202,6 +225,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--report-only", action="store_true",
                    help="write the results from the runs finished so far, run nothing "
                         "(e.g. while parallel benches fill DIR)")
+    _tracker_flags(b, "every run (one MLflow experiment or W&B group named after DIR; tags "
+                      "method, seed, teacher)")
     common(b)
 
     r = sub.add_parser(
@@ -274,6 +299,8 @@ def _parser() -> argparse.ArgumentParser:
                          "postgresql://... (default: sqlite in DIR)")
     tu.add_argument("--study-name", default=None, help="default: the recipe's file name")
     tu.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
+    _tracker_flags(tu, "every trial as a run of its own (experiment or group tune-NAME, "
+                       "the sampled values among its parameters, its val Acc@1 as final_acc1)")
     common(tu)
 
     x = sub.add_parser(
@@ -401,7 +428,7 @@ def _cmd_distill(args) -> int:
             raw["device"] = args.device
         # --set with --resume: those settings change for the rest of the run (the student's
         # rate goes on from the same point of its schedule, at the new value).
-        raw = merge(raw, parse_overrides(args.set))
+        raw = merge(raw, parse_overrides([*args.set, *_tracker_sets(args)]))
         out, resume = args.resume, True
     else:
         if not args.out:
@@ -411,7 +438,8 @@ def _cmd_distill(args) -> int:
                  "student": args.student, "method": args.method, "dataset": args.dataset,
                  "epochs": args.epochs, "seed": args.seed, "device": args.device,
                  "eval_split": args.eval_split, "teacher_norm": args.teacher_norm,
-                 "data_root": args.data_root}
+                 "data_root": args.data_root, "tracker": args.tracker,
+                 "tracker_uri": args.tracker_uri}
         raw = merge(raw, {k: v for k, v in flags.items() if v is not None})
         overrides = parse_overrides(args.set)
         if args.config and "base_recipe" in overrides:
@@ -454,7 +482,7 @@ def _cmd_bench(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     runs = run_bench(args.config, methods, seeds, args.out, dry_run=args.dry_run,
                      report_only=args.report_only, teacher=args.teacher,
-                     overrides=args.set, progress=_progress(args),
+                     overrides=[*args.set, *_tracker_sets(args)], progress=_progress(args),
                      jobs=args.jobs or usable_cores(), gpus=args.gpus)
     if args.dry_run:
         for run in runs:
@@ -503,7 +531,7 @@ def _cmd_tune(args) -> int:
     # JSON-quoted: the path stays a string whatever it looks like in YAML (~, yes, 1e3)
     extra += [f"data_root={json.dumps(args.data_root)}"] if args.data_root else []
     study = run_tune(str(resolve_named(args.config)), args.teacher, args.trials, args.out,
-                     overrides=[*extra, *args.set], storage=args.storage,
+                     overrides=[*extra, *args.set, *_tracker_sets(args)], storage=args.storage,
                      study_name=args.study_name, seed=args.seed, progress=_progress(args))
     best = study.best_trial
     print(f"best: trial {best.number}, final val Acc@1 {best.value:.2f}, {best.params}")

@@ -175,7 +175,8 @@ def build_probe(teacher: nn.Module, image_shape: tuple[int, int, int], num_class
     return {k: v.clone() for k, v in probe.items()}
 
 
-NOTICE_SECONDS = 5.0        # a probe expected to take longer is announced, with its off switch
+NOTICE_SECONDS = 10.0       # a probe expected to take longer is announced, with its off switch
+ESTIMATE_BATCH = 8          # the batch whose step is timed to estimate the probe's cost
 
 
 def expected_seconds(teacher: nn.Module, image_shape: tuple[int, int, int],
@@ -196,20 +197,25 @@ def expected_seconds(teacher: nn.Module, image_shape: tuple[int, int, int],
     with torch.random.fork_rng(devices=devices), _cpu_threads(1 if device.type == "cpu" else 0):
         net = Generator(g_size.nz, max(4, g_size.ngf // 2), drawn, width=g_size.width,
                         stages=g_size.stages).to(device)
-        z = torch.randn(PROBE_BATCH, g_size.nz, device=device)
-        t0 = time.perf_counter()
-        x = F.interpolate(net(z), size=(height, width)) if drawn[1:] != (height, width) \
-            else net(z)
-        loss = teacher((x - mean) / std).float().logsumexp(1).mean()
-        loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        step = time.perf_counter() - t0
+        def step(batch: int) -> float:
+            z = torch.randn(batch, g_size.nz, device=device)
+            t0 = time.perf_counter()
+            x = net(z)
+            if drawn[1:] != (height, width):
+                x = F.interpolate(x, size=(height, width))
+            teacher((x - mean) / std).float().logsumexp(1).mean().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return time.perf_counter() - t0
+
+        step(2)   # warm-up: a process's first forward pays one-off set-up costs
+        # A small batch, scaled: the estimate costs a fraction of one of the probe's steps.
+        seconds = step(ESTIMATE_BATCH) * PROBE_BATCH / ESTIMATE_BATCH
     for p in teacher.parameters():   # a teacher that requires grad keeps none of this one
         p.grad = None
     batches = math.ceil(PROBE_CANDIDATES * size / PROBE_BATCH)
     # Each candidate batch is a forward only: about a third of a step.
-    return step * (PROBE_STEPS + batches / 3)
+    return seconds * (PROBE_STEPS + batches / 3)
 
 
 class SyntheticProbe:

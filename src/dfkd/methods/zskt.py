@@ -107,22 +107,51 @@ def divergence(student: torch.Tensor, teacher: torch.Tensor, tau: float,
     return (log_p_t.exp() * (log_p_t - log_p_s)).mean()
 
 
+# Modules whose outputs are (N, C, H, W) maps for certain: their sizes are the model's
+# resolutions (a Linear on a channels-last map also outputs a 4-D tensor, (N, H, W, C)).
+_MAP_MAKERS = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd,
+               nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
+               nn.modules.pooling._AdaptiveMaxPoolNd)
+
+
+def _size(value) -> tuple | None:
+    """(H, W) of a 4-D tensor with more than one position, else None."""
+    if isinstance(value, torch.Tensor) and value.dim() == 4 and value.shape[-2:].numel() > 1:
+        return tuple(value.shape[-2:])
+    return None
+
+
 def stage_outputs(model: nn.Module, image_shape: tuple[int, ...], device) -> dict[tuple, str]:
     """Spatial size -> the module that ends that stage in one forward: the last composite
     module (one with submodules) that outputs that size, else the last module that does.
-    Modules called more than once per forward (shared activations) are skipped."""
+
+    Skipped: modules called more than once per forward (shared activations); outputs whose
+    size no convolution or pooling layer produces (channels-last tensors); and modules
+    inside a module that takes maps of that size and returns another size (the start of
+    the next stage, e.g. the expansion conv of a MobileNet block that then downsamples, or
+    the LayerNorm of a ConvNeXt downsample module, whose per-position normalisation flattens
+    the attention map)."""
     calls: dict[str, int] = {}
     seen: list[tuple[str, tuple]] = []
-    composite = {n: next(m.children(), None) is not None for n, m in model.named_modules()}
+    sizes_in: dict[str, tuple | None] = {}
+    sizes_out: dict[str, tuple | None] = {}
+    map_sizes: set[tuple] = set()
+    modules = dict(model.named_modules())
+    composite = {n: next(m.children(), None) is not None for n, m in modules.items()}
 
-    def record(name: str):
-        def hook(_m, _i, out) -> None:
+    def record(name: str, module: nn.Module):
+        def hook(_m, inputs, out) -> None:
             calls[name] = calls.get(name, 0) + 1
-            if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-2:].numel() > 1:
-                seen.append((name, tuple(out.shape[-2:])))
+            size = _size(out)
+            sizes_in[name] = next((_size(x) for x in inputs if _size(x)), None)
+            sizes_out[name] = size
+            if size is not None:
+                seen.append((name, size))
+                if isinstance(module, _MAP_MAKERS):
+                    map_sizes.add(size)
         return hook
 
-    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
+    handles = [m.register_forward_hook(record(n, m)) for n, m in modules.items() if n]
     training = model.training
     model.eval()
     try:
@@ -132,9 +161,25 @@ def stage_outputs(model: nn.Module, image_shape: tuple[int, ...], device) -> dic
         model.train(training)
         for h in handles:
             h.remove()
+
+    def transition(ancestor: str, size: tuple) -> bool:
+        """``ancestor`` takes maps of ``size``, returns another size, and holds no third:
+        one downsampling step (a block or a downsample module), not a stack of stages."""
+        out = sizes_out.get(ancestor)
+        if sizes_in.get(ancestor) != size or out == size:
+            return False
+        inner = {s for n, s in seen if n.startswith(ancestor + ".")
+                 and (not map_sizes or s in map_sizes)}
+        return inner <= {size, out}
+
+    def starts_next_stage(name: str, size: tuple) -> bool:
+        parts = name.split(".")
+        return any(transition(".".join(parts[:i]), size) for i in range(1, len(parts)))
+
     stages: dict[tuple, str] = {}
     for name, size in seen:  # in the order the modules finish: a container after its parts
-        if calls[name] != 1:
+        if calls[name] != 1 or (map_sizes and size not in map_sizes) \
+                or starts_next_stage(name, size):
             continue
         if composite[name] or size not in stages or not composite[stages[size]]:
             stages[size] = name

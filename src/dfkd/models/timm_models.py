@@ -90,3 +90,13 @@ def create_timm_model(spec: str, num_classes: int, in_channels: int) -> nn.Modul
             raise DfkdError(f"model '{spec}': timm could not build it with "
                             f"num_classes={num_classes}, in_chans={in_channels}: "
                             f"{type(exc).__name__}: {line}") from exc
+
+
+def timm_spec_of(model: nn.Module) -> str | None:
+    """``timm:NAME`` for a model that timm built (its ``pretrained_cfg`` names the
+    architecture), so a run can record what rebuilds it; None for any other model."""
+    if not type(model).__module__.startswith("timm."):
+        return None
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    name = cfg.get("architecture") if isinstance(cfg, dict) else None
+    return f"{PREFIX}{name}" if name else None
