@@ -423,3 +423,61 @@ def test_api_tracker_argument(tmp_path):
     assert summary["config"]["tracker"] == ["tensorboard"]
     tb = tensorboard_scalars(tmp_path / "run")
     assert [s for s, _ in tb["acc1"]] == [1, 2, 3]
+
+
+# ------------------------------------------------------------- bench and tune
+def test_bench_groups_its_runs_with_tags(fmnist_teacher, tmp_path, mlflow_db):
+    import yaml
+    from mlflow import MlflowClient
+
+    from dfkd.bench import run_bench
+
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump({"base": {**TINY, "teacher": str(fmnist_teacher),
+                                               "epochs": 2, "sample_grid": 0}}))
+    out = tmp_path / "mybench"
+    tracking = [f"tracker={json.dumps(['mlflow'])}", f"tracker_uri={_uri(mlflow_db)}"]
+    run_bench(str(config), ["dafl"], [0, 1], out, overrides=tracking, progress=False)
+    client = MlflowClient(_uri(mlflow_db))
+    experiment = client.get_experiment_by_name("bench-mybench")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["dafl/seed0", "dafl/seed1"]
+    for run in runs:
+        seed = run.info.run_name[-1]
+        assert run.data.tags["method"] == "dafl" and run.data.tags["seed"] == seed
+        assert run.data.tags["teacher"] == "teacher.pt" and run.data.tags["row"] == "dafl"
+        rows = _rows(out / "dafl" / f"seed{seed}")
+        history = client.get_metric_history(run.info.run_id, "acc1")
+        assert sorted((m.step, m.value) for m in history) == [(r["epoch"], r["acc1"])
+                                                              for r in rows]
+    # Where runs are logged is no part of their config: the bench without --tracker
+    # finds them done instead of refusing them.
+    assert all(r["state"] == "done" for r in run_bench(str(config), ["dafl"], [0, 1], out,
+                                                       dry_run=True))
+    run_bench(str(config), ["dafl"], [0, 1], out, progress=False)
+
+
+def test_tune_logs_each_trial_as_a_run(fmnist_teacher, tmp_path, mlflow_db):
+    pytest.importorskip("optuna")
+    import yaml
+    from mlflow import MlflowClient
+
+    from dfkd.tune import run_tune
+
+    recipe = tmp_path / "study.yaml"
+    recipe.write_text(yaml.safe_dump({
+        **TINY, "epochs": 2, "sample_grid": 0,
+        "search": {"generator.lr": {"low": 1e-3, "high": 2e-2, "log": True}}}))
+    study = run_tune(str(recipe), str(fmnist_teacher), 2, tmp_path / "tune",
+                     overrides=["tracker=mlflow", f"tracker_uri={_uri(mlflow_db)}"],
+                     progress=False)
+    client = MlflowClient(_uri(mlflow_db))
+    experiment = client.get_experiment_by_name("tune-study")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == ["trial-0000", "trial-0001"]
+    for trial in study.trials:
+        run = runs[f"trial-{trial.number:04d}"]
+        assert float(run.data.params["generator.lr"]) == trial.params["generator.lr"]
+        assert run.data.params["eval_split"] == "val"
+        assert run.data.metrics["final_acc1"] == trial.value
+        assert run.info.status == "FINISHED"

@@ -50,6 +50,7 @@ from dfkd.recipes import resolve_named
 from dfkd.report import METRICS_FILE, PlotUnavailable, dumps_strict, format_table, read_metrics
 from dfkd.report import plot_curves as draw_curves
 from dfkd.teacher import SupervisedSettings, normalizer, train_supervised
+from dfkd.trackers import SETTINGS as TRACKER_SETTINGS
 
 REFERENCES = ("scratch", "kd_with_data")
 COLUMNS = ["final_acc1", "final_agreement", "final_loyalty", "final_loyalty_official",
@@ -150,6 +151,9 @@ def check_same_config(folder: Path, current: dict[str, Any]) -> None:
         defaults = flatten(load_config({"method": current["method"]}).to_dict())
         stored = {**{k: defaults[k] for k in now.keys() - stored.keys() if k in defaults},
                   **stored}
+    # Where a run is logged (dfkd.trackers) does not change its results.
+    stored, now = ({k: v for k, v in d.items() if k not in TRACKER_SETTINGS}
+                   for d in (stored, now))
     key = first_difference(stored, now)
     if key is not None:
         raise ConfigError(
@@ -192,7 +196,13 @@ def _run_one(config: dict[str, Any], run: dict[str, Any], progress: bool | None)
         return
     raw = _method_config(config, run["method"], run["seed"])
     resume = run["state"] == "resume"
-    build_trainer(raw, folder, resume=resume, overwrite=not resume, progress=progress).fit()
+    trainer = build_trainer(raw, folder, resume=resume, overwrite=not resume, progress=progress)
+    # Trackers (dfkd.trackers): one MLflow experiment / W&B group per bench, named after it.
+    bench = f"bench-{folder.resolve().parent.parent.name}"
+    trainer.tracking.set_context(experiment=bench, group=bench,
+                                 name=f"{run['method']}/seed{run['seed']}",
+                                 tags={"bench": bench, "row": run["method"]})
+    trainer.fit()
 
 
 def _init_worker(gpu_ids: Any = None) -> None:

@@ -48,7 +48,7 @@ SIGNAL_KEYS = ("synthetic_agreement", "synthetic_loyalty")
 
 
 # Keys that a worker sets for its own machine: a continued study may change them.
-LOCAL_KEYS = ("device", "data_root")
+LOCAL_KEYS = ("device", "data_root", "tracker", "tracker_uri")
 
 
 def _optuna():
@@ -248,6 +248,10 @@ def _objective(trial, fixed: dict[str, Any], space: dict[str, dict[str, Any]], o
     resume = (folder / CHECKPOINT).is_file()
     trainer = build_trainer(raw, folder, resume=resume, overwrite=not resume,
                             progress=progress)
+    # Trackers (dfkd.trackers): each trial a run, in one experiment / group per study.
+    study = f"tune-{trial.study.study_name}"
+    trainer.tracking.set_context(experiment=study, group=study, name=f"trial-{origin:04d}",
+                                 tags={"tune_trial": origin})
     for row in trainer.history:  # epochs a killed attempt already finished
         trial.report(row["acc1"], row["epoch"])
     while trainer.epoch < trainer.cfg.epochs:
@@ -271,6 +275,7 @@ def _objective(trial, fixed: dict[str, Any], space: dict[str, dict[str, Any]], o
         if trial.should_prune():
             print(f"tune: trial {trial.number} pruned after epoch {trainer.epoch} "
                   f"(val Acc@1 {acc:.2f})", flush=True)
+            trainer.tracking.close("stopped")
             raise optuna.TrialPruned()
     value = trainer.history[-1]["acc1"]  # the final epoch, never the best one
     for key in SIGNAL_KEYS:

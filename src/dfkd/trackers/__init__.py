@@ -15,6 +15,9 @@ from dfkd.errors import ConfigError
 from dfkd.trackers.base import RunInfo, Tracker
 
 _TRACKERS: dict[str, type[Tracker]] = {}
+# The run settings that say where a run is logged, not what it computes: a bench or a tune
+# may add or change them for runs it already holds.
+SETTINGS = ("tracker", "tracker_uri")
 
 
 def register_tracker(cls: type[Tracker]) -> type[Tracker]:

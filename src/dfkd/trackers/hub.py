@@ -99,6 +99,10 @@ class Tracking:
         if trainer.epoch >= trainer.cfg.epochs:
             self._queue.put(("end", None))
             self.close("finished")
+        else:   # a time slice: its rows are logged before fit returns (and the process ends)
+            done = threading.Event()
+            self._queue.put(("sync", done))
+            done.wait(FINISH_TIMEOUT)
 
     def saved(self, lines: str) -> None:
         """Rows just appended to metrics.jsonl (its text): their checkpoint is on disk."""
@@ -148,18 +152,32 @@ class Tracking:
 
     # ------------------------------------------------------------ the thread
     def _work(self, info: RunInfo, history: list[dict[str, Any]]) -> None:
-        self._start(info, history)
+        self._guarded(self._start, info, history)
         while True:
             kind, payload = self._queue.get()
             if kind == "row":
-                self._row(payload)
+                self._guarded(self._row, payload)
             elif kind == "end":
-                self._end()
+                self._guarded(self._end)
+            elif kind == "sync":
+                payload.set()
             elif kind == "close":
                 for name in list(self._active):
                     self._call(name, lambda t, status=payload: t.finish(status))
                 self._active.clear()
                 return
+
+    def _guarded(self, fn, *args: Any) -> None:
+        """The thread outlives a bug of its own too: the trackers stop, the run goes on."""
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001
+            if self._active:
+                _warn(f"the trackers stopped logging ({type(exc).__name__}: {exc}); "
+                      "metrics.jsonl keeps every epoch")
+            for name in list(self._active):
+                with contextlib.suppress(Exception):
+                    self._active.pop(name).finish("failed")
 
     def _start(self, info: RunInfo, history: list[dict[str, Any]]) -> None:
         last = history[-1]["epoch"] if history else 0
