@@ -12,8 +12,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     # unpinned 'torch' may pull a multi-GB CUDA build. Pass TORCH_SPEC to change it.
     .venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 fi
-if ! .venv/bin/python -c "import dfkd, pytest, ruff, hypothesis, optuna, matplotlib, safetensors, onnx, onnxruntime, onnxscript" 2>/dev/null; then
-    .venv/bin/pip install -q -e ".[dev,plot,tune,export]"
+if ! .venv/bin/python -c "import dfkd, pytest, ruff, hypothesis, optuna, matplotlib, safetensors, onnx, onnxruntime, onnxscript, mkdocs, tensorboard, mlflow, wandb" 2>/dev/null; then
+    .venv/bin/pip install -q -e ".[dev,plot,tune,export,docs,tensorboard,mlflow,wandb]"
 fi
 FMNIST=/usr/share/datasets/fashion-mnist
 if [ ! -e "$FMNIST/t10k-labels-idx1-ubyte.gz" ] && [ ! -e "$FMNIST/t10k-labels-idx1-ubyte" ]; then

@@ -282,3 +282,16 @@ def test_a_named_method_is_not_replaced(tmp_path):
     with pytest.raises(DfkdError, match="no BatchNorm layer"):
         distill(own("make_groupnorm_teacher"), own("make_plain_student"), tmp_path,
                 method="cudfkd")
+
+
+def test_bn_free_default_only_when_nothing_names_a_method():
+    from dfkd.methods.choice import bn_free_default
+
+    gn, bn = own("make_groupnorm_teacher"), own("make_teacher")
+    raw, line = bn_free_default(gn, {"epochs": 2})
+    assert raw == {"epochs": 2, "method": BN_FREE_METHOD, **(
+        {BN_FREE_METHOD: BN_FREE_SETTINGS} if BN_FREE_SETTINGS else {})} and line
+    for named in ({"method": "dfad"}, {"cudfkd": {"w_bn": 0.0}},
+                  {"base_recipe": "fashion_mnist/cudfkd_lenet5.yaml"}):
+        assert bn_free_default(gn, named) == (named, None)
+    assert bn_free_default(bn, {"epochs": 2}) == ({"epochs": 2}, None)

@@ -253,11 +253,14 @@ def test_overwrite_starts_new_tracker_runs(fmnist_teacher, tmp_path, mlflow_db):
     check_every_epoch_once(out)
 
 
+KILLED = {"method": "dafl", "epochs": 5, "rounds": 2, "kd_steps": 2, "batch_size": 16,
+          "sample_grid": 4, "synthetic_probe": 0}
+
+
 def _cli(teacher: Path, out: Path, db: Path, *extra: str) -> subprocess.Popen:
     args = ["--resume", str(out)] if extra == ("resume",) else [
-        "--teacher", str(teacher), "--out", str(out), "--method", "dafl", "--no-progress",
-        "--set", "epochs=5", "--set", "rounds=2", "--set", "kd_steps=2",
-        "--set", "batch_size=16", "--set", "sample_grid=4", "--set", "synthetic_probe=0",
+        "--teacher", str(teacher), "--out", str(out), "--no-progress",
+        *[a for k, v in KILLED.items() for a in ("--set", f"{k}={v}")],
         *[a for name in ALL for a in ("--tracker", name)],
         "--tracker-uri", _uri(db), *extra]
     return subprocess.Popen([sys.executable, "-m", "dfkd", "distill", *args], env=ENV,
@@ -276,9 +279,9 @@ def test_three_kill_9_then_resume_hold_each_epoch_once(fmnist_teacher, tmp_path,
     pytest.importorskip("mlflow")
     pytest.importorskip("tensorboard")
     pytest.importorskip("wandb")
-    ref = tmp_path / "ref" / "run"
-    proc = _cli(fmnist_teacher, ref, mlflow_db)
-    assert proc.wait(timeout=300) == 0, proc.communicate()[1]
+    ref = tmp_path / "ref"   # as the command runs it (from the recipe of its images)
+    build_trainer({**KILLED, "teacher": str(fmnist_teacher)}, ref, progress=False,
+                  base_recipe=True).fit()
     reference = [{k: v for k, v in r.items() if k not in TIMING} for r in _rows(ref)]
     out = tmp_path / "killed" / "run"
     proc = _cli(fmnist_teacher, out, mlflow_db)
@@ -332,6 +335,7 @@ def _post(url: str, body: dict, timeout: float = 10) -> dict:
         return json.loads(response.read())
 
 
+@pytest.mark.slow   # the server takes 30-60 s to start on a busy 2-core machine
 def test_a_real_mlflow_server_over_http(fmnist_teacher, tmp_path, mlflow_db):
     server_db = tmp_path / "server.db"   # an empty database, its schema made already
     server_db.write_bytes(mlflow_db.with_name("template.db").read_bytes())
@@ -481,3 +485,30 @@ def test_tune_logs_each_trial_as_a_run(fmnist_teacher, tmp_path, mlflow_db):
         assert run.data.params["eval_split"] == "val"
         assert run.data.metrics["final_acc1"] == trial.value
         assert run.info.status == "FINISHED"
+
+
+def test_only_rank_0_logs(fmnist_teacher, tmp_path, monkeypatch):
+    """Under torchrun every rank runs the loop; a rank other than 0 starts no tracker."""
+    pytest.importorskip("tensorboard")
+    from dfkd import distributed
+
+    monkeypatch.setattr(distributed, "current", lambda: distributed.DistInfo(rank=1))
+    out = tmp_path / "run"
+    out.mkdir()
+    trainer = build_trainer({**TINY, "teacher": str(fmnist_teacher), "epochs": 1,
+                             "tracker": ["tensorboard"]}, out, progress=False)
+    assert not trainer.tracking
+    trainer.fit()
+    assert not (out / "tensorboard").exists() and not (out / STATE_FILE).exists()
+
+
+def test_tracker_flags_become_settings():
+    from argparse import Namespace
+
+    from dfkd.cli import _tracker_sets
+    from dfkd.config import parse_overrides
+
+    sets = _tracker_sets(Namespace(tracker=["mlflow", "wandb"], tracker_uri="http://h:5000"))
+    assert parse_overrides(sets) == {"tracker": ["mlflow", "wandb"],
+                                     "tracker_uri": "http://h:5000"}
+    assert _tracker_sets(Namespace(tracker=None, tracker_uri=None)) == []

@@ -132,7 +132,7 @@ def student_divergence(name: str, value: float, reference: float | None, *, wher
         what = f"non-finite loss: '{name}' became {value} {where}"
     elif reference is not None and math.isfinite(reference) and \
             value > DIVERGENCE_FACTOR * max(abs(reference), DIVERGENCE_FLOOR):
-        what = (f"the student's loss diverged: '{name}' rose to {value:.3g} {where}, "
+        what = (f"student loss '{name}' rose to {value:.3g} {where}, "
                 f"{value / max(abs(reference), 1e-12):.0f} times its first epoch's "
                 f"{reference:.3g}")
     else:

@@ -167,7 +167,10 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"student architecture (default lenet5_half): {SPEC_HELP}. "
                         "config.yaml and student.pt record it, so --resume and evaluate "
                         "rebuild it")
-    d.add_argument("--method", metavar="NAME", help="distillation method (default cudfkd)")
+    d.add_argument("--method", metavar="NAME",
+                   help="distillation method (default cudfkd, or dafl for a teacher without "
+                        "BatchNorm, which the run says in one line; with --set "
+                        "base_recipe=FILE, the recipe's method, and another one is refused)")
     d.add_argument("--dataset", metavar="NAME",
                    help="test data for evaluation (default: the teacher's dataset)")
     d.add_argument("--eval-split", choices=("test", "val"), default=None,

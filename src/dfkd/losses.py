@@ -91,7 +91,10 @@ def attention_transfer(student: list[torch.Tensor], teacher: list[torch.Tensor])
     """Sum over layer pairs of mean((a_s - a_t)^2), the form of ZSKT's released code.
 
     A pair whose maps differ in size is compared at the smaller one (average pooling).
+    No pair: 0.
     """
+    if not teacher:
+        return torch.zeros(())
     total = torch.zeros((), device=teacher[0].device)
     for fs, ft in zip(student, teacher, strict=True):
         size = (min(fs.shape[-2], ft.shape[-2]), min(fs.shape[-1], ft.shape[-1]))
@@ -105,7 +108,9 @@ def similarity_preserving(student: list[torch.Tensor],
     mean((G_s - G_t)^2), with G = row-L2-normalised Q Q^T the (B, B) similarities of the
     batch's flattened activations Q. It compares samples with each other, never channels
     or positions, so any two layers compare, whatever their widths and map sizes. The
-    products are taken in float32, also under autocast."""
+    products are taken in float32, also under autocast. No pair: 0."""
+    if not teacher:
+        return torch.zeros(())
     device = teacher[0].device
     total = torch.zeros((), device=device)
     with torch.autocast(device.type, enabled=False):
