@@ -23,7 +23,6 @@ from dfkd.data.normalization import parse_normalization
 from dfkd.errors import ConfigError
 from dfkd.generators import GeneratorConfig
 from dfkd.methods import GeneratorMethod, get_method, list_methods
-from dfkd.trackers import check_trackers
 
 
 @dataclass
@@ -288,6 +287,8 @@ def load_config(raw: dict[str, Any]) -> RunConfig:
     sections = {name: raw.pop(name) for name in list(raw) if name in list_methods()}
     cfg = build_dataclass(RunConfig, raw)
     parse_normalization(cfg.teacher_norm)   # a bad value fails here, before any work
+    from dfkd.trackers import check_trackers  # here: dfkd.trackers imports this module
+
     cfg.tracker = check_trackers(cfg.tracker)   # names, checked; a name alone -> [name]
     cfg.method_settings = build_dataclass(
         method_cls.Settings, sections.get(method_name) or {}, method_name + "."
