@@ -287,9 +287,6 @@ def load_config(raw: dict[str, Any]) -> RunConfig:
     sections = {name: raw.pop(name) for name in list(raw) if name in list_methods()}
     cfg = build_dataclass(RunConfig, raw)
     parse_normalization(cfg.teacher_norm)   # a bad value fails here, before any work
-    from dfkd.trackers import check_trackers  # here: dfkd.trackers imports this module
-
-    cfg.tracker = check_trackers(cfg.tracker)   # names, checked; a name alone -> [name]
     cfg.method_settings = build_dataclass(
         method_cls.Settings, sections.get(method_name) or {}, method_name + "."
     )

@@ -55,6 +55,7 @@ from dfkd.probe import SyntheticProbe
 from dfkd.probe import expected_seconds as expected_probe_seconds
 from dfkd.report import dumps_strict, save_image_grid
 from dfkd.teacher_wrap import FrozenTeacher, GraphedForward
+from dfkd.trackers import check_trackers
 from dfkd.trackers.hub import Tracking
 
 CHECKPOINT = "checkpoint.pt"
@@ -216,6 +217,8 @@ class Trainer:
         # Only rank 0 talks and writes; every rank computes.
         self.is_main = self.dist.is_main
         # Experiment trackers (dfkd.trackers): rank 0 hands them each metrics.jsonl row.
+        # Checked here, not in dfkd.config, which dfkd.trackers builds on: names -> a list.
+        cfg.tracker = check_trackers(cfg.tracker)
         self.tracking = Tracking(cfg.tracker if self.is_main else None, cfg.tracker_uri,
                                  out_dir)
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.is_main

@@ -91,9 +91,9 @@ class Tracking:
         try:
             yield
         except (KeyboardInterrupt, Exception) as exc:
-            from dfkd.engine import Interrupted
-
-            stopped = isinstance(exc, (Interrupted, KeyboardInterrupt))
+            # dfkd.engine.Interrupted (a signal's checkpoint) carries an exit code; this
+            # module sits below the engine, so it does not import it.
+            stopped = isinstance(exc, KeyboardInterrupt) or hasattr(exc, "exit_code")
             self.close("stopped" if stopped else "failed", timeout=30.0)
             raise
         if trainer.epoch >= trainer.cfg.epochs:
