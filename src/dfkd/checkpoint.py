@@ -66,6 +66,16 @@ class BackgroundWriter:
         if pending is not None:
             pending.result()
 
+    def close(self) -> None:
+        """``wait``, then end the worker thread: until it has ended, its frame may still
+        hold the last write (and whatever that write's closure holds, such as the models)."""
+        try:
+            self.wait()
+        finally:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.shutdown(wait=True)
+
 
 def _umask() -> int:
     try:  # Linux says it without changing it

@@ -668,7 +668,7 @@ class Trainer:
             try:
                 return self._fit(stop_after_epoch)
             finally:  # the last checkpoint is on disk, whatever ended the loop
-                self.writer.wait()
+                self.writer.close()
 
     def _fit(self, stop_after_epoch: int | None) -> dict[str, Any]:
         cfg = self.cfg
