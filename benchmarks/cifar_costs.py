@@ -33,9 +33,9 @@ from dfkd.reproduce import PAIRS, _published, label, official_table, recipe_rows
 
 
 def cost(recipe: Path, batch: int | None, overrides: list[str]) -> dict[str, Any]:
+    """One row: its timed steps at ``batch`` and the full recipe projected from them."""
     # batched_g makes one G forward for a round's student steps: time one step at a time.
     overrides = [*overrides, "batched_g=false"]
-    """One row: its timed steps at ``batch`` and the full recipe projected from them."""
     raw = read_yaml(recipe)
     full = load_config(merge(raw, parse_overrides(overrides)))
     small = full if batch is None else load_config(

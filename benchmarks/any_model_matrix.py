@@ -1,0 +1,198 @@
+"""Any model a user brings: teachers x students x methods, with defaults only.
+
+Fashion-MNIST at 32x32 (dfkd's ``fashion_mnist``), the val split only (the test split is
+not read). Each teacher is trained here with ``dfkd train-teacher`` (its val Acc@1 is
+measured with ``dfkd evaluate --split val``); then every (teacher, student, method) cell
+runs
+
+    dfkd distill --teacher T.pt --student S --method M --eval-split val --seed 0 \
+        --epochs 1+W --set rounds=R --set synthetic_probe=0 --set sample_grid=0
+
+with no other setting: the recipe is the one dfkd picks for the images and the method.
+The budget is equal in student steps: R = ceil(STEPS / kd_steps of the method's recipe)
+rounds, after the method's W warm-up epochs (Fast's generator warm-up; 0 elsewhere). A
+cell *runs* when it exits 0, or exits 2 with one line that says why the method cannot use
+that teacher (a user error, no traceback); it *learns* when its val Acc@1 is at least
+``--margin`` points above chance.
+
+Each cell writes ``OUT/cells/T__S__M.json``; existing cells are kept, so the same command
+continues an interrupted matrix. ``--only-teachers`` limits the teachers (e.g. to run the
+costly zoo ResNet last). Writes ``OUT/matrix.json`` and prints the markdown tables.
+
+    OMP_NUM_THREADS=1 python benchmarks/any_model_matrix.py --out runs/matrix --jobs 2
+
+timm teachers need timm (``pip install 'dfkd[timm]'``) and a torchvision that imports
+beside the installed torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODELS = HERE / "own_pair_models.py"
+
+# name -> (model spec, teacher epochs)
+TEACHERS = {
+    "zoo_wrn16_2": ("wrn16_2", 2),
+    "timm_resnet18": ("timm:resnet18", 2),
+    "timm_mobilenetv3": ("timm:mobilenetv3_small_100", 3),
+    "timm_convnext_atto": ("timm:convnext_atto", 3),
+    "groupnorm_cnn": (f"{MODELS}:make_groupnorm_teacher", 3),
+    "zoo_resnet18": ("resnet18", 1),
+}
+STUDENTS = {
+    "lenet5_half": "lenet5_half",                          # BatchNorm, 16K parameters
+    "zoo_wrn16_1": "wrn16_1",                              # BatchNorm, 175K
+    "plain_cnn": f"{MODELS}:make_plain_student",           # no normalisation layer, 20K
+}
+METHODS = ["cudfkd", "dafl", "dfad", "zskt", "deepinv", "dfq", "cmi", "fast"]
+
+
+def dfkd(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return subprocess.run([sys.executable, "-m", "dfkd", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def recipe_steps(method: str) -> tuple[int, int]:
+    """(kd_steps, warm-up epochs) of the recipe dfkd starts ``method`` from here."""
+    from dfkd.config import read_yaml
+    from dfkd.recipes import resolve_named
+
+    raw = read_yaml(resolve_named(f"fashion_mnist/{method}_lenet5"))
+    return int(raw["kd_steps"]), int(raw.get(method, {}).get("warmup", 0) or 0)
+
+
+def train_teacher(out: Path, name: str) -> dict:
+    spec, epochs = TEACHERS[name]
+    path = out / "teachers" / f"{name}.pt"
+    info = out / "teachers" / f"{name}.json"
+    if info.exists():
+        return json.loads(info.read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    run = dfkd("train-teacher", "--model", spec, "--epochs", str(epochs), "--out", str(path),
+               "--device", "cpu", "--no-progress")
+    if run.returncode != 0:
+        raise SystemExit(f"teacher {name} failed:\n{run.stderr[-2000:]}")
+    seconds = time.time() - start
+    ev = dfkd("evaluate", str(path), "--split", "val", "--json", "--device", "cpu")
+    if ev.returncode != 0:
+        raise SystemExit(f"evaluating teacher {name} failed:\n{ev.stderr[-2000:]}")
+    result = {"teacher": name, "spec": spec, "epochs": epochs,
+              "val_acc1": json.loads(ev.stdout)["acc1"], "train_seconds": round(seconds, 1)}
+    info.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def run_cell(out: Path, teacher: str, student: str, method: str, steps: int) -> dict:
+    cell = out / "cells" / f"{teacher}__{student}__{method}.json"
+    if cell.exists():
+        return json.loads(cell.read_text())
+    kd_steps, warmup = recipe_steps(method)
+    rounds = math.ceil(steps / kd_steps)
+    run_dir = out / "runs" / teacher / student / method
+    start = time.time()
+    run = dfkd("distill", "--teacher", str(out / "teachers" / f"{teacher}.pt"),
+               "--student", STUDENTS[student], "--method", method, "--eval-split", "val",
+               "--seed", "0", "--epochs", str(1 + warmup), "--set", f"rounds={rounds}",
+               "--set", "synthetic_probe=0", "--set", "sample_grid=0", "--no-progress",
+               "--device", "cpu", "--out", str(run_dir), "--overwrite")
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    result = {"teacher": teacher, "student": student, "method": method,
+              "rounds": rounds, "epochs": 1 + warmup, "student_steps": rounds * kd_steps,
+              "exit": run.returncode, "seconds": round(time.time() - start, 1),
+              "traceback": "Traceback" in run.stderr,
+              "said": [line for line in lines if line.startswith("dfkd:")][-3:]}
+    summary = run_dir / "summary.json"
+    if run.returncode == 0 and summary.exists():
+        result["val_acc1"] = json.loads(summary.read_text())["final_acc1"]
+    elif run.returncode != 0:
+        result["error"] = lines[-1] if lines else ""
+    cell.parent.mkdir(parents=True, exist_ok=True)
+    cell.write_text(json.dumps(result, indent=1))
+    print(f"{teacher:>20} {student:>12} {method:>8}: exit {run.returncode} "
+          f"{result.get('val_acc1', result.get('error', ''))} ({result['seconds']} s)",
+          flush=True)
+    return result
+
+
+def verdict(cell: dict, margin: float) -> str:
+    if cell["traceback"]:
+        return "TRACEBACK"
+    if cell["exit"] == 2 and not cell["traceback"]:
+        return "one line"
+    if cell["exit"] != 0:
+        return f"exit {cell['exit']}"
+    acc = cell["val_acc1"]
+    return f"{acc:.1f}" + ("" if acc >= 10.0 + margin else " (chance)")
+
+
+def render(out: Path, teachers: list[str], margin: float) -> str:
+    infos = {t: json.loads((out / "teachers" / f"{t}.json").read_text()) for t in teachers
+             if (out / "teachers" / f"{t}.json").exists()}
+    lines = ["| teacher (val Acc@1) | student | " + " | ".join(METHODS) + " |",
+             "|---|---|" + "---|" * len(METHODS)]
+    cells = []
+    for t in teachers:
+        for s in STUDENTS:
+            row = []
+            for m in METHODS:
+                path = out / "cells" / f"{t}__{s}__{m}.json"
+                if path.exists():
+                    cell = json.loads(path.read_text())
+                    cells.append(cell)
+                    row.append(verdict(cell, margin))
+                else:
+                    row.append("not run")
+            head = f"{t} ({infos[t]['val_acc1']:.1f})" if t in infos else t
+            lines.append(f"| {head} | {s} | " + " | ".join(row) + " |")
+    ran = [c for c in cells if not c["traceback"] and c["exit"] in (0, 2)]
+    learned = [c for c in cells if c["exit"] == 0 and c["val_acc1"] >= 10.0 + margin]
+    refused = {c["said"][-1] if c["said"] else c.get("error", "") for c in cells
+               if c["exit"] == 2}
+    lines += ["", f"{len(cells)} cells: {len(ran)} run or refuse in one line, "
+              f"{sum(c['traceback'] for c in cells)} tracebacks; {len(learned)} of "
+              f"{sum(c['exit'] == 0 for c in cells)} runs end >= {10 + margin:g}% val Acc@1."]
+    if refused:
+        lines += ["", "Refusals (one line each):"] + [f"- `{r}`" for r in sorted(refused)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/matrix"))
+    ap.add_argument("--jobs", type=int, default=2, help="cells at once (one per core)")
+    ap.add_argument("--steps", type=int, default=200, help="student steps per cell")
+    ap.add_argument("--margin", type=float, default=5.0,
+                    help="points above chance (10%%) that count as learning")
+    ap.add_argument("--only-teachers", nargs="*", default=None, choices=list(TEACHERS))
+    ap.add_argument("--render-only", action="store_true")
+    args = ap.parse_args()
+    teachers = args.only_teachers or list(TEACHERS)
+    if not args.render_only:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda t: train_teacher(args.out, t), teachers))
+            jobs = [(t, s, m) for t in teachers for s in STUDENTS for m in METHODS]
+            list(pool.map(lambda c: run_cell(args.out, *c, args.steps), jobs))
+    table = render(args.out, list(TEACHERS), args.margin)
+    meta = {"machine": f"{platform.processor() or platform.machine()}, "
+                       f"{os.cpu_count()} cores", "torch": __import__("torch").__version__,
+            "steps": args.steps, "margin": args.margin}
+    (args.out / "matrix.json").write_text(json.dumps(
+        {"meta": meta, "table": table}, indent=1))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
