@@ -45,9 +45,9 @@ MODELS = HERE / "own_pair_models.py"
 TEACHERS = {
     "zoo_wrn16_2": ("wrn16_2", 2),
     "timm_resnet18": ("timm:resnet18", 2),
-    "timm_mobilenetv3": ("timm:mobilenetv3_small_100", 3),
-    "timm_convnext_atto": ("timm:convnext_atto", 3),
-    "groupnorm_cnn": (f"{MODELS}:make_groupnorm_teacher", 3),
+    "timm_mobilenetv3": ("timm:mobilenetv3_small_100", 1),
+    "timm_convnext_atto": ("timm:convnext_atto", 1),
+    "groupnorm_cnn": (f"{MODELS}:make_groupnorm_teacher", 1),
     "zoo_resnet18": ("resnet18", 1),
 }
 STUDENTS = {
@@ -80,17 +80,18 @@ def train_teacher(out: Path, name: str) -> dict:
     if info.exists():
         return json.loads(info.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    run = dfkd("train-teacher", "--model", spec, "--epochs", str(epochs), "--out", str(path),
-               "--device", "cpu", "--no-progress")
-    if run.returncode != 0:
-        raise SystemExit(f"teacher {name} failed:\n{run.stderr[-2000:]}")
-    seconds = time.time() - start
+    start, seconds = time.time(), None
+    if not path.exists():   # (the checkpoint is written whole, at the end)
+        run = dfkd("train-teacher", "--model", spec, "--epochs", str(epochs),
+                   "--out", str(path), "--device", "cpu", "--no-progress")
+        if run.returncode != 0:
+            raise SystemExit(f"teacher {name} failed:\n{run.stderr[-2000:]}")
+        seconds = round(time.time() - start, 1)
     ev = dfkd("evaluate", str(path), "--split", "val", "--json", "--device", "cpu")
     if ev.returncode != 0:
         raise SystemExit(f"evaluating teacher {name} failed:\n{ev.stderr[-2000:]}")
     result = {"teacher": name, "spec": spec, "epochs": epochs,
-              "val_acc1": json.loads(ev.stdout)["acc1"], "train_seconds": round(seconds, 1)}
+              "val_acc1": json.loads(ev.stdout)["acc1"], "train_seconds": seconds}
     info.write_text(json.dumps(result, indent=1))
     return result
 
@@ -130,8 +131,10 @@ def run_cell(out: Path, teacher: str, student: str, method: str, steps: int) -> 
 def verdict(cell: dict, margin: float) -> str:
     if cell["traceback"]:
         return "TRACEBACK"
-    if cell["exit"] == 2 and not cell["traceback"]:
-        return "one line"
+    if cell["exit"] == 2:   # a user error: one line, no traceback
+        said = cell.get("error", "")
+        return ("needs BN" if "no BatchNorm layer" in said
+                else "diverged" if "diverged" in said else "one line")
     if cell["exit"] != 0:
         return f"exit {cell['exit']}"
     acc = cell["val_acc1"]
@@ -159,13 +162,16 @@ def render(out: Path, teachers: list[str], margin: float) -> str:
             lines.append(f"| {head} | {s} | " + " | ".join(row) + " |")
     ran = [c for c in cells if not c["traceback"] and c["exit"] in (0, 2)]
     learned = [c for c in cells if c["exit"] == 0 and c["val_acc1"] >= 10.0 + margin]
-    refused = {c["said"][-1] if c["said"] else c.get("error", "") for c in cells
-               if c["exit"] == 2}
+    refused: dict[str, str] = {}   # one example line of each kind
+    for c in cells:
+        if c["exit"] == 2:
+            refused.setdefault(verdict(c, margin), c.get("error", ""))
     lines += ["", f"{len(cells)} cells: {len(ran)} run or refuse in one line, "
               f"{sum(c['traceback'] for c in cells)} tracebacks; {len(learned)} of "
               f"{sum(c['exit'] == 0 for c in cells)} runs end >= {10 + margin:g}% val Acc@1."]
     if refused:
-        lines += ["", "Refusals (one line each):"] + [f"- `{r}`" for r in sorted(refused)]
+        lines += ["", "What a run that stops says (one example of each kind):"]
+        lines += [f"- {kind}: `{line}`" for kind, line in sorted(refused.items())]
     return "\n".join(lines)
 
 
@@ -173,7 +179,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/matrix"))
     ap.add_argument("--jobs", type=int, default=2, help="cells at once (one per core)")
-    ap.add_argument("--steps", type=int, default=200, help="student steps per cell")
+    ap.add_argument("--steps", type=int, default=100, help="student steps per cell")
     ap.add_argument("--margin", type=float, default=5.0,
                     help="points above chance (10%%) that count as learning")
     ap.add_argument("--only-teachers", nargs="*", default=None, choices=list(TEACHERS))
@@ -183,7 +189,8 @@ def main() -> None:
     if not args.render_only:
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda t: train_teacher(args.out, t), teachers))
-            jobs = [(t, s, m) for t in teachers for s in STUDENTS for m in METHODS]
+            # student by student: every teacher gets its first student before any its last
+            jobs = [(t, s, m) for s in STUDENTS for t in teachers for m in METHODS]
             list(pool.map(lambda c: run_cell(args.out, *c, args.steps), jobs))
     table = render(args.out, list(TEACHERS), args.margin)
     meta = {"machine": f"{platform.processor() or platform.machine()}, "
