@@ -150,6 +150,34 @@ def test_background_writes_run_in_order_and_raise_their_errors():
     assert done == [0, 1, 2]
 
 
+def test_closed_writer_holds_nothing_of_its_last_write():
+    """``close`` ends the worker thread, whose frame may otherwise still hold the last
+    write's closure (in a run: the trainer and its DDP models) after ``wait`` returned."""
+    import gc
+    import threading
+    import weakref
+
+    class Held:
+        pass
+
+    writer, held = BackgroundWriter(), Held()
+    ref = weakref.ref(held)
+
+    def write(obj=held):
+        time.sleep(0.01)
+    writer.submit(write)
+    del write, held
+    writer.close()
+    gc.disable()   # gone by reference counting, not by a later collection
+    try:
+        assert ref() is None
+        assert not [t for t in threading.enumerate() if t.name.startswith("dfkd-checkpoint")]
+    finally:
+        gc.enable()
+    writer.submit(lambda: None)  # a closed writer starts a new thread when it is used again
+    writer.close()
+
+
 def test_fit_waits_for_its_checkpoint_and_reports_a_failed_write(fmnist_teacher, tmp_path,
                                                                  monkeypatch):
     raw = {"teacher": str(fmnist_teacher), "epochs": 3, "rounds": 2, "kd_steps": 2,
