@@ -21,6 +21,10 @@ costly zoo ResNet last). Writes ``OUT/matrix.json`` and prints the markdown tabl
 
     OMP_NUM_THREADS=1 python benchmarks/any_model_matrix.py --out runs/matrix --jobs 2
 
+``--default-runs 0,1`` runs, instead, each teacher's default distillation (``dfkd distill
+--teacher T.pt --eval-split val --seed S``: the default student and method, the full recipe),
+and reads its final student's test Acc@1 once at the end (``OUT/default/``).
+
 timm teachers need timm (``pip install 'dfkd[timm]'``) and a torchvision that imports
 beside the installed torch.
 """
@@ -58,7 +62,7 @@ STUDENTS = {
 METHODS = ["cudfkd", "dafl", "dfad", "zskt", "deepinv", "dfq", "cmi", "fast"]
 
 
-def dfkd(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
+def dfkd(*args: str, timeout: float | None = 3600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     return subprocess.run([sys.executable, "-m", "dfkd", *args], capture_output=True,
                           text=True, env=env, timeout=timeout)
@@ -128,6 +132,47 @@ def run_cell(out: Path, teacher: str, student: str, method: str, steps: int) -> 
     return result
 
 
+def default_run(out: Path, teacher: str, seed: int) -> dict:
+    """The teacher's default run: ``dfkd distill --teacher T.pt --eval-split val --seed S``
+    and nothing else (the default student and method, the full recipe), then its final
+    student's test Acc@1, read once. An interrupted run is resumed."""
+    result_path = out / "default" / f"{teacher}__seed{seed}.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    run_dir = out / "default" / teacher / f"seed{seed}"
+    start = time.time()
+    if (run_dir / "checkpoint.pt").exists():
+        run = dfkd("distill", "--resume", str(run_dir), "--no-progress", timeout=None)
+    else:
+        run = dfkd("distill", "--teacher", str(out / "teachers" / f"{teacher}.pt"),
+                   "--eval-split", "val", "--seed", str(seed), "--device", "cpu",
+                   "--no-progress", "--out", str(run_dir), timeout=None)
+    if run.returncode != 0:
+        raise SystemExit(f"default run {teacher} seed {seed} failed:\n{run.stderr[-2000:]}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    test = dfkd("evaluate", str(run_dir), "--split", "test", "--json", "--device", "cpu")
+    result = {"teacher": teacher, "seed": seed, "method": summary["method"],
+              "epochs": summary["epochs"], "val_acc1": summary["final_acc1"],
+              "test_acc1": json.loads(test.stdout)["acc1"],
+              "seconds": round(time.time() - start, 1)}
+    result_path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def render_defaults(out: Path) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted((out / "default").glob("*.json"))]
+    lines = ["| teacher | method | seeds | val Acc@1 by seed | test Acc@1 by seed | hours |",
+             "|---|---|---|---|---|---|"]
+    for t in TEACHERS:
+        mine = [r for r in rows if r["teacher"] == t]
+        if mine:
+            lines.append(f"| {t} | {mine[0]['method']} | {len(mine)} | "
+                         + ", ".join(f"{r['val_acc1']:.2f}" for r in mine) + " | "
+                         + ", ".join(f"{r['test_acc1']:.2f}" for r in mine) + " | "
+                         + ", ".join(f"{r['seconds'] / 3600:.1f}" for r in mine) + " |")
+    return "\n".join(lines)
+
+
 def verdict(cell: dict, margin: float) -> str:
     if cell["traceback"]:
         return "TRACEBACK"
@@ -184,8 +229,19 @@ def main() -> None:
                     help="points above chance (10%%) that count as learning")
     ap.add_argument("--only-teachers", nargs="*", default=None, choices=list(TEACHERS))
     ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--default-runs", default=None, metavar="SEEDS",
+                    help="instead of the matrix: each teacher's default run at its full "
+                         "budget for these seeds (e.g. 0,1), val and then test Acc@1")
     args = ap.parse_args()
     teachers = args.only_teachers or list(TEACHERS)
+    if args.default_runs is not None:
+        seeds = [int(s) for s in args.default_runs.split(",")]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda t: train_teacher(args.out, t), teachers))
+            list(pool.map(lambda c: default_run(args.out, *c),
+                          [(t, s) for t in teachers for s in seeds]))
+        print(render_defaults(args.out))
+        return
     if not args.render_only:
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda t: train_teacher(args.out, t), teachers))
