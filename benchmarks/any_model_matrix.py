@@ -68,6 +68,19 @@ def dfkd(*args: str, timeout: float | None = 3600) -> subprocess.CompletedProces
                           text=True, env=env, timeout=timeout)
 
 
+def dfkd_ok(what: str, *args: str, timeout: float | None = 3600) -> str:
+    """``dfkd *args`` that must succeed: its stdout, or the benchmark stops naming ``what``."""
+    run = dfkd(*args, timeout=timeout)
+    if run.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{run.stderr[-2000:]}")
+    return run.stdout
+
+
+def split_acc1(what: str, model: Path, split: str) -> float:
+    return json.loads(dfkd_ok(what, "evaluate", str(model), "--split", split, "--json",
+                              "--device", "cpu"))["acc1"]
+
+
 def recipe_steps(method: str) -> tuple[int, int]:
     """(kd_steps, warm-up epochs) of the recipe dfkd starts ``method`` from here."""
     from dfkd.config import read_yaml
@@ -86,16 +99,12 @@ def train_teacher(out: Path, name: str) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     start, seconds = time.time(), None
     if not path.exists():   # (the checkpoint is written whole, at the end)
-        run = dfkd("train-teacher", "--model", spec, "--epochs", str(epochs),
-                   "--out", str(path), "--device", "cpu", "--no-progress")
-        if run.returncode != 0:
-            raise SystemExit(f"teacher {name} failed:\n{run.stderr[-2000:]}")
+        dfkd_ok(f"teacher {name}", "train-teacher", "--model", spec, "--epochs", str(epochs),
+                "--out", str(path), "--device", "cpu", "--no-progress")
         seconds = round(time.time() - start, 1)
-    ev = dfkd("evaluate", str(path), "--split", "val", "--json", "--device", "cpu")
-    if ev.returncode != 0:
-        raise SystemExit(f"evaluating teacher {name} failed:\n{ev.stderr[-2000:]}")
     result = {"teacher": name, "spec": spec, "epochs": epochs,
-              "val_acc1": json.loads(ev.stdout)["acc1"], "train_seconds": seconds}
+              "val_acc1": split_acc1(f"evaluating teacher {name}", path, "val"),
+              "train_seconds": seconds}
     info.write_text(json.dumps(result, indent=1))
     return result
 
@@ -141,19 +150,17 @@ def default_run(out: Path, teacher: str, seed: int) -> dict:
         return json.loads(result_path.read_text())
     run_dir = out / "default" / teacher / f"seed{seed}"
     start = time.time()
+    what = f"default run {teacher} seed {seed}"
     if (run_dir / "checkpoint.pt").exists():
-        run = dfkd("distill", "--resume", str(run_dir), "--no-progress", timeout=None)
+        dfkd_ok(what, "distill", "--resume", str(run_dir), "--no-progress", timeout=None)
     else:
-        run = dfkd("distill", "--teacher", str(out / "teachers" / f"{teacher}.pt"),
-                   "--eval-split", "val", "--seed", str(seed), "--device", "cpu",
-                   "--no-progress", "--out", str(run_dir), timeout=None)
-    if run.returncode != 0:
-        raise SystemExit(f"default run {teacher} seed {seed} failed:\n{run.stderr[-2000:]}")
+        dfkd_ok(what, "distill", "--teacher", str(out / "teachers" / f"{teacher}.pt"),
+                "--eval-split", "val", "--seed", str(seed), "--device", "cpu",
+                "--no-progress", "--out", str(run_dir), timeout=None)
     summary = json.loads((run_dir / "summary.json").read_text())
-    test = dfkd("evaluate", str(run_dir), "--split", "test", "--json", "--device", "cpu")
     result = {"teacher": teacher, "seed": seed, "method": summary["method"],
               "epochs": summary["epochs"], "val_acc1": summary["final_acc1"],
-              "test_acc1": json.loads(test.stdout)["acc1"],
+              "test_acc1": split_acc1(f"testing {what}", run_dir, "test"),
               "seconds": round(time.time() - start, 1)}
     result_path.write_text(json.dumps(result, indent=1))
     return result
@@ -234,20 +241,20 @@ def main() -> None:
                          "budget for these seeds (e.g. 0,1), val and then test Acc@1")
     args = ap.parse_args()
     teachers = args.only_teachers or list(TEACHERS)
-    if args.default_runs is not None:
-        seeds = [int(s) for s in args.default_runs.split(",")]
-        with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda t: train_teacher(args.out, t), teachers))
-            list(pool.map(lambda c: default_run(args.out, *c),
-                          [(t, s) for t in teachers for s in seeds]))
-        print(render_defaults(args.out))
-        return
     if not args.render_only:
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda t: train_teacher(args.out, t), teachers))
-            # student by student: every teacher gets its first student before any its last
-            jobs = [(t, s, m) for s in STUDENTS for t in teachers for m in METHODS]
-            list(pool.map(lambda c: run_cell(args.out, *c, args.steps), jobs))
+            if args.default_runs is not None:
+                seeds = [int(s) for s in args.default_runs.split(",")]
+                list(pool.map(lambda c: default_run(args.out, *c),
+                              [(t, s) for t in teachers for s in seeds]))
+            else:
+                # student by student: every teacher gets its first student before its last
+                jobs = [(t, s, m) for s in STUDENTS for t in teachers for m in METHODS]
+                list(pool.map(lambda c: run_cell(args.out, *c, args.steps), jobs))
+    if args.default_runs is not None:
+        print(render_defaults(args.out))
+        return
     table = render(args.out, list(TEACHERS), args.margin)
     meta = {"machine": f"{platform.processor() or platform.machine()}, "
                        f"{os.cpu_count()} cores", "torch": __import__("torch").__version__,
