@@ -168,15 +168,22 @@ def default_run(out: Path, teacher: str, seed: int) -> dict:
 
 def render_defaults(out: Path) -> str:
     rows = [json.loads(p.read_text()) for p in sorted((out / "default").glob("*.json"))]
-    lines = ["| teacher | method | seeds | val Acc@1 by seed | test Acc@1 by seed | hours |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| teacher (val Acc@1) | method → student | val Acc@1 by seed (mean) | "
+             "test Acc@1 by seed (mean) | hours by seed |", "|---|---|---|---|---|"]
+
+    def by_seed(mine: list[dict], key: str) -> str:
+        values = [r[key] for r in mine]
+        return ", ".join(f"{v:.2f}" for v in values) + f" ({sum(values) / len(values):.2f})"
+
     for t in TEACHERS:
         mine = [r for r in rows if r["teacher"] == t]
         if mine:
-            lines.append(f"| {t} | {mine[0]['method']} | {len(mine)} | "
-                         + ", ".join(f"{r['val_acc1']:.2f}" for r in mine) + " | "
-                         + ", ".join(f"{r['test_acc1']:.2f}" for r in mine) + " | "
-                         + ", ".join(f"{r['seconds'] / 3600:.1f}" for r in mine) + " |")
+            summary = json.loads((out / "default" / t / f"seed{mine[0]['seed']}" /
+                                  "summary.json").read_text())
+            lines.append(f"| {t} ({summary['teacher_acc1']:.1f}) | {mine[0]['method']} → "
+                         f"{summary['config']['student']} | {by_seed(mine, 'val_acc1')} | "
+                         f"{by_seed(mine, 'test_acc1')} | "
+                         + ", ".join(f"{r['seconds'] / 3600:.2f}" for r in mine) + " |")
     return "\n".join(lines)
 
 
