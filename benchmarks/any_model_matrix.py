@@ -81,12 +81,17 @@ def split_acc1(what: str, model: Path, split: str) -> float:
                               "--device", "cpu"))["acc1"]
 
 
-def recipe_steps(method: str) -> tuple[int, int]:
-    """(kd_steps, warm-up epochs) of the recipe dfkd starts ``method`` from here."""
+def fmnist_recipe(method: str) -> dict:
+    """The recipe dfkd starts ``method`` from for 32 px grey images, as written."""
     from dfkd.config import read_yaml
     from dfkd.recipes import resolve_named
 
-    raw = read_yaml(resolve_named(f"fashion_mnist/{method}_lenet5"))
+    return read_yaml(resolve_named(f"fashion_mnist/{method}_lenet5"))
+
+
+def recipe_steps(method: str) -> tuple[int, int]:
+    """(kd_steps, warm-up epochs) of the recipe dfkd starts ``method`` from here."""
+    raw = fmnist_recipe(method)
     return int(raw["kd_steps"]), int(raw.get(method, {}).get("warmup", 0) or 0)
 
 
