@@ -23,7 +23,8 @@ costly zoo ResNet last). Writes ``OUT/matrix.json`` and prints the markdown tabl
 
 ``--default-runs 0,1`` runs, instead, each teacher's default distillation (``dfkd distill
 --teacher T.pt --eval-split val --seed S``: the default student and method, the full recipe),
-and reads its final student's test Acc@1 once at the end (``OUT/default/``).
+and reads its final student's test Acc@1 once at the end (``OUT/default/``). ``--device cuda``
+runs every dfkd call (teachers, cells, default runs) on the GPU.
 
 timm teachers need timm (``pip install 'dfkd[timm]'``) and a torchvision that imports
 beside the installed torch.
@@ -44,6 +45,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE / "own_pair_models.py"
+DEVICE = "cpu"   # --device: every dfkd call runs there
 
 # name -> (model spec, teacher epochs)
 TEACHERS = {
@@ -78,7 +80,7 @@ def dfkd_ok(what: str, *args: str, timeout: float | None = 3600) -> str:
 
 def split_acc1(what: str, model: Path, split: str) -> float:
     return json.loads(dfkd_ok(what, "evaluate", str(model), "--split", split, "--json",
-                              "--device", "cpu"))["acc1"]
+                              "--device", DEVICE))["acc1"]
 
 
 def fmnist_recipe(method: str) -> dict:
@@ -105,7 +107,7 @@ def train_teacher(out: Path, name: str) -> dict:
     start, seconds = time.time(), None
     if not path.exists():   # (the checkpoint is written whole, at the end)
         dfkd_ok(f"teacher {name}", "train-teacher", "--model", spec, "--epochs", str(epochs),
-                "--out", str(path), "--device", "cpu", "--no-progress")
+                "--out", str(path), "--device", DEVICE, "--no-progress")
         seconds = round(time.time() - start, 1)
     result = {"teacher": name, "spec": spec, "epochs": epochs,
               "val_acc1": split_acc1(f"evaluating teacher {name}", path, "val"),
@@ -126,7 +128,7 @@ def run_cell(out: Path, teacher: str, student: str, method: str, steps: int) -> 
                "--student", STUDENTS[student], "--method", method, "--eval-split", "val",
                "--seed", "0", "--epochs", str(1 + warmup), "--set", f"rounds={rounds}",
                "--set", "synthetic_probe=0", "--set", "sample_grid=0", "--no-progress",
-               "--device", "cpu", "--out", str(run_dir), "--overwrite")
+               "--device", DEVICE, "--out", str(run_dir), "--overwrite")
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     result = {"teacher": teacher, "student": student, "method": method,
               "rounds": rounds, "epochs": 1 + warmup, "student_steps": rounds * kd_steps,
@@ -160,15 +162,22 @@ def default_run(out: Path, teacher: str, seed: int) -> dict:
         dfkd_ok(what, "distill", "--resume", str(run_dir), "--no-progress", timeout=None)
     else:
         dfkd_ok(what, "distill", "--teacher", str(out / "teachers" / f"{teacher}.pt"),
-                "--eval-split", "val", "--seed", str(seed), "--device", "cpu",
+                "--eval-split", "val", "--seed", str(seed), "--device", DEVICE,
                 "--no-progress", "--out", str(run_dir), timeout=None)
     summary = json.loads((run_dir / "summary.json").read_text())
     result = {"teacher": teacher, "seed": seed, "method": summary["method"],
               "epochs": summary["epochs"], "val_acc1": summary["final_acc1"],
               "test_acc1": split_acc1(f"testing {what}", run_dir, "test"),
-              "seconds": round(time.time() - start, 1)}
+              "seconds": round(time.time() - start, 1)}   # this call's: a resumed part only
     result_path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def train_hours(out: Path, record: dict) -> float:
+    """A default run's training hours by its own clock (summary.json's elapsed_seconds,
+    which a resume carries on), not the wall time of the call that finished it."""
+    summary = out / "default" / record["teacher"] / f"seed{record['seed']}" / "summary.json"
+    return json.loads(summary.read_text())["elapsed_seconds"] / 3600
 
 
 def render_defaults(out: Path) -> str:
@@ -188,7 +197,7 @@ def render_defaults(out: Path) -> str:
             lines.append(f"| {t} ({summary['teacher_acc1']:.1f}) | {mine[0]['method']} → "
                          f"{summary['config']['student']} | {by_seed(mine, 'val_acc1')} | "
                          f"{by_seed(mine, 'test_acc1')} | "
-                         + ", ".join(f"{r['seconds'] / 3600:.2f}" for r in mine) + " |")
+                         + ", ".join(f"{train_hours(out, r):.2f}" for r in mine) + " |")
     return "\n".join(lines)
 
 
@@ -248,10 +257,13 @@ def main() -> None:
                     help="points above chance (10%%) that count as learning")
     ap.add_argument("--only-teachers", nargs="*", default=None, choices=list(TEACHERS))
     ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--device", default="cpu", help="where every dfkd call runs (cpu, cuda)")
     ap.add_argument("--default-runs", default=None, metavar="SEEDS",
                     help="instead of the matrix: each teacher's default run at its full "
                          "budget for these seeds (e.g. 0,1), val and then test Acc@1")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
     teachers = args.only_teachers or list(TEACHERS)
     if not args.render_only:
         with ThreadPoolExecutor(args.jobs) as pool:
