@@ -173,13 +173,6 @@ def default_run(out: Path, teacher: str, seed: int) -> dict:
     return result
 
 
-def train_hours(out: Path, record: dict) -> float:
-    """A default run's training hours by its own clock (summary.json's elapsed_seconds,
-    which a resume carries on), not the wall time of the call that finished it."""
-    summary = out / "default" / record["teacher"] / f"seed{record['seed']}" / "summary.json"
-    return json.loads(summary.read_text())["elapsed_seconds"] / 3600
-
-
 def render_defaults(out: Path) -> str:
     rows = [json.loads(p.read_text()) for p in sorted((out / "default").glob("*.json"))]
     lines = ["| teacher (val Acc@1) | method → student | val Acc@1 by seed (mean) | "
@@ -192,12 +185,16 @@ def render_defaults(out: Path) -> str:
     for t in TEACHERS:
         mine = [r for r in rows if r["teacher"] == t]
         if mine:
-            summary = json.loads((out / "default" / t / f"seed{mine[0]['seed']}" /
-                                  "summary.json").read_text())
-            lines.append(f"| {t} ({summary['teacher_acc1']:.1f}) | {mine[0]['method']} → "
-                         f"{summary['config']['student']} | {by_seed(mine, 'val_acc1')} | "
+            summaries = [json.loads((out / "default" / t / f"seed{r['seed']}" /
+                                     "summary.json").read_text()) for r in mine]
+            first = summaries[0]
+            # hours by each run's own training clock, which a resume carries on (a record's
+            # "seconds" is the wall time of the call that finished the run only)
+            lines.append(f"| {t} ({first['teacher_acc1']:.1f}) | {mine[0]['method']} → "
+                         f"{first['config']['student']} | {by_seed(mine, 'val_acc1')} | "
                          f"{by_seed(mine, 'test_acc1')} | "
-                         + ", ".join(f"{train_hours(out, r):.2f}" for r in mine) + " |")
+                         + ", ".join(f"{x['elapsed_seconds'] / 3600:.2f}" for x in summaries)
+                         + " |")
     return "\n".join(lines)
 
 
