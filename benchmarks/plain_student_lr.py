@@ -33,7 +33,8 @@ from any_model_matrix import MODELS, dfkd, fmnist_recipe  # noqa: E402
 STUDENT = f"{MODELS}:make_plain_student"
 
 
-def run(out: Path, teacher: Path, method: str, lr: float, seed: int, epochs: int) -> dict:
+def run(out: Path, teacher: Path, method: str, lr: float, seed: int, epochs: int,
+        device: str) -> dict:
     record = out / f"{method}__lr{lr:g}__seed{seed}.json"
     if record.exists():
         return json.loads(record.read_text())
@@ -42,7 +43,7 @@ def run(out: Path, teacher: Path, method: str, lr: float, seed: int, epochs: int
     proc = dfkd("distill", "--teacher", str(teacher), "--student", STUDENT, "--method", method,
                 "--eval-split", "val", "--seed", str(seed), "--epochs", str(epochs),
                 "--set", f"student_optim.lr={lr}", "--set", "synthetic_probe=0",
-                "--set", "sample_grid=0", "--no-progress", "--device", "cpu",
+                "--set", "sample_grid=0", "--no-progress", "--device", device,
                 "--out", str(run_dir), "--overwrite", timeout=None)
     # exit 2 is a user error in one line: here, only the divergence stop counts as a result
     diverged = proc.returncode == 2 and "diverged" in proc.stderr
@@ -68,6 +69,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["zskt", "fast", "cudfkd"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="where every dfkd call runs (cpu, cuda)")
     args = ap.parse_args()
     from dfkd.advice import lower_lr
 
@@ -75,7 +77,7 @@ def main() -> None:
     for method in args.methods:
         rate = float(fmnist_recipe(method)["student_optim"]["lr"])
         for lr in (rate, lower_lr(rate)):
-            rows = [run(args.out, args.teacher.resolve(), method, lr, s, args.epochs)
+            rows = [run(args.out, args.teacher.resolve(), method, lr, s, args.epochs, args.device)
                     for s in args.seeds]
             accs = [r["val_acc1"] for r in rows]
             lines.append(f"| {method} | {lr:.3g} | "
