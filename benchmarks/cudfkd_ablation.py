@@ -1,7 +1,7 @@
 """CuDFKD ablations on Fashion-MNIST, chosen on the val split (BENCHMARKS.md, issue #12).
 
 The base is the paper-only recipe, configs/fashion_mnist/cudfkd_lenet5_paper.yaml, with
-the hyperparameters it had from stop 7 until issue #11's tune replaced them (``STOP7``), so
+the hand-set hyperparameters it had until issue #11's tune replaced them (``HAND_SET``), so
 that every variant stays the run BENCHMARKS.md reports. Each variant is that base plus
 ``--set`` overrides, run for every seed with
 ``--eval-split val`` (the per-epoch metrics, and so the choice, use only the val split:
@@ -28,15 +28,17 @@ from pathlib import Path
 from dfkd.bench import interval95, threads_per_job
 
 RECIPE = "configs/fashion_mnist/cudfkd_lenet5_paper.yaml"  # the faithful method
-# ... with its values of stops 7-13, before the tune at the bench's budget replaced them
-STOP7 = ["g_steps=2", "generator.lr=0.005", "student_optim.lr=0.1", "cudfkd.tau=4.0",
-         "cudfkd.w_bn=1.0", "cudfkd.grad_adv=0.5", "cudfkd.lambda_0=2.0"]
+# ... with its hand-set values, before the tune at the bench's budget replaced them
+HAND_SET = ["g_steps=2", "generator.lr=0.005", "student_optim.lr=0.1", "cudfkd.tau=4.0",
+            "cudfkd.w_bn=1.0", "cudfkd.grad_adv=0.5", "cudfkd.lambda_0=2.0"]
 QUANTILE = ["cudfkd.pace_mode=quantile", "cudfkd.weighting=sample"]
-FINAL = QUANTILE + ["cudfkd.replay=20000", "epochs=30"]  # stop 10's recipe
-RAMP45 = FINAL + ["cudfkd.grad_adv=0.32"]                 # stop 11's
-EMA = RAMP45 + ["student_ema=0.999"]                      # stop 12's
-GLATE = EMA + ["cudfkd.g_cosine=true", "cudfkd.g_cosine_start=0.75"]  # stop 13's
-AT15U50 = GLATE + ["cudfkd.at_weight=15", "cudfkd.at_until=0.5"]      # stop 23's
+# The recipe as each change was kept on val (each is the one before plus one change); the
+# last is configs/fashion_mnist/cudfkd_lenet5.yaml but for its attention-transfer stage
+FINAL = QUANTILE + ["cudfkd.replay=20000", "epochs=30"]
+RAMP45 = FINAL + ["cudfkd.grad_adv=0.32"]
+EMA = RAMP45 + ["student_ema=0.999"]
+GLATE = EMA + ["cudfkd.g_cosine=true", "cudfkd.g_cosine_start=0.75"]
+AT15U50 = GLATE + ["cudfkd.at_weight=15", "cudfkd.at_until=0.5"]
 TUNED = ["student_optim.lr=0.184", "generator.lr=0.0145", "cudfkd.tau=10.7",
          "cudfkd.w_bn=1.01", "cudfkd.grad_adv=0.406", "cudfkd.lambda_0=3.43"]
 # The paper method's values tuned at the bench's 10 epochs (issue #11: trial 5 of
@@ -55,10 +57,10 @@ VARIANTS: dict[str, list[str]] = {
     "augment": ["cudfkd.augment=true"],            # per-sample crop + flip for the student
     "quantile_replay_augment": QUANTILE + ["cudfkd.replay=20000", "cudfkd.augment=true"],
     "quantile_replay": QUANTILE + ["cudfkd.replay=20000"],
-    # Stop 10's recipe: what helped on val at 10 epochs, run for 30
+    # The first 30-epoch recipe: what helped on val at 10 epochs, run for 30
     "final": FINAL,
     # ... with the adversarial ramp scaled to the budget (ramp45 is the recipe
-    # configs/fashion_mnist/cudfkd_lenet5.yaml since stop 11): at 30 epochs it grows after
+    # configs/fashion_mnist/cudfkd_lenet5.yaml for a while): at 30 epochs it grows after
     # epochs 8..21 (14 steps), so 0.32 ends at 4.5 as the 20-epoch recipe does; 0.15 at 2.1
     "ramp45": RAMP45,
     "ramp2": FINAL + ["cudfkd.grad_adv=0.15"],
@@ -77,8 +79,8 @@ VARIANTS: dict[str, list[str]] = {
     # follow ema's to the digit until then (ema_gcos stalled seed 1 from epoch 15 on)
     "ema_glate": GLATE,
     "ema_glate50": EMA + ["cudfkd.g_cosine=true", "cudfkd.g_cosine_start=0.5"],  # from 15
-    # ema_glate (the recipe since stop 13) with the BN statistics of 128-sample batches, at
-    # the same samples per epoch (half the steps of each kind)
+    # ema_glate (the recipe before attention transfer) with the BN statistics of 128-sample
+    # batches, at the same samples per epoch (half the steps of each kind)
     "glate_b128": GLATE + ["batch_size=128", "rounds=50"],
     # ema_glate with 4 generator steps per round instead of 2 (better samples for the same
     # student steps; about 1.4x the time, still inside the 20-minute budget): the 10-epoch
@@ -93,7 +95,7 @@ VARIANTS: dict[str, list[str]] = {
     # the tuned paper recipe at its own 20 epochs, with the kept average and G's late cosine
     "p10_ema_glate": PAPER10_ALL + ["epochs=20", "student_ema=0.999", "cudfkd.g_cosine=true",
                                     "cudfkd.g_cosine_start=0.75"],
-    # Stop 17: a longer late climb. The recipe gains most over epochs 17-23, while the ramp
+    # A longer late climb. The recipe gains most over epochs 17-23, while the ramp
     # is strongest and G still has its full rate; these stretch that phase instead of
     # speeding up the start. The ramp ending at 0.85 (epoch 25.5) grows 17 times, not 14,
     # by 0.2635, so it ends at the same 4.48; G's cosine from 0.85 keeps its full rate
@@ -113,7 +115,7 @@ VARIANTS: dict[str, list[str]] = {
     # G frozen from the ramp's end (its rate 0 from epoch 22.5 of 30): does the fall after
     # the peak come from a generator that still moves while the student settles?
     "glate_gstop": GLATE + ["cudfkd.g_cosine_end=0.75"],
-    # Stop 19: the synthetic distribution itself. Every late-phase schedule ends at about
+    # The synthetic distribution itself. Every late-phase schedule ends at about
     # the same val on seed 0, so what holds the student is set earlier: how closely the
     # samples match the teacher's BN statistics (w_bn 3x or 0.3x the recipe's 1.0)
     "glate_bn3": GLATE + ["cudfkd.w_bn=3.0"],
@@ -133,7 +135,7 @@ VARIANTS: dict[str, list[str]] = {
     # replay pool, student recall 45-51% against the teacher's 77%; benchmarks/
     # class_balance.py): each sample's loss weighted by 1/K over its class's running share
     "glate_bal": GLATE + ["cudfkd.class_balance=true"],
-    # Stop 20: glate_bal made G produce even fewer shirts, so the coverage is the generator's.
+    # glate_bal made G produce even fewer shirts, so the coverage is the generator's.
     # Its balance term H(p_bar) is taken at tau 4, where the teacher's flat probabilities can
     # be balanced while its argmax classes are not: the term at tau 1 (or 2) alone
     "glate_ent1": GLATE + ["cudfkd.ent_tau=1.0"],
@@ -144,15 +146,15 @@ VARIANTS: dict[str, list[str]] = {
     # missed the same shirts: what it lacks is the ambiguous samples, not the class. The
     # confidence term pushes G to images the teacher is sure of; a third of its weight
     "glate_oh03": GLATE + ["cudfkd.w_oh=0.3"],
-    # Stop 21: ask a quarter of each G batch for images the teacher splits evenly between
+    # Ask a quarter of each G batch for images the teacher splits evenly between
     # its top two classes (cudfkd.boundary), the shirt / T-shirt / pullover / coat ties
     "glate_bd25": GLATE + ["cudfkd.boundary=0.25"],
     # ema with twice the generator's channels (sample diversity)
     "ema_wide": EMA + ["generator.ngf=32"],
-    # Stop 22: the recipe (ema_glate) with twice the generator's channels: room for the
-    # detail that stop 21 found missing from the synthetic shirts
+    # The recipe (ema_glate) with twice the generator's channels: room for the
+    # detail that glate_bd25 found missing from the synthetic shirts
     "glate_wide": GLATE + ["generator.ngf=32"],
-    # Stop 23: a new signal, the teacher's features: the recipe with attention transfer in
+    # A new signal, the teacher's features: the recipe with attention transfer in
     # the student's loss (ZSKT's term and beta, on LeNet's bn1/bn2 maps). glate_at led the
     # recipe by 1.5-2 val from epoch 7 to 16, then fell behind as the AT term grew to half
     # the student's loss: a quarter and a sixteenth of the weight
@@ -163,13 +165,13 @@ VARIANTS: dict[str, list[str]] = {
     # the ramp grew (-0.3 at the end): its weight falling linearly to 0 by epoch 15 / 22.5
     "glate_at15_u50": AT15U50,
     "glate_at15_u75": GLATE + ["cudfkd.at_weight=15", "cudfkd.at_until=0.75"],
-    # glate_at15_u50 is the recipe since stop 23. It enters the ramp about 2
+    # glate_at15_u50 became the recipe. It enters the ramp about 2
     # points ahead and keeps about 1: twice the weight, or the weight gone by epoch 10
     "at15u50_w30": GLATE + ["cudfkd.at_weight=30", "cudfkd.at_until=0.5"],
     "at15u50_u33": GLATE + ["cudfkd.at_weight=15", "cudfkd.at_until=0.33"],
-    # Stop 24: the recipe's AT on the second conv stage only (LeNet's bn1 maps, 28x28 after
+    # The recipe's AT on the second conv stage only (LeNet's bn1 maps, 28x28 after
     # the first conv, are close to the image itself; bn2's 10x10 maps are the teacher's parts)
-    # (run in stop 24 with the pair named, at_teacher_layers/at_student_layers: [bn2]; the
+    # (first run with the pair named, at_teacher_layers/at_student_layers: [bn2]; the
     # same layers and the same computation as at_stages: last, which any model pair can use)
     "at15u50_bn2": AT15U50 + ["cudfkd.at_stages=last"],
     # ... or the recipe with a kept average over twice the steps (decay 0.9995: about the last
@@ -194,7 +196,7 @@ def run_one(out: Path, variant: str, seed: int, extra: list[str], threads: int,
     folder = out / variant / f"seed{seed}"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     dfkd = [sys.executable, "-m", "dfkd"]
-    base = STOP7 if recipe == RECIPE else []
+    base = HAND_SET if recipe == RECIPE else []
     sets = [a for s in base + extra + VARIANTS[variant] for a in ("--set", s)]  # variant wins
     if not (folder / "summary.json").exists():
         resume = (folder / "checkpoint.pt").exists()
