@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                         help="where to run (default: auto = cuda if available)")
         sp.add_argument("--data-root", metavar="DIR", default=None,
-                        help="folder holding the dataset files (searched before standard places)")
+                        help="folder holding the dataset files (when given, the only place "
+                             "searched; default: the standard places)")
         sp.add_argument("--no-progress", action="store_true",
                         help="no progress bar; print one line per epoch instead")
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
