@@ -280,7 +280,11 @@ def main() -> None:
     meta = {"machine": f"{platform.processor() or platform.machine()}, "
                        f"{os.cpu_count()} cores", "torch": __import__("torch").__version__,
             "steps": args.steps, "margin": args.margin}
-    (args.out / "matrix.json").write_text(json.dumps(
+    record = args.out / "matrix.json"
+    if args.render_only and record.exists():  # the cells ran elsewhere: keep their machine
+        meta = {**meta, **{k: json.loads(record.read_text())["meta"][k]
+                           for k in ("machine", "torch")}}
+    record.write_text(json.dumps(
         {"meta": meta, "table": table}, indent=1))
     print(table)
 
