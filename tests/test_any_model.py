@@ -19,6 +19,8 @@ import dfkd
 from dfkd.checkpoint import load_model_checkpoint
 from dfkd.errors import ConfigError, DfkdError
 from dfkd.methods.choice import BN_FREE_METHOD, BN_FREE_SETTINGS
+from dfkd.methods.cudfkd import CuDFKDSettings
+from dfkd.methods.zskt import ZSKTSettings
 from dfkd.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -216,6 +218,14 @@ def test_empty_layer_lists_are_one_line(tmp_path, method, keys):
         distill(own("make_teacher"), own("make_plain_student"), tmp_path, method=method,
                 **{keys[0]: [], keys[1]: []})
     assert "\n" not in str(info.value)
+
+
+def test_empty_layer_lists_with_the_term_off_are_accepted():
+    # the off switch the refusal names works whether or not the empty lists stay
+    ZSKTSettings(beta=0.0, teacher_layers=[], student_layers=[]).validate()
+    CuDFKDSettings(at_weight=0.0, at_teacher_layers=[], at_student_layers=[]).validate()
+    with pytest.raises(ConfigError, match="are empty"):
+        CuDFKDSettings(at_weight=1.0, at_teacher_layers=[], at_student_layers=[]).validate()
 
 
 def test_empty_layer_lists_on_the_command_line(tmp_path, fmnist_teacher):

@@ -180,7 +180,8 @@ class CuDFKDSettings:
             raise ConfigError(f"cudfkd.at_until is a share of the epochs in (0, 1], got "
                               f"{self.at_until}")
         check_layer_pairs(self.at_teacher_layers, self.at_student_layers,
-                          ("cudfkd.at_teacher_layers", "cudfkd.at_student_layers"))
+                          ("cudfkd.at_teacher_layers", "cudfkd.at_student_layers"),
+                          self.at_weight)
         if not 0 <= self.g_cosine_start < 1 or not self.g_cosine_start <= self.g_cosine_end <= 1:
             raise ConfigError(f"cudfkd.g_cosine_start and g_cosine_end are shares of the epochs "
                               f"with 0 <= start < 1 and start <= end <= 1, got "

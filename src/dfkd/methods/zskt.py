@@ -72,13 +72,13 @@ class ZSKTSettings:
         if self.tau <= 0 or self.beta < 0 or self.clip_g < 0:
             raise ConfigError("zskt.tau must be > 0, zskt.beta and zskt.clip_g >= 0")
         check_layer_pairs(self.teacher_layers, self.student_layers,
-                          ("zskt.teacher_layers", "zskt.student_layers"))
+                          ("zskt.teacher_layers", "zskt.student_layers"), self.beta)
 
 
 def check_layer_pairs(teacher: list[str] | None, student: list[str] | None,
-                      keys: tuple[str, str]) -> None:
-    """Attention-transfer layer names: both None (found automatically), or two non-empty
-    lists of as many module names."""
+                      keys: tuple[str, str], weight: float) -> None:
+    """Attention-transfer layer names: both None (found automatically), or two lists of as
+    many module names, non-empty unless the term's ``weight`` is 0 (off)."""
     t, s = teacher, student
 
     def names(value) -> bool:
@@ -88,10 +88,10 @@ def check_layer_pairs(teacher: list[str] | None, student: list[str] | None,
             or len(t or []) != len(s or []):
         raise ConfigError(f"{keys[0]} and {keys[1]} must be given together, as lists of as "
                           "many module names")
-    if t is not None and not t:
-        weight = "zskt.beta" if keys[0].startswith("zskt.") else "cudfkd.at_weight"
+    if t is not None and not t and weight > 0:
+        switch = "zskt.beta" if keys[0].startswith("zskt.") else "cudfkd.at_weight"
         raise ConfigError(f"{keys[0]} and {keys[1]} are empty: name the layers to pair, leave "
-                          f"both unset to pair them automatically, or set {weight}=0 to turn "
+                          f"both unset to pair them automatically, or set {switch}=0 to turn "
                           "attention transfer off")
 
 
