@@ -135,6 +135,20 @@ def test_bench_teacher_and_set_options_replace_the_configs(fmnist_teacher, tmp_p
     assert summary["epochs"] == 1  # --set epochs=1 over the config's 2
 
 
+def test_bench_device_and_data_root_flags_reach_the_base(monkeypatch, tmp_path):
+    import dfkd.bench
+    from dfkd import cli
+
+    seen = {}
+    monkeypatch.setattr(dfkd.bench, "run_bench", lambda *a, **kw: seen.update(kw) or [])
+    assert cli.main(["bench", "--config", "configs/fashion_mnist/bench.yaml", "--methods", "dfad",
+                     "--dry-run",
+                     "--out", str(tmp_path), "--device", "cpu", "--data-root", "~/my data",
+                     "--set", "epochs=1"]) == 0
+    # before --set, so an explicit --set device=... still wins
+    assert seen["overrides"] == ["device=cpu", 'data_root="~/my data"', "epochs=1"]
+
+
 def test_interval_and_paired_verdict_by_hand(tmp_path):
     mean, std, half = interval95([1.0, 2.0, 3.0, 4.0, 5.0])
     assert (mean, std) == (3.0, pytest.approx(math.sqrt(2.5)))

@@ -51,6 +51,13 @@ def _tracker_sets(args) -> list[str]:
     return out + ([f"tracker_uri={json.dumps(args.tracker_uri)}"] if args.tracker_uri else [])
 
 
+def _place_sets(args) -> list[str]:
+    """--device/--data-root as --set overrides, for the commands that take settings."""
+    out = [f"device={args.device}"] if args.device else []
+    # JSON-quoted: the path stays a string whatever it looks like in YAML (~, yes, 1e3)
+    return out + ([f"data_root={json.dumps(args.data_root)}"] if args.data_root else [])
+
+
 def _parser() -> argparse.ArgumentParser:
     from dfkd.data import DATASETS
     from dfkd.methods import list_methods
@@ -486,8 +493,8 @@ def _cmd_bench(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     runs = run_bench(args.config, methods, seeds, args.out, dry_run=args.dry_run,
                      report_only=args.report_only, teacher=args.teacher,
-                     overrides=[*args.set, *_tracker_sets(args)], progress=_progress(args),
-                     jobs=args.jobs or usable_cores(), gpus=args.gpus)
+                     overrides=[*_place_sets(args), *args.set, *_tracker_sets(args)],
+                     progress=_progress(args), jobs=args.jobs or usable_cores(), gpus=args.gpus)
     if args.dry_run:
         for run in runs:
             print(f"{run['state']:>6}  {run['method']} seed {run['seed']}  -> {run['folder']}")
@@ -531,12 +538,10 @@ def _cmd_tune(args) -> int:
     from dfkd.recipes import resolve_named
     from dfkd.tune import run_tune
 
-    extra = [f"device={args.device}"] if args.device else []
-    # JSON-quoted: the path stays a string whatever it looks like in YAML (~, yes, 1e3)
-    extra += [f"data_root={json.dumps(args.data_root)}"] if args.data_root else []
     study = run_tune(str(resolve_named(args.config)), args.teacher, args.trials, args.out,
-                     overrides=[*extra, *args.set, *_tracker_sets(args)], storage=args.storage,
-                     study_name=args.study_name, seed=args.seed, progress=_progress(args))
+                     overrides=[*_place_sets(args), *args.set, *_tracker_sets(args)],
+                     storage=args.storage, study_name=args.study_name, seed=args.seed,
+                     progress=_progress(args))
     best = study.best_trial
     print(f"best: trial {best.number}, final val Acc@1 {best.value:.2f}, {best.params}")
     signal = json.loads((Path(args.out) / "signal.json").read_text())
