@@ -157,6 +157,12 @@ def test_resume_keeps_the_recorded_settings_even_if_the_recipe_changed(
     monkeypatch.setattr(recipes, "recipes_dir", lambda: fake)
     assert recipes.recipe_for("cudfkd", (1, 32, 32)).path.parent.parent == fake
     capsys.readouterr()
+    # --data-root goes with --resume (the data moved): a folder without the files says so
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    assert cli.main(["distill", "--resume", str(out), "--no-progress",
+                     "--data-root", str(empty)]) != 0
+    assert str(empty) in capsys.readouterr().err
     assert cli.main(["distill", "--resume", str(out), "--no-progress"]) == 0
     assert "no recipe given" not in capsys.readouterr().err
     summary = yaml.safe_load((out / "summary.json").read_text())

@@ -191,7 +191,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="override any config key (repeatable); with --resume, it changes "
                         "that setting for the rest of the run")
     d.add_argument("--out", metavar="DIR", help="output folder")
-    d.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
+    d.add_argument("--resume", metavar="DIR",
+                   help="continue the interrupted run in DIR, with the settings it recorded "
+                        "(only --set, --device, --data-root and the tracker flags go with it)")
     d.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     d.add_argument("--stop-after-epoch", type=int, metavar="N",
                    help="checkpoint and exit after epoch N (time-sliced jobs); resume later")
@@ -433,10 +435,23 @@ def _cmd_distill(args) -> int:
     if args.resume:
         if args.out and args.out != args.resume:
             raise ConfigError("--resume DIR continues the run in DIR; do not also give --out")
+        # The run goes on as DIR/config.yaml recorded it: a flag that sets up a new run
+        # would be ignored, so it is refused rather than dropped in silence.
+        unused = [flag for flag, value in (
+            ("--config", args.config), ("--teacher", args.teacher),
+            ("--teacher-model", args.teacher_model), ("--teacher-norm", args.teacher_norm),
+            ("--student", args.student), ("--method", args.method), ("--dataset", args.dataset),
+            ("--eval-split", args.eval_split), ("--epochs", args.epochs), ("--seed", args.seed),
+            ("--overwrite", args.overwrite or None)) if value is not None]
+        if unused:
+            raise ConfigError(f"--resume DIR continues the run as DIR/config.yaml recorded it, "
+                              f"so {', '.join(unused)} would not apply; change a setting for "
+                              "the rest of the run with --set KEY=VALUE (e.g. --set epochs=40)")
         state = load_run_checkpoint(args.resume)  # read once: config and state
         raw = dict(state["config"])
-        if args.device:
-            raw["device"] = args.device
+        # where it runs and reads its data may change (another machine)
+        raw.update({k: v for k, v in (("device", args.device), ("data_root", args.data_root))
+                    if v})
         # --set with --resume: those settings change for the rest of the run (the student's
         # rate goes on from the same point of its schedule, at the new value).
         raw = merge(raw, parse_overrides([*args.set, *_tracker_sets(args)]))
