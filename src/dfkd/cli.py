@@ -446,7 +446,8 @@ def _cmd_distill(args) -> int:
         if unused:
             raise ConfigError(f"--resume DIR continues the run as DIR/config.yaml recorded it, "
                               f"so {', '.join(unused)} would not apply; change a setting for "
-                              "the rest of the run with --set KEY=VALUE (e.g. --set epochs=40)")
+                              "the rest of the run with --set KEY=VALUE (e.g. --set "
+                              "student_optim.lr=0.01)")
         state = load_run_checkpoint(args.resume)  # read once: config and state
         raw = dict(state["config"])
         # where it runs and reads its data may change (another machine)
