@@ -143,7 +143,8 @@ def _parser() -> argparse.ArgumentParser:
         "needs no data; making them once costs a few seconds for a small teacher, up to a "
         "minute for a large one on a CPU, and the run says so when it is long; --set "
         "synthetic_probe=0 turns it off), and a run that is not learning says so once, "
-        "with settings to try. Writes DIR/metrics.jsonl "
+        "with settings to try. Writes DIR/config.yaml (the settings it runs with), "
+        "DIR/metrics.jsonl "
         "(one line per epoch), DIR/samples/epoch_NNN.png, DIR/checkpoint.pt (each epoch), "
         "the student as DIR/student.pt and DIR/student.safetensors (each epoch), "
         "DIR/summary.json and, with matplotlib, DIR/curves.png. Ctrl-C saves a checkpoint; "
@@ -167,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="teacher architecture, only for checkpoints without dfkd metadata: "
                         f"{SPEC_HELP}")
     d.add_argument("--teacher-norm", metavar="NORM",
-                   help=f"the teacher's {NORM_HELP}. The generator's output, the student and "
+                   help=f"for the teacher, {NORM_HELP}. The generator's output, the student and "
                         "the evaluation all use it; summary.json and student.pt record it. A "
                         "teacher near chance on the eval split stops the run before training "
                         "(--set check_teacher=false forces it)")
@@ -237,7 +238,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
     b.add_argument("--report-only", action="store_true",
                    help="write the results from the runs finished so far, run nothing "
-                        "(e.g. while parallel benches fill DIR)")
+                        "(DIR must not be in use by a running bench)")
     _tracker_flags(b, "every run (one MLflow experiment or W&B group named after DIR; tags "
                       "method, seed, teacher)")
     common(b)
@@ -292,8 +293,10 @@ def _parser() -> argparse.ArgumentParser:
         "median pruner stops poor trials early; trial 0 is the recipe as written. The study "
         "lives in DIR/study.db, so running the same command again continues it; --storage "
         "URL shares one study between "
-        "machines. Writes DIR/best.yaml (a runnable recipe), DIR/trials.csv, DIR/search.png "
-        "and each trial's run in DIR/trials/NNNN. Needs pip install 'dfkd[tune]'.",
+        "machines. Writes DIR/best.yaml (a runnable recipe), DIR/trials.csv, "
+        "DIR/signal.json (how well the data-free signal ranked the trials), "
+        "DIR/search.png (needs matplotlib) and each trial's run in DIR/trials/NNNN. Needs "
+        "pip install 'dfkd[tune]'.",
         epilog="example:\n  dfkd tune --config configs/fashion_mnist/cudfkd_lenet5.yaml "
         "--teacher runs/teacher.pt --trials 20 --set epochs=4 --out runs/tune_cudfkd",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -310,7 +313,8 @@ def _parser() -> argparse.ArgumentParser:
     tu.add_argument("--storage", metavar="URL", default=None,
                     help="Optuna RDB storage shared by several tune processes, e.g. "
                          "postgresql://... (default: sqlite in DIR)")
-    tu.add_argument("--study-name", default=None, help="default: the recipe's file name")
+    tu.add_argument("--study-name", default=None,
+                    help="default: the recipe's file name without .yaml")
     tu.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
     _tracker_flags(tu, "every trial as a run of its own (experiment or group tune-NAME, "
                        "the sampled values among its parameters, its val Acc@1 as final_acc1)")
@@ -344,7 +348,8 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser(
         "plot", help="draw the curves of one or more runs into a PNG",
         description="One figure, one line per run: Acc@1 and Agreement@1 by epoch and by "
-        "training wall time, the loss terms (student and generator), the pace λ, the "
+        "training wall time, the data-free signal (agreement on the synthetic probe), the "
+        "loss terms (student and generator), the pace λ, the "
         "adversarial weight and the v* statistics of the self-paced weights; panels whose "
         "keys no run logged are left out. A folder that is not a run (a bench or tune "
         "output) stands for every run below it. Needs pip install 'dfkd[plot]'.",

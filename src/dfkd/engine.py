@@ -772,8 +772,9 @@ def check_teacher_accuracy(acc1: float, spec: ImageSpec, split: str) -> None:
         f"the teacher scores {acc1:.2f}% on the {split} split of {spec.dataset or 'the data'} "
         f"(chance: {chance:.2f}%): likely causes are a wrong input normalisation (fed mean "
         f"{norm['mean']}, std {norm['std']} from {norm['source']}; --teacher-norm zoo|dataset|"
-        f"MEAN:STD changes it), a teacher trained on another dataset (--dataset), or a wrong "
-        f"class count; pass --set check_teacher=false to distil it anyway")
+        f"MEAN:STD, or --set teacher_norm=... in bench and tune, changes it), a teacher "
+        f"trained on another dataset (--dataset), or a wrong class count; pass --set "
+        f"check_teacher=false to distil it anyway")
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:

@@ -123,4 +123,5 @@ def describe(norm: Normalization, dataset: str) -> str:
            "zoo": f"the CIFAR model zoo's for {dataset}",
            "dataset": f"{dataset}'s own statistics",
            "given": "given by teacher_norm"}[norm.source]
-    return f"teacher input normalisation: {values} ({why}; --teacher-norm changes it)"
+    return (f"teacher input normalisation: {values} ({why}; --teacher-norm, or --set "
+            "teacher_norm=..., changes it)")

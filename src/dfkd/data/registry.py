@@ -202,12 +202,14 @@ def _missing_message(name: str, split: str, data_root: str | os.PathLike | None)
         how = (
             "Install it with `sudo apt-get install dataset-fashion-mnist` (files go to "
             "/usr/share/datasets/fashion-mnist), or put the files in a folder and pass "
-            f"--data-root DIR, or pass --download to fetch them into {dest}."
+            f"--data-root DIR, or let dfkd train-teacher --dataset {name} --download fetch "
+            f"them into {dest} (online)."
         )
     else:
         how = (
-            f"Put them in a folder and pass --data-root DIR, or pass --download to fetch them "
-            f"from {src.downloads[0][0][0].rsplit('/', 1)[0]}/ into {dest}."
+            f"Put them in a folder and pass --data-root DIR, or let dfkd train-teacher "
+            f"--dataset {name} --download fetch them from "
+            f"{src.downloads[0][0][0].rsplit('/', 1)[0]}/ into {dest} (online)."
         )
     if data_root is not None:
         return (f"--data-root {Path(data_root).expanduser()} does not hold the {name} {split} "
