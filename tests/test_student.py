@@ -277,3 +277,18 @@ def test_bench_curves_are_the_same_figure(tmp_path):
     (tmp_path / "scratch" / "seed0").mkdir(parents=True)  # references log no epochs
     assert bench.plot_curves(tmp_path, ["cudfkd", "dafl", "scratch"])
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_train_teacher_without_a_bar_prints_one_line_per_epoch(monkeypatch, capsys):
+    import dfkd.teacher as teacher
+    from dfkd.data import load_split as real
+
+    # 512 images per split keep it to a second; the training loop is the real one
+    monkeypatch.setattr(teacher, "load_split",
+                        lambda name, split, *a: tuple(t[:512] for t in real(name, split, *a)))
+    settings = teacher.SupervisedSettings(dataset="fashion_mnist", model="lenet5_half",
+                                          epochs=2, batch_size=128, device="cpu")
+    teacher.train_supervised(settings, progress=False)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("train ")]
+    assert [x.split(",")[0] for x in lines] == ["train lenet5_half: epoch 1/2",
+                                                "train lenet5_half: epoch 2/2"]

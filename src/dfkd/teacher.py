@@ -5,6 +5,7 @@ images; the val and test sets are only measured, once, at the end."""
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -148,6 +149,9 @@ def train_supervised(settings: SupervisedSettings, out: str | Path | None = None
             if i % 50 == 0:
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
             bar.update(1)
+        if not progress:  # no bar: one line per epoch instead, as distill prints
+            print(f"train {s.model}: epoch {epoch + 1}/{s.epochs}, loss {loss.item():.3f}, "
+                  f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     bar.close()
     train_seconds = time.perf_counter() - start
     acc1 = accuracy(predict(model, test_x, 1024, norm, device), test_y)["acc1"]
