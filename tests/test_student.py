@@ -292,3 +292,17 @@ def test_train_teacher_without_a_bar_prints_one_line_per_epoch(monkeypatch, caps
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("train ")]
     assert [x.split(",")[0] for x in lines] == ["train lenet5_half: epoch 1/2",
                                                 "train lenet5_half: epoch 2/2"]
+
+
+def test_kd_from_a_checkpoint_without_its_architecture_is_one_line(tmp_path):
+    import dfkd.models
+    import dfkd.teacher as teacher
+    from dfkd.errors import CheckpointError
+
+    bare = tmp_path / "zoo.pt"    # a bare state dict: nothing says what builds it
+    torch.save(dfkd.models.create_model("lenet5", 10, 1).state_dict(), bare)
+    settings = teacher.SupervisedSettings(dataset="fashion_mnist", model="lenet5_half",
+                                          epochs=1, device="cpu", kd_from=str(bare))
+    with pytest.raises(CheckpointError, match="--kd-from .*names its architecture") as info:
+        teacher.train_supervised(settings, progress=False)
+    assert "--teacher-model" not in str(info.value)   # no such flag in train-teacher
