@@ -70,12 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    def common(sp: argparse.ArgumentParser) -> None:
+    def common(sp: argparse.ArgumentParser,
+               data_root: str = "folder holding the dataset files (when given, the only "
+                                "place searched; default: the standard places)") -> None:
         sp.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                         help="where to run (default: auto = cuda if available)")
-        sp.add_argument("--data-root", metavar="DIR", default=None,
-                        help="folder holding the dataset files (when given, the only place "
-                             "searched; default: the standard places)")
+        sp.add_argument("--data-root", metavar="DIR", default=None, help=data_root)
         sp.add_argument("--no-progress", action="store_true",
                         help="no progress bar; print one line per epoch instead")
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -283,7 +283,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
     r.add_argument("--report-only", action="store_true",
                    help="write the table from the runs finished so far, run nothing")
-    common(r)
+    common(r, data_root="required (but with --dry-run or --report-only): the folder holding "
+                        "cifar-10-batches-py/ and cifar-100-python/")
 
     tu = sub.add_parser(
         "tune", help="choose a recipe's hyperparameters on the val split (Optuna)",
