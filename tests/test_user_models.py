@@ -84,6 +84,22 @@ def grey_pair(seed: int = 0) -> tuple[nn.Module, nn.Module]:
     return GreyNet().eval(), GreyNet()
 
 
+def test_extending_a_finished_run_stretches_the_student_schedule(tmp_path):
+    # a 1-epoch run resumed with epochs=3 learns its new epochs at the rates of a 3-epoch
+    # run (before: its cosine stayed at the 1-epoch end, lr 0, and then rose again)
+    common = dict(num_classes=10, image_shape=FM.image_shape, mean=FM.mean, std=FM.std,
+                  method="dafl", recipe=None, **TINY)
+    dfkd.distill(*grey_pair(), out_dir=tmp_path / "short", **common)
+    dfkd.distill(*grey_pair(), out_dir=tmp_path / "short", resume=True,
+                 **{**common, "epochs": 3})
+    dfkd.distill(*grey_pair(), out_dir=tmp_path / "long", **{**common, "epochs": 3})
+    lrs = {name: [json.loads(line)["lr"] for line in
+                  (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+           for name in ("short", "long")}
+    assert lrs["short"] == pytest.approx(lrs["long"])
+    assert lrs["long"][1] == pytest.approx(0.75 * lrs["long"][0])
+
+
 # ------------------------------------------------------------------ 1. strict JSON files
 def test_curriculum_none_writes_null_not_nan(tmp_path):
     teacher, student = grey_pair()

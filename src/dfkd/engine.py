@@ -370,6 +370,7 @@ class Trainer:
         self.opt_s.load_state_dict(state["opt_s"])
         self.sched_s.load_state_dict(state["sched_s"])
         self._rescale_student_lr(state.get("config") or {})
+        self._stretch_student_schedule()
         self.method.load_state_dict(state["method"])
         self.epoch, self.round = int(state["epoch"]), int(state["round"])
         self.history = list(state["history"])
@@ -557,6 +558,22 @@ class Trainer:
             group["initial_lr"] = group.get("initial_lr", old) * scale
         self.sched_s.base_lrs = [lr * scale for lr in self.sched_s.base_lrs]
         self.sched_s._last_lr = [group["lr"] for group in self.opt_s.param_groups]
+
+    def _stretch_student_schedule(self) -> None:
+        """A resume given another ``epochs`` (say, to extend a finished run): the student's
+        cosine, restored for the old length, spans the new one from the same step, as an
+        uninterrupted run of that length would be at this step (without this, it would stay
+        at its end and rise again)."""
+        learning_epochs = max(1, self.cfg.epochs - self.method.warmup_epochs)
+        sched = self.sched_s
+        if sched.T_max == learning_epochs:
+            return
+        sched.T_max = learning_epochs
+        at = (1 + math.cos(math.pi * min(sched.last_epoch, learning_epochs)
+                           / learning_epochs)) / 2
+        for group, base in zip(self.opt_s.param_groups, sched.base_lrs):
+            group["lr"] = sched.eta_min + (base - sched.eta_min) * at
+        sched._last_lr = [group["lr"] for group in self.opt_s.param_groups]
 
     @property
     def kept_student(self) -> nn.Module:
