@@ -142,9 +142,8 @@ def test_bench_device_and_data_root_flags_reach_the_base(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(dfkd.bench, "run_bench", lambda *a, **kw: seen.update(kw) or [])
     assert cli.main(["bench", "--config", "configs/fashion_mnist/bench.yaml", "--methods", "dfad",
-                     "--dry-run",
-                     "--out", str(tmp_path), "--device", "cpu", "--data-root", "~/my data",
-                     "--set", "epochs=1"]) == 0
+                     "--dry-run", "--out", str(tmp_path), "--device", "cpu",
+                     "--data-root", "~/my data", "--set", "epochs=1"]) == 0
     # before --set, so an explicit --set device=... still wins
     assert seen["overrides"] == ["device=cpu", 'data_root="~/my data"', "epochs=1"]
 

@@ -455,13 +455,11 @@ def _cmd_distill(args) -> int:
                               "the rest of the run with --set KEY=VALUE (e.g. --set "
                               "student_optim.lr=0.01)")
         state = load_run_checkpoint(args.resume)  # read once: config and state
-        raw = dict(state["config"])
-        # where it runs and reads its data may change (another machine)
-        raw.update({k: v for k, v in (("device", args.device), ("data_root", args.data_root))
-                    if v})
         # --set with --resume: those settings change for the rest of the run (the student's
-        # rate goes on from the same point of its schedule, at the new value).
-        raw = merge(raw, parse_overrides([*args.set, *_tracker_sets(args)]))
+        # rate goes on from the same point of its schedule, at the new value); where it runs
+        # and reads its data may change too (another machine).
+        raw = merge(dict(state["config"]),
+                    parse_overrides([*_place_sets(args), *args.set, *_tracker_sets(args)]))
         out, resume = args.resume, True
     else:
         if not args.out:

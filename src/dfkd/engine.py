@@ -271,10 +271,8 @@ class Trainer:
         self.opt_s = torch.optim.SGD(self.student.parameters(), lr=opt.lr, momentum=opt.momentum,
                                      weight_decay=opt.weight_decay,
                                      foreach=None if not cuda else True)
-        # The cosine schedule spans the epochs in which the student learns (after a warm-up).
-        learning_epochs = max(1, cfg.epochs - self.method.warmup_epochs)
-        self.sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt_s,
-                                                                  T_max=learning_epochs)
+        self.sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.opt_s, T_max=self._learning_epochs)
         # student_ema: an average of the weights and BN buffers, the student that is kept.
         self.student_ema = None if not cfg.student_ema else AveragedModel(
             self.student, multi_avg_fn=_ema_update(cfg.student_ema), use_buffers=True)
@@ -559,12 +557,17 @@ class Trainer:
         self.sched_s.base_lrs = [lr * scale for lr in self.sched_s.base_lrs]
         self.sched_s._last_lr = [group["lr"] for group in self.opt_s.param_groups]
 
+    @property
+    def _learning_epochs(self) -> int:
+        """The epochs the student's cosine schedule spans: those after the method's warm-up."""
+        return max(1, self.cfg.epochs - self.method.warmup_epochs)
+
     def _stretch_student_schedule(self) -> None:
         """A resume given another ``epochs`` (say, to extend a finished run): the student's
         cosine, restored for the old length, spans the new one from the same step, as an
         uninterrupted run of that length would be at this step (without this, it would stay
         at its end and rise again)."""
-        learning_epochs = max(1, self.cfg.epochs - self.method.warmup_epochs)
+        learning_epochs = self._learning_epochs
         sched = self.sched_s
         if sched.T_max == learning_epochs:
             return
