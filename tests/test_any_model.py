@@ -28,7 +28,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "benchmarks" / "own_pair_models.py"
 HAS_TIMM = importlib.util.find_spec("timm") is not None
-needs_timm = pytest.mark.skipif(not HAS_TIMM, reason="timm is not installed (dfkd[timm])")
+
+
+def needs_timm(test):
+    """Marked ``timm`` (scripts/test_timm.sh runs them where timm is installed) and skipped
+    where it is not."""
+    skip = pytest.mark.skipif(not HAS_TIMM, reason="timm is not installed (dfkd[timm]; "
+                                                    "scripts/test_timm.sh runs these)")
+    return pytest.mark.timm(skip(test))
+
+
 # A tiny run: one round of one generator and one student step, batch 8, no probe, no grid;
 # the teachers are untrained, measured on random images (not checked against chance).
 TINY = {"epochs": 1, "rounds": 1, "g_steps": 1, "kd_steps": 1, "batch_size": 8,
@@ -62,10 +71,11 @@ def warnings_about(stderr: str, fragment: str) -> list[str]:
 # ------------------------------------------------------------------ timm by name
 @needs_timm
 @pytest.mark.parametrize("name", ["timm:resnet18", "timm:mobilenetv3_small_100",
-                                  "timm:convnext_atto"])
+                                  "timm:convnext_atto", "timm:vit_tiny_patch16_224"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_timm_models_by_name_run_on_32px(name, channels):
-    """Built for the data's channels and classes; ImageNet models still run on 32 px."""
+    """Built for the data's channels and classes; ImageNet models still run on 32 px, a
+    transformer with a fixed input size too (built with dynamic_img_size)."""
     model = create_model(name, num_classes=7, in_channels=channels).eval()
     with torch.no_grad():
         out = model(torch.randn(2, channels, 32, 32))
