@@ -71,7 +71,8 @@ def warnings_about(stderr: str, fragment: str) -> list[str]:
 # ------------------------------------------------------------------ timm by name
 @needs_timm
 @pytest.mark.parametrize("name", ["timm:resnet18", "timm:mobilenetv3_small_100",
-                                  "timm:convnext_atto", "timm:vit_tiny_patch16_224"])
+                                  "timm:efficientnet_b0", "timm:convnext_atto",
+                                  "timm:vit_tiny_patch16_224"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_timm_models_by_name_run_on_32px(name, channels):
     """Built for the data's channels and classes; ImageNet models still run on 32 px, a
