@@ -306,3 +306,28 @@ def test_kd_from_a_checkpoint_without_its_architecture_is_one_line(tmp_path):
     with pytest.raises(CheckpointError, match="--kd-from .*names its architecture") as info:
         teacher.train_supervised(settings, progress=False)
     assert "--teacher-model" not in str(info.value)   # no such flag in train-teacher
+
+
+def test_kd_from_a_dfkd_checkpoint_trains_by_kd_and_reads_the_teacher_once(tmp_path,
+                                                                             monkeypatch):
+    import dfkd.checkpoint
+    import dfkd.models
+    import dfkd.teacher as teacher
+
+    full = teacher.load_split
+    monkeypatch.setattr(teacher, "load_split",   # 256 images a split keep it quick
+                        lambda *a: tuple(t[:256] for t in full(*a)))
+    source = tmp_path / "teacher.pt"
+    net = dfkd.models.create_model("lenet5", 10, 1)
+    dfkd.checkpoint.save_model_checkpoint(source, net, {
+        "arch": "lenet5", "dataset": "fashion_mnist", "num_classes": 10,
+        "image_shape": [1, 32, 32], "mean": [0.286], "std": [0.353]})
+    reads, read = [], dfkd.checkpoint._read_model_file
+    monkeypatch.setattr(dfkd.checkpoint, "_read_model_file",
+                        lambda path: reads.append(path) or read(path))
+    settings = teacher.SupervisedSettings(dataset="fashion_mnist", model="lenet5_half",
+                                          epochs=1, device="cpu", kd_from=str(source))
+    model, meta = teacher.train_supervised(settings, progress=False)
+    assert meta["dfkd_kind"] == "kd_with_data"
+    assert [str(p) for p in reads] == [str(source)]
+    assert all(torch.isfinite(p).all() for p in model.parameters())

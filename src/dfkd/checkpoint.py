@@ -268,7 +268,7 @@ def _read_model_file(path: Path) -> tuple[dict, dict]:
 
 def load_model_checkpoint(
     path: str | os.PathLike, arch: str | None = None, num_classes: int | None = None,
-    in_channels: int | None = None,
+    in_channels: int | None = None, unnamed_error: str | None = None,
 ) -> tuple[nn.Module, dict]:
     """Rebuild a model from a dfkd checkpoint, or from a zoo file given its architecture.
 
@@ -276,7 +276,9 @@ def load_model_checkpoint(
     run folder of ``dfkd distill`` (its ``student.pt``). Zoo checkpoints (a bare
     state_dict, or one under ``'state_dict'``) carry no metadata, so ``arch`` and
     ``num_classes`` must then be given. ``arch`` is a zoo name or a model spec
-    (``package.module:callable``, ``path/to/file.py:callable``).
+    (``package.module:callable``, ``path/to/file.py:callable``). ``unnamed_error``, when
+    given, is the whole error for a file that cannot be rebuilt for want of an architecture
+    or class count (for callers whose user has no flag to supply them).
     """
     state, meta = _read_model_file(Path(path))
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
@@ -285,6 +287,8 @@ def load_model_checkpoint(
     # dfkd metadata wins: the arguments are for zoo files that carry none.
     arch = meta.get("arch") or arch
     num_classes = meta.get("num_classes") or num_classes
+    if unnamed_error and (arch is None or num_classes is None):
+        raise CheckpointError(unnamed_error)
     if arch is None and num_classes is not None and meta:
         raise CheckpointError(
             f"'{path}' does not name its architecture (its model was built in Python); "

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dfkd.checkpoint import load_model_checkpoint, read_model_meta, save_model_checkpoint
+from dfkd.checkpoint import load_model_checkpoint, save_model_checkpoint
 from dfkd.data import augment, dataset_info, load_split
 from dfkd.data.normalization import resolve_normalization
 from dfkd.engine import resolve_device, seed_everything
-from dfkd.errors import CheckpointError, DfkdError
+from dfkd.errors import DfkdError
 from dfkd.losses import kd_kl
 from dfkd.metrics import accuracy, predict
 from dfkd.models import create_model, resolve_spec
@@ -112,12 +112,10 @@ def train_supervised(settings: SupervisedSettings, out: str | Path | None = None
     kd_teacher = None
     norm = normalizer(info.mean, info.std, device)
     if s.kd_from:
-        if not read_model_meta(s.kd_from).get("arch"):  # no flag could name it here
-            raise CheckpointError(
-                f"--kd-from {s.kd_from}: the teacher to learn from must be a dfkd checkpoint "
-                "that names its architecture (a train-teacher .pt, or a distill run's "
-                "student.pt); this one does not")
-        kd_teacher, kd_meta = load_model_checkpoint(s.kd_from)
+        kd_teacher, kd_meta = load_model_checkpoint(s.kd_from, unnamed_error=(
+            f"--kd-from {s.kd_from}: the teacher to learn from must be a dfkd checkpoint "
+            "that names its architecture (a train-teacher .pt, or a distill run's "
+            "student.pt); this one does not"))
         kd_teacher.to(device).eval().requires_grad_(False)
         # The teacher sees the images under its own normalisation, the student under the
         # dataset's (dfkd.data.normalization).
