@@ -277,13 +277,15 @@ def main() -> None:
         print(render_defaults(args.out))
         return
     table = render(args.out, list(TEACHERS), args.margin)
+    torch = __import__("torch")
     meta = {"machine": f"{platform.processor() or platform.machine()}, "
-                       f"{os.cpu_count()} cores", "torch": __import__("torch").__version__,
+                       f"{os.cpu_count()} cores", "torch": torch.__version__,
+            "device": (torch.cuda.get_device_name() if DEVICE.startswith("cuda") else "cpu"),
             "steps": args.steps, "margin": args.margin}
     record = args.out / "matrix.json"
     if args.render_only and record.exists():  # the cells ran elsewhere: keep their machine
-        meta = {**meta, **{k: json.loads(record.read_text())["meta"][k]
-                           for k in ("machine", "torch")}}
+        ran = json.loads(record.read_text())["meta"]
+        meta = {**meta, **{k: ran[k] for k in ("machine", "torch", "device") if k in ran}}
     record.write_text(json.dumps(
         {"meta": meta, "table": table}, indent=1))
     print(table)

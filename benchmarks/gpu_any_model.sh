@@ -36,7 +36,7 @@ if [ $left -gt 60 ]; then
 fi
 tail -n 3 "$OUT"/logs/*.log
 # the records, without checkpoints and samples
-cp -r "$WORK/teachers" "$WORK/cells" "$OUT/" 2>/dev/null
+cp -r "$WORK/teachers" "$WORK/cells" "$WORK/matrix.json" "$OUT/" 2>/dev/null
 rm -f "$OUT"/teachers/*.pt
 for run in "$WORK"/default/zoo_resnet18/seed*; do
     [ -d "$run" ] || continue
