@@ -142,6 +142,11 @@ def test_timm_teacher_and_student_in_the_api(tmp_path):
     summary, trained = distill(teacher, student, tmp_path, method="dfad")
     assert summary["method"] == "dfad" and trained is student
     assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items())
+    # student.pt records what rebuilds it: evaluate and export need no --model
+    rebuilt, meta = load_model_checkpoint(tmp_path / "run")
+    assert meta["arch"] == "timm:convnext_atto"
+    for key, value in rebuilt.state_dict().items():
+        assert torch.equal(value, student.state_dict()[key]), key
 
 
 @needs_timm
@@ -316,3 +321,6 @@ def test_bn_free_default_only_when_nothing_names_a_method():
                   {"base_recipe": "fashion_mnist/cudfkd_lenet5.yaml"}):
         assert bn_free_default(gn, named) == (named, None)
     assert bn_free_default(bn, {"epochs": 2}) == ({"epochs": 2}, None)
+    # base_recipe=none (the engine defaults) names no method, however it is spelt
+    for none in ("none", "None", "null", ""):
+        assert bn_free_default(gn, {"base_recipe": none})[0]["method"] == BN_FREE_METHOD

@@ -367,6 +367,20 @@ def test_a_colour_64px_pair_on_cpu_gets_a_smaller_round(tmp_path, monkeypatch, c
     assert kept.batch_size == 512 and not kept.batched_g and "batched_g off" in line
 
 
+def test_a_config_run_on_cpu_is_warned_about_not_scaled(fmnist_teacher, tmp_path, monkeypatch,
+                                                        capsys):
+    """A --config file (or a bench or tune run) is the user's: its round is never scaled,
+    and a round too large for the machine is said before the first one."""
+    monkeypatch.setattr("dfkd.memory.available_bytes", lambda: 200e6)
+    raw = {"teacher": str(fmnist_teacher), "batch_size": 512, "batched_g": True,
+           "kd_steps": 10, "epochs": 1, "rounds": 1, "sample_grid": 0, "synthetic_probe": 0}
+    trainer = api.build_trainer(raw, tmp_path / "run", progress=False)
+    assert (trainer.cfg.batch_size, trainer.cfg.batched_g) == (512, True)
+    lines = [x for x in capsys.readouterr().err.splitlines() if "memory" in x]
+    assert len(lines) == 1 and lines[0].startswith("dfkd: warning: on this CPU")
+    assert "batch_size 512, batched_g" in lines[0] and "GB" in lines[0]
+
+
 # ------------------------------------------------------- 7. the probe's cost is announced
 def test_a_long_synthetic_probe_is_announced_with_its_off_switch(tmp_path, monkeypatch,
                                                                   capsys):

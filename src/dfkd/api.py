@@ -31,10 +31,11 @@ from dfkd.engine import (
     seed_everything,
 )
 from dfkd.errors import ConfigError, DfkdError
-from dfkd.memory import size_for_cpu
+from dfkd.memory import ROUND_SETTINGS, size_for_cpu
 from dfkd.methods import get_method
 from dfkd.methods.choice import bn_free_default
 from dfkd.models import create_model, resolve_spec
+from dfkd.models.timm_models import timm_spec_of
 
 
 def prepare_out_dir(out: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> Path:
@@ -112,7 +113,8 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
     ``recipe`` is where the settings start from. ``"auto"`` (the default): the validated
     recipe of the nearest family by ``image_shape`` (grey images of 32 px or less: the
     Fashion-MNIST recipe; other images up to 48 px: CIFAR-10's; larger: Tiny-ImageNet's;
-    see :mod:`dfkd.recipes`), for ``method`` (default ``cudfkd``). A path (or a name such
+    see :mod:`dfkd.recipes`), for ``method`` (default ``cudfkd``; for a teacher without
+    BatchNorm, ``dafl``, said in one line: :mod:`dfkd.methods.choice`). A path (or a name such
     as ``"configs/fashion_mnist/dafl_lenet5.yaml"``, or the setting ``base_recipe=`` as in
     the CLI): that recipe and its ``method``; a ``method`` given too must be the recipe's
     (a recipe's settings are tuned for its method), else a ConfigError. ``None``: the
@@ -134,10 +136,11 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
     On a CPU, a recipe's ``batch_size`` and ``batched_g`` that would need more memory than
     the machine has are scaled down, with one line (:mod:`dfkd.memory`); yours are never
     changed. ``student.pt`` records what rebuilds the student, so that ``dfkd evaluate``
-    and ``dfkd export`` need no flags: its class as ``package.module:Class`` when that
-    class, called with ``num_classes`` and ``in_channels``, builds the same weights (see
-    :func:`rebuild_spec`), and the dataset named by the ``dataset=`` setting or the known
-    one these classes, image shape, mean and std are.
+    and ``dfkd export`` need no flags: ``timm:NAME`` for a timm model, else its class as
+    ``package.module:Class`` when that class, called with ``num_classes`` and
+    ``in_channels``, builds the same weights (see :func:`rebuild_spec`); and the dataset
+    named by the ``dataset=`` setting or the known one these classes, image shape, mean and
+    std are.
     """
     state = None
     if resume:
@@ -155,8 +158,9 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
                           "the teacher's normalisation as mean= and std= (teacher_norm is "
                           "for teacher checkpoints)")
     sized = None
-    if not resume and cfg.base_recipe and resolve_device(cfg.device).type == "cpu":
-        cfg, sized = size_for_cpu(cfg, set(settings), teacher, student, tuple(image_shape),
+    if not resume and resolve_device(cfg.device).type == "cpu":   # a recipe's round: scaled
+        mine = set(settings) if cfg.base_recipe else ROUND_SETTINGS
+        cfg, sized = size_for_cpu(cfg, mine, teacher, student, tuple(image_shape),
                                   distributed.current().world_size)
     out = prepare_out_dir(out_dir, resume, overwrite) if out_dir is not None else None
     if out is not None and distributed.current().is_main:
@@ -186,17 +190,21 @@ def rebuild_spec(model: nn.Module, num_classes: int, in_channels: int) -> str | 
     imports and, called with ``num_classes`` and ``in_channels`` as far as it takes them,
     builds a model with the same weight names and shapes. None otherwise (a class defined
     in a function or in the script being run, or one that needs other arguments): student.pt
-    then records the class name only, and evaluate asks for --model."""
-    cls = type(model)
-    module, name = cls.__module__, cls.__qualname__
-    if module == "__main__" or "<locals>" in name:
-        return None
-    loaded = sys.modules.get(module)
-    # A file given as a spec is imported under a private name (dfkd.models.registry).
-    target = getattr(loaded, "__file__", None) if module.startswith("dfkd_user_") else module
-    if not target:
-        return None
-    spec = resolve_spec(f"{target}:{name}")
+    then records the class name only, and evaluate asks for --model. A model timm built is
+    recorded as ``timm:NAME``."""
+    spec = timm_spec_of(model)
+    if spec is None:
+        cls = type(model)
+        module, name = cls.__module__, cls.__qualname__
+        if module == "__main__" or "<locals>" in name:
+            return None
+        loaded = sys.modules.get(module)
+        # A file given as a spec is imported under a private name (dfkd.models.registry).
+        target = getattr(loaded, "__file__", None) if module.startswith("dfkd_user_") \
+            else module
+        if not target:
+            return None
+        spec = resolve_spec(f"{target}:{name}")
     try:
         with torch.random.fork_rng(devices=[]):   # the run's random numbers stay untouched
             twin = create_model(spec, num_classes, in_channels)
@@ -290,9 +298,9 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
     images, labels = load_split(info.name, cfg.eval_split, cfg.data_root)
     seed_everything(cfg.seed)  # the student's initialisation is part of the run's seed
     student = create_model(cfg.student, info.num_classes, info.image_shape[0])
-    if base_recipe and not resume and cfg.base_recipe and \
-            resolve_device(cfg.device).type == "cpu":
-        cfg, sized = size_for_cpu(cfg, given, teacher, student, tuple(info.image_shape),
+    if not resume and resolve_device(cfg.device).type == "cpu":   # a recipe's round: scaled
+        mine = given if base_recipe and cfg.base_recipe else ROUND_SETTINGS
+        cfg, sized = size_for_cpu(cfg, mine, teacher, student, tuple(info.image_shape),
                                   distributed.current().world_size)
     out = Path(out_dir)
     if distributed.current().is_main:  # one process prepares the folder, the others wait

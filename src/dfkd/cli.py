@@ -117,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", metavar="PATH", help="the same as PATH")
     e.add_argument("--dataset", default=None, help="needed only if the checkpoint does not say")
     e.add_argument("--model", default=None, metavar="SPEC",
-                   help=f"architecture, for checkpoints without dfkd metadata: {SPEC_HELP}")
+                   help=f"architecture, for checkpoints that do not name theirs (a zoo "
+                        f"file, a student built in Python): {SPEC_HELP}")
     e.add_argument("--norm", metavar="NORM", default=None, help=NORM_HELP)
     e.add_argument("--split", choices=("test", "val"), default="test",
                    help="real data to measure on (default test; val: the held-out part of the "
@@ -140,8 +141,8 @@ def _parser() -> argparse.ArgumentParser:
         "recipe, which also sets the method: a --method naming another one is refused). "
         "Each epoch the student is also scored against the teacher on 1024 held-out "
         "synthetic images (synthetic_agreement, synthetic_loyalty: a signal that "
-        "needs no data; making them once costs a few seconds for a small teacher, up to a "
-        "minute for a large one on a CPU, and the run says so when it is long; --set "
+        "needs no data; making them once costs a few seconds for a small teacher, a minute "
+        "or more for a large one on a CPU, and the run says so when it is long; --set "
         "synthetic_probe=0 turns it off), and a run that is not learning says so once, "
         "with settings to try. Writes DIR/config.yaml (the settings it runs with), "
         "DIR/metrics.jsonl "
@@ -150,7 +151,8 @@ def _parser() -> argparse.ArgumentParser:
         "DIR/summary.json and, with matplotlib, DIR/curves.png. Ctrl-C saves a checkpoint; "
         "--resume DIR continues exactly (with --set, those settings change for the rest of "
         "the run, e.g. --set student_optim.lr=0.01 after a student diverged). A student "
-        "loss that becomes non-finite or over 1000 times its first epoch's stops the run, "
+        "loss that becomes non-finite or over 1000 times its first epoch's (and over 1000) "
+        "stops the run, "
         "naming the student's learning rate.",
         epilog=f"methods: {', '.join(list_methods())}\nmodels: {', '.join(list_models())}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,7 +167,8 @@ def _parser() -> argparse.ArgumentParser:
                         "folder, its student.pt or student.safetensors), or a zoo file with "
                         "--teacher-model")
     d.add_argument("--teacher-model", metavar="SPEC",
-                   help="teacher architecture, only for checkpoints without dfkd metadata: "
+                   help="teacher architecture, only for checkpoints that do not name theirs (a "
+                        "zoo file, a timm or own model's state_dict, a student built in Python): "
                         f"{SPEC_HELP}")
     d.add_argument("--teacher-norm", metavar="NORM",
                    help=f"for the teacher, {NORM_HELP}. The generator's output, the student and "
@@ -337,7 +340,8 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--format", required=True, choices=("onnx", "torchscript", "safetensors"))
     x.add_argument("--out", required=True, metavar="FILE", help="file to write")
     x.add_argument("--model", default=None, metavar="SPEC",
-                   help=f"architecture, for checkpoints without dfkd metadata: {SPEC_HELP}")
+                   help=f"architecture, for checkpoints that do not name theirs (a zoo "
+                        f"file, a student built in Python): {SPEC_HELP}")
     x.add_argument("--dataset", default=None,
                    help="for checkpoints without dfkd metadata: sizes the input")
     x.add_argument("--norm", metavar="NORM", default=None,

@@ -8,8 +8,9 @@ round, a run on the CPU estimates a round's peak from one small forward of each 
 backward pass) and, when the estimate exceeds ``SAFE_FRACTION`` of the memory available,
 scales the settings that came from the base recipe down: first ``batched_g`` off, then
 ``batch_size`` halved (not below ``MIN_BATCH``), saying so in one line. Settings the user
-gave are never changed; if they are what is too large, the line only warns, with the
-expected memory.
+gave are never changed, nor are those of a run that did not start from a base recipe (a
+``--config`` file, a bench or tune run, the engine defaults); if they are what is too
+large, the line only warns, with the expected memory.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 SAFE_FRACTION = 0.6   # of the memory available when the run starts
+ROUND_SETTINGS = frozenset({"batch_size", "batched_g"})   # what sizing may scale
 MIN_BATCH = 32        # scaling stops here: smaller batches change what the recipe learns
 GB = 1e9
 
@@ -166,9 +168,10 @@ def footprint(teacher: nn.Module, student: nn.Module, generator: nn.Module | Non
 def size_for_cpu(cfg: Any, given: set[str], teacher: nn.Module, student: nn.Module,
                  image_shape: tuple[int, int, int], world_size: int = 1,
                  available: float | None = None) -> tuple[Any, str | None]:
-    """``cfg`` (a RunConfig on the CPU that started from a base recipe) with its round sized
-    to this machine's memory, and the line to print (None: it fits). ``given``: the
-    top-level keys the user set, which are never changed."""
+    """``cfg`` (a RunConfig on the CPU) with its round sized to this machine's memory, and
+    the line to print (None: it fits). ``given``: the top-level keys the user set, which
+    are never changed (``ROUND_SETTINGS`` for a run that did not start from a base recipe:
+    a warning at most)."""
     from dfkd.generators import Generator, default_generator_size
     from dfkd.methods import GeneratorMethod, get_method
 
@@ -188,7 +191,7 @@ def size_for_cpu(cfg: Any, given: set[str], teacher: nn.Module, student: nn.Modu
     sizing = size_round(fp, batch_size=cfg.batch_size, kd_steps=cfg.kd_steps,
                         batched_g=cfg.batched_g,
                         available=available if available is not None else available_bytes(),
-                        free={"batch_size", "batched_g"} - set(given),
+                        free=ROUND_SETTINGS - set(given),
                         world_size=world_size)
     if (sizing.batch_size, sizing.batched_g) != (cfg.batch_size, cfg.batched_g):
         cfg = dataclasses.replace(cfg, batch_size=sizing.batch_size,

@@ -41,6 +41,7 @@ from torch import nn
 
 from dfkd.hooks import batchnorm_layers
 from dfkd.methods import list_methods
+from dfkd.recipes import NONE
 
 # The measured choice (see the module doc).
 BN_FREE_METHOD = "dafl"
@@ -49,8 +50,9 @@ BN_FREE_SETTINGS: dict[str, Any] = {}
 
 def _named(raw: dict[str, Any]) -> bool:
     """The user chose a method: by name, by a recipe (``base_recipe``, whose method it
-    is), or by setting a method's own keys."""
-    return bool(raw.get("method")) or raw.get("base_recipe") is not None \
+    is; ``none`` names no recipe), or by setting a method's own keys."""
+    recipe = str(raw.get("base_recipe") or "").strip().lower()
+    return bool(raw.get("method")) or recipe not in NONE \
         or any(key in raw for key in list_methods())
 
 
