@@ -90,17 +90,23 @@ def test_timm_never_downloads(monkeypatch):
 
     seen = {}
     real = timm.create_model
+    hub = sys.modules.get("huggingface_hub.constants")   # timm imports it when installed
+    hub_before = getattr(hub, "HF_HUB_OFFLINE", None)
 
     def spy(name, **kwargs):
-        seen.update(kwargs, offline=os.environ.get("HF_HUB_OFFLINE"))
+        seen.update(kwargs, offline=os.environ.get("HF_HUB_OFFLINE"),
+                    hub_offline=getattr(hub, "HF_HUB_OFFLINE", True))
         return real(name, **kwargs)
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(timm, "create_model", spy)
     create_model("timm:resnet18", 10, 1)
     assert seen["pretrained"] is False and seen["offline"] == "1"
+    # huggingface_hub read the variable at import: its own switch is what it obeys now
+    assert seen["hub_offline"] is True
     assert seen["num_classes"] == 10 and seen["in_chans"] == 1
     assert "HF_HUB_OFFLINE" not in os.environ   # restored afterwards
+    assert getattr(hub, "HF_HUB_OFFLINE", None) == hub_before
 
 
 @needs_timm

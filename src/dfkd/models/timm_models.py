@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from contextlib import contextmanager
 from types import ModuleType
 
@@ -48,10 +49,16 @@ def _timm(spec: str) -> ModuleType:
 
 @contextmanager
 def _offline():
-    """The hub offline while timm builds a model: no pretrained weights, no config fetch."""
+    """The hub offline while timm builds a model: no pretrained weights, no config fetch.
+    huggingface_hub reads the variables once, when it is imported (timm imports it), so
+    its switch is set too while it is loaded."""
     keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     before = {k: os.environ.get(k) for k in keys}
     os.environ.update({k: "1" for k in keys})
+    hub = sys.modules.get("huggingface_hub.constants")
+    hub_before = getattr(hub, "HF_HUB_OFFLINE", None)
+    if hub is not None:
+        hub.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
@@ -60,6 +67,8 @@ def _offline():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        if hub is not None:
+            hub.HF_HUB_OFFLINE = hub_before
 
 
 def create_timm_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
