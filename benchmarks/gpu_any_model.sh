@@ -2,7 +2,7 @@
 # The zoo ResNet-18 teacher's part of the any-model matrix, on one GPU machine: its matrix row
 # (3 students x 8 methods, 100 student steps per cell) and its default runs at the full default
 # budget (seeds 0 and 1), then the two tables. On the 2-core CPU VM this teacher costs about 4
-# CPU-hours for the row and about 5 per default run (600 s per epoch, two runs at once); see
+# CPU-hours for the row and 4.4-4.6 per default run (about 480 s per epoch, two at once); see
 # BENCHMARKS.md, "Any model a user brings".
 # Run from the repository root (no install needed: torch, numpy, pyyaml and tqdm suffice, the
 # zoo ResNet-18 needs no timm):
