@@ -134,9 +134,10 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
     holds the average).
 
     On a CPU, a recipe's ``batch_size`` and ``batched_g`` that would need more memory than
-    the machine has are scaled down, with one line (:mod:`dfkd.memory`); yours are never
-    changed. ``student.pt`` records what rebuilds the student, so that ``dfkd evaluate``
-    and ``dfkd export`` need no flags: ``timm:NAME`` for a timm model, else its class as
+    the machine has are scaled down, with one line (:mod:`dfkd.memory`); yours (and with
+    ``recipe=None`` the engine's) are never changed, only warned about.
+    ``student.pt`` records what rebuilds the student, so that ``dfkd evaluate`` and ``dfkd
+    export`` need no flags: ``timm:NAME`` for a timm model, else its class as
     ``package.module:Class`` when that class, called with ``num_classes`` and
     ``in_channels``, builds the same weights (see :func:`rebuild_spec`); and the dataset
     named by the ``dataset=`` setting or the known one these classes, image shape, mean and
