@@ -328,5 +328,8 @@ def test_bn_free_default_only_when_nothing_names_a_method():
         assert bn_free_default(gn, named) == (named, None)
     assert bn_free_default(bn, {"epochs": 2}) == ({"epochs": 2}, None)
     # base_recipe=none (the engine defaults) names no method, however it is spelt
+    from dfkd.methods.choice import NO_RECIPE
+    from dfkd.recipes import NONE
+    assert NO_RECIPE == NONE
     for none in ("none", "None", "null", ""):
         assert bn_free_default(gn, {"base_recipe": none})[0]["method"] == BN_FREE_METHOD

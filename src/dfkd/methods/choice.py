@@ -41,18 +41,19 @@ from torch import nn
 
 from dfkd.hooks import batchnorm_layers
 from dfkd.methods import list_methods
-from dfkd.recipes import NONE
 
 # The measured choice (see the module doc).
 BN_FREE_METHOD = "dafl"
 BN_FREE_SETTINGS: dict[str, Any] = {}
+# base_recipe values that name no recipe (dfkd.recipes.NONE: methods do not import it)
+NO_RECIPE = ("none", "null", "")
 
 
 def _named(raw: dict[str, Any]) -> bool:
     """The user chose a method: by name, by a recipe (``base_recipe``, whose method it
     is; ``none`` names no recipe), or by setting a method's own keys."""
     recipe = str(raw.get("base_recipe") or "").strip().lower()
-    return bool(raw.get("method")) or recipe not in NONE \
+    return bool(raw.get("method")) or recipe not in NO_RECIPE \
         or any(key in raw for key in list_methods())
 
 
