@@ -152,8 +152,7 @@ def _parser() -> argparse.ArgumentParser:
         "--resume DIR continues exactly (with --set, those settings change for the rest of "
         "the run, e.g. --set student_optim.lr=0.01 after a student diverged). A student "
         "loss that becomes non-finite or over 1000 times its first epoch's (and over 1000) "
-        "stops the run, "
-        "naming the student's learning rate.",
+        "stops the run, naming the student's learning rate.",
         epilog=f"methods: {', '.join(list_methods())}\nmodels: {', '.join(list_models())}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--config", metavar="FILE",
