@@ -12,7 +12,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     # unpinned 'torch' may pull a multi-GB CUDA build. Pass TORCH_SPEC to change it.
     .venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 fi
-if ! .venv/bin/python -c "import dfkd, pytest, ruff, hypothesis, optuna, matplotlib, safetensors, onnx, onnxruntime, onnxscript, mkdocs, tensorboard, mlflow, wandb" 2>/dev/null; then
+if ! .venv/bin/python -c "import dfkd, pytest, ruff, hypothesis, optuna, matplotlib, safetensors, onnx, onnxruntime, onnxscript, mkdocs, tensorboard, mlflow, wandb" 2>/dev/null \
+        || ! .venv/bin/dfkd --help >/dev/null 2>&1; then   # an install older than the entry point
     .venv/bin/pip install -q -e ".[dev,plot,tune,export,docs,tensorboard,mlflow,wandb]"
 fi
 FMNIST=/usr/share/datasets/fashion-mnist

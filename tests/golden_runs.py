@@ -64,7 +64,7 @@ def main(out: Path, write: bool) -> None:
     import torch
     import yaml
 
-    from dfkd.cli import main as dfkd
+    from dfkd.commands import main as dfkd
 
     if os.environ.get("DFKD_GOLDEN_NO_ONEDNN"):
         torch.backends.mkldnn.enabled = False

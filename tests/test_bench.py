@@ -137,13 +137,13 @@ def test_bench_teacher_and_set_options_replace_the_configs(fmnist_teacher, tmp_p
 
 def test_bench_device_and_data_root_flags_reach_the_base(monkeypatch, tmp_path):
     import dfkd.bench
-    from dfkd import cli
+    from dfkd.commands import main
 
     seen = {}
     monkeypatch.setattr(dfkd.bench, "run_bench", lambda *a, **kw: seen.update(kw) or [])
-    assert cli.main(["bench", "--config", "configs/fashion_mnist/bench.yaml", "--methods", "dfad",
-                     "--dry-run", "--out", str(tmp_path), "--device", "cpu",
-                     "--data-root", "~/my data", "--set", "epochs=1"]) == 0
+    assert main(["bench", "--config", "configs/fashion_mnist/bench.yaml", "--methods", "dfad",
+                 "--dry-run", "--out", str(tmp_path), "--device", "cpu",
+                 "--data-root", "~/my data", "--set", "epochs=1"]) == 0
     # before --set, so an explicit --set device=... still wins
     assert seen["overrides"] == ["device=cpu", 'data_root="~/my data"', "epochs=1"]
 

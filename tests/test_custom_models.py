@@ -15,7 +15,7 @@ import torch
 from conftest import metrics_rows
 from torch import nn
 
-from dfkd import cli
+from dfkd import commands
 from dfkd.errors import DfkdError
 from dfkd.models import create_model, resolve_spec
 
@@ -129,7 +129,7 @@ def test_custom_teacher_and_student_run_and_resume_exactly(nets, tmp_path):
 
 
 def _one_line_error(capsys, argv: list[str]) -> str:
-    code = cli.main(argv)
+    code = commands.main(argv)
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err, err
     lines = err.strip().splitlines()

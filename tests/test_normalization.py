@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from cifar_files import write_cifar
 
 from dfkd.checkpoint import safe_load
-from dfkd.cli import main
+from dfkd.commands import main
 from dfkd.data import dataset_info, load_split
 from dfkd.data.normalization import ZOO, parse_normalization, resolve_normalization
 from dfkd.errors import ConfigError

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfkd import cli
+from dfkd import commands
 from dfkd.api import build_trainer
 from dfkd.checkpoint import (
     load_model_checkpoint,
@@ -40,7 +40,7 @@ def dfkd(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def one_line_error(capsys, argv: list[str]) -> str:
     """Run the CLI in this process; it must fail with one 'dfkd: error:' line."""
-    code = cli.main(argv)
+    code = commands.main(argv)
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err
@@ -248,11 +248,11 @@ def test_plot_command(tmp_path, capsys):
     b = _fake_run(tmp_path / "b", _rows(2, loss_g=1.0))
     assert len(read_metrics(a)) == 4
     out = tmp_path / "figs" / "both.png"
-    assert cli.main(["plot", str(a), str(b), "--out", str(out)]) == 0
+    assert commands.main(["plot", str(a), str(b), "--out", str(out)]) == 0
     assert "2 runs: a, b" in capsys.readouterr().out
     assert out.read_bytes().startswith(b"\x89PNG")
     # A folder of runs (a bench's) stands for the runs below it.
-    assert cli.main(["plot", str(tmp_path), "--out", str(tmp_path / "all.png")]) == 0
+    assert commands.main(["plot", str(tmp_path), "--out", str(tmp_path / "all.png")]) == 0
     assert "2 runs" in capsys.readouterr().out
     line = one_line_error(capsys, ["plot", str(tmp_path / "nope"), "--out", str(out)])
     assert "does not exist" in line

@@ -402,7 +402,7 @@ def test_settings_cli_and_errors(fmnist_teacher, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="needs a run folder"):
         Tracking(["tensorboard"], None, None)
     # Unknown names fail before any work, from the CLI too, in one line.
-    from dfkd.cli import main
+    from dfkd.commands import main
 
     code = main(["distill", "--teacher", str(fmnist_teacher), "--out", str(tmp_path / "x"),
                  "--tracker", "tensorbord"])
@@ -505,10 +505,10 @@ def test_only_rank_0_logs(fmnist_teacher, tmp_path, monkeypatch):
 def test_tracker_flags_become_settings():
     from argparse import Namespace
 
-    from dfkd.cli import _tracker_sets
+    from dfkd.commands.flags import tracker_sets
     from dfkd.config import parse_overrides
 
-    sets = _tracker_sets(Namespace(tracker=["mlflow", "wandb"], tracker_uri="http://h:5000"))
+    sets = tracker_sets(Namespace(tracker=["mlflow", "wandb"], tracker_uri="http://h:5000"))
     assert parse_overrides(sets) == {"tracker": ["mlflow", "wandb"],
                                      "tracker_uri": "http://h:5000"}
-    assert _tracker_sets(Namespace(tracker=None, tracker_uri=None)) == []
+    assert tracker_sets(Namespace(tracker=None, tracker_uri=None)) == []

@@ -16,7 +16,7 @@ import yaml
 from torch import nn
 
 import dfkd
-from dfkd import advice, api, bench, cli, engine, probe, recipes
+from dfkd import advice, api, bench, commands, engine, probe, recipes
 from dfkd.checkpoint import load_model_checkpoint, safe_load
 from dfkd.config import load_config, read_yaml
 from dfkd.data import dataset_info
@@ -70,7 +70,7 @@ def strict_json(text: str):
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
-    code = cli.main(argv)
+    code = commands.main(argv)
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err
@@ -141,8 +141,8 @@ def test_bundled_recipe_names_resolve_from_any_folder(name, tmp_path, monkeypatc
 def test_distill_and_tune_take_a_bundled_recipe_from_another_folder(fmnist_teacher, tmp_path,
                                                                     monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["distill", "--config", "fashion_mnist/cudfkd_lenet5", "--teacher",
-                     str(fmnist_teacher), "--out", "run", *SMOKE]) == 0
+    assert commands.main(["distill", "--config", "fashion_mnist/cudfkd_lenet5", "--teacher",
+                          str(fmnist_teacher), "--out", "run", *SMOKE]) == 0
     stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert stored["g_steps"] == read_yaml(ROOT / CUDFKD)["g_steps"]
     seen = {}
@@ -152,8 +152,8 @@ def test_distill_and_tune_take_a_bundled_recipe_from_another_folder(fmnist_teach
         raise DfkdError("stopped here")
 
     monkeypatch.setattr("dfkd.tune.run_tune", fake_tune)
-    assert cli.main(["tune", "--config", CUDFKD, "--teacher", str(fmnist_teacher),
-                     "--trials", "1", "--out", "tune"]) == 2
+    assert commands.main(["tune", "--config", CUDFKD, "--teacher", str(fmnist_teacher),
+                          "--trials", "1", "--out", "tune"]) == 2
     assert Path(seen["recipe"]).resolve() == (ROOT / CUDFKD).resolve()
 
 
@@ -176,8 +176,8 @@ def test_bench_file_finds_its_recipes_beside_it_then_bundled(fmnist_teacher, tmp
     assert bench.run_config(config, "dafl", 0)["rounds"] == 3
     assert bench.run_config(config, "cudfkd", 0)["rounds"] == read_yaml(ROOT / CUDFKD)["rounds"]
     # A bundled bench by name, from another folder.
-    assert cli.main(["bench", "--config", "fashion_mnist/bench", "--methods", "cudfkd,dafl",
-                     "--teacher", str(fmnist_teacher), "--out", "b", "--dry-run"]) == 0
+    assert commands.main(["bench", "--config", "fashion_mnist/bench", "--methods", "cudfkd,dafl",
+                          "--teacher", str(fmnist_teacher), "--out", "b", "--dry-run"]) == 0
 
 
 # ----------------------------------------------------- 3. a base recipe runs its method
@@ -199,8 +199,8 @@ def test_a_base_recipe_of_another_method_switches_it_or_is_refused(fmnist_teache
         api._start_settings("cudfkd", DAFL, {}, (1, 32, 32))
     # The command line: without --method, dafl runs; with another --method, one line.
     out = tmp_path / "dafl"
-    assert cli.main(["distill", "--teacher", str(fmnist_teacher), "--set",
-                     f"base_recipe={DAFL}", "--out", str(out), *SMOKE]) == 0
+    assert commands.main(["distill", "--teacher", str(fmnist_teacher), "--set",
+                          f"base_recipe={DAFL}", "--out", str(out), *SMOKE]) == 0
     capsys.readouterr()
     assert yaml.safe_load((out / "config.yaml").read_text())["method"] == "dafl"
     line = one_line_error(capsys, ["distill", "--teacher", str(fmnist_teacher), "--method",
@@ -221,10 +221,10 @@ def test_an_api_student_records_its_class_and_dataset(tmp_path, capsys):
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(),
                                                  student.state_dict().values()))
     # No flags needed for a run folder.
-    assert cli.main(["evaluate", str(run), "--json"]) == 0
+    assert commands.main(["evaluate", str(run), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["dataset"] == "fashion_mnist"
-    assert cli.main(["export", str(run), "--format", "safetensors", "--out",
-                     str(tmp_path / "s.safetensors")]) == 0
+    assert commands.main(["export", str(run), "--format", "safetensors", "--out",
+                          str(tmp_path / "s.safetensors")]) == 0
     # A class that needs other arguments, or a Sequential, is not claimed rebuildable.
     assert api.rebuild_spec(nn.Sequential(nn.Flatten(), nn.Linear(1024, 10)), 10, 1) is None
 
@@ -245,8 +245,8 @@ def test_missing_flags_are_named_in_one_message(tmp_path, capsys):
     line = one_line_error(capsys, ["export", str(run), "--format", "safetensors", "--out",
                                    str(tmp_path / "s.safetensors")])
     assert "--model SPEC" in line and "--dataset" not in line   # its shape is recorded
-    assert cli.main(["evaluate", str(run), "--model", f"{__name__}:GreyNet", "--dataset",
-                     "fashion_mnist"]) == 0
+    assert commands.main(["evaluate", str(run), "--model", f"{__name__}:GreyNet", "--dataset",
+                          "fashion_mnist"]) == 0
 
 
 # ------------------------------------------------------- 5. a diverging student is caught
@@ -279,7 +279,7 @@ def test_a_diverging_student_stops_and_resumes_at_a_lower_rate(fmnist_teacher, t
     start = ["distill", "--teacher", str(fmnist_teacher), "--method", "dfad", "--student",
              f"{__name__}:PlainNet", "--out", str(out), *SMOKE, "--set", "epochs=2",
              "--set", "student_optim.lr=0.01"]
-    assert cli.main([*start, "--stop-after-epoch", "1"]) == 0
+    assert commands.main([*start, "--stop-after-epoch", "1"]) == 0
     before = (out / "checkpoint.pt").read_bytes()
     capsys.readouterr()
     line = one_line_error(capsys, ["distill", "--resume", str(out), "--no-progress",
@@ -288,8 +288,8 @@ def test_a_diverging_student_stops_and_resumes_at_a_lower_rate(fmnist_teacher, t
     assert "no normalisation layer" in line
     assert f"dfkd distill --resume {out} --set student_optim.lr=100" in line
     assert (out / "checkpoint.pt").read_bytes() == before   # the last good one
-    assert cli.main(["distill", "--resume", str(out), "--no-progress",
-                     "--set", "student_optim.lr=0.005"]) == 0
+    assert commands.main(["distill", "--resume", str(out), "--no-progress",
+                          "--set", "student_optim.lr=0.005"]) == 0
     rows = [strict_json(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     # Epoch 2 starts half-way down the cosine of 2 epochs, now from 0.005.
     assert [r["epoch"] for r in rows] == [1, 2]

@@ -1,3 +1,3 @@
-from dfkd.cli import main
+from dfkd.commands import main
 
 raise SystemExit(main())
