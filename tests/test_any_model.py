@@ -26,7 +26,7 @@ from dfkd.models import create_model
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "benchmarks" / "own_pair_models.py"
+MODELS = ROOT / "tests" / "own_models.py"
 HAS_TIMM = importlib.util.find_spec("timm") is not None
 
 

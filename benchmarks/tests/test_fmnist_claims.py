@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fmnist_claims
 import pytest
-from conftest import BENCHMARKS, load_benchmark
 
-SCRIPT = BENCHMARKS / "fmnist_claims.py"
+SCRIPT = Path(fmnist_claims.__file__)
 
 
 def _write(tables: Path, teacher: str, name: str, accs: list[float], **extra) -> None:
@@ -33,8 +33,7 @@ def test_claims_by_hand(tmp_path):
     _write(tables, "noise20", "cud", [78.0, 79.2, 76.9])
     _write(tables, "noise20", "a", [74.0, 74.9, 73.1])
     _write(tables, "noise40", "cud", [70.0])
-    claims = load_benchmark("fmnist_claims").claims
-    rows, overall = claims(tables, "cud", ["a", "b"], [0, 1, 2])
+    rows, overall = fmnist_claims.claims(tables, "cud", ["a", "b"], [0, 1, 2])
     found = {(r[1], r[2]): (r[3], float(r[4]) if r[3] else None, r[6]) for r in rows}
     assert found[("final Acc@1, clean teacher", "cud - a")] == (3, pytest.approx(2.0),
                                                                  "supported")
@@ -60,7 +59,7 @@ def test_claims_by_hand(tmp_path):
 
 def test_every_measure_points_the_way_the_bench_does():
     from dfkd.bench import CLAIMS
-    measures = load_benchmark("fmnist_claims").MEASURES
+    measures = fmnist_claims.MEASURES
     assert {column for *_, column, _, loss in measures if not loss} == set(CLAIMS)
     assert all(higher == CLAIMS[column] for *_, column, higher, loss in measures if not loss)
     assert all(not higher for *_, higher, loss in measures if loss)  # a loss: lower is better
@@ -71,7 +70,7 @@ def test_claim_fails_when_a_baseline_is_better(tmp_path):
     _write(tables, "clean", "cud", [70.0, 71.0, 72.0])
     _write(tables, "clean", "a", [75.0, 76.1, 76.9])
     _write(tables, "clean", "b", [60.0, 61.0, 62.1])
-    rows, overall = load_benchmark("fmnist_claims").claims(tables, "cud", ["a", "b"], [0, 1, 2])
+    rows, overall = fmnist_claims.claims(tables, "cud", ["a", "b"], [0, 1, 2])
     assert [r[6] for r in rows if r[1] == "final Acc@1, clean teacher"] == [
         "not supported", "supported"]
     assert overall[0][4] == "not supported"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import load_benchmark
+import tune_fmnist as tune
 
 
 def test_changed_values_compare_the_best_trial_with_trial_0(tmp_path):
@@ -15,7 +15,7 @@ def test_changed_values_compare_the_best_trial_with_trial_0(tmp_path):
         "1,COMPLETE,40.0,0.00074,1\n"   # the best: only the learning rate moved
         "2,PRUNED,45.0,0.005,3\n"      # pruned trials are never the best
         "3,FAIL,,0.002,2\n")
-    changed = load_benchmark("tune_fmnist").changed_values
+    changed = tune.changed_values
     assert changed(tmp_path) == "generator.lr 0.001 -> 0.00074"
     (tmp_path / "trials.csv").write_text(
         "number,state,val_acc1,generator.lr,g_steps\n0,COMPLETE,50.0,0.001,1\n"
@@ -28,7 +28,7 @@ def test_trial_0_is_its_finished_retry(tmp_path):
     (tmp_path / "trials.csv").write_text(
         "number,state,val_acc1,retry_of,g_steps\n0,FAIL,,,1\n1,FAIL,,0,1\n"
         "2,COMPLETE,32.5,0,1\n3,COMPLETE,42.5,,2\n")
-    _, first, best = load_benchmark("tune_fmnist").read_trials(tmp_path)
+    _, first, best = tune.read_trials(tmp_path)
     assert (first["number"], first["val_acc1"]) == ("2", "32.5")
     assert best["number"] == "3"
 
@@ -43,7 +43,6 @@ def _study(folder, states: list[str]) -> None:
 
 
 def test_install_writes_the_best_trial_under_the_recipe_comment(tmp_path, monkeypatch):
-    tune = load_benchmark("tune_fmnist")
     recipe = tmp_path / "dfq_lenet5.yaml"
     recipe.write_text("# DFQ on Fashion-MNIST.\n# Usage: dfkd distill ...\nmethod: dfq\n"
                       "g_steps: 1\n")
@@ -64,7 +63,6 @@ def test_install_writes_the_best_trial_under_the_recipe_comment(tmp_path, monkey
 
 
 def test_a_finished_study_is_not_run_again(tmp_path, monkeypatch):
-    tune = load_benchmark("tune_fmnist")
     _study(tmp_path / "dfq", ["COMPLETE", "PRUNED"])
     ran = []
     monkeypatch.setattr(tune.subprocess, "run", lambda *a, **k: ran.append(a))
