@@ -7,13 +7,13 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import metrics_rows
+from launcher_kills import kill_and_resume
 
 from dfkd import distributed
 
@@ -108,9 +108,6 @@ def test_three_launcher_kills_lose_nothing_and_leave_no_orphans(fmnist_teacher, 
     """SIGKILL the launcher at 3 random moments (start-up, training, checkpointing) and resume
     after each: every worker exits within seconds, and the metrics equal an uninterrupted
     run's (benchmarks/torchrun_kills.py does the same with 20 kills)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from torchrun_kills import kill_and_resume
-
     run = [*RUN, "--set", "epochs=10", "--set", "rounds=4", "--set", "sample_grid=0"]
     result = kill_and_resume(fmnist_teacher, tmp_path, kills=3, run=run, seed=1)
     assert result["kills"] >= 2, result  # (a run may finish before its last kill)
@@ -121,7 +118,7 @@ def test_three_launcher_kills_lose_nothing_and_leave_no_orphans(fmnist_teacher, 
 def test_distill_leaves_the_process_group_even_when_it_fails(fmnist_teacher, tmp_path, monkeypatch):
     """A gloo group left to interpreter teardown can SIGABRT a run that succeeded, so
     `dfkd distill` destroys it on the way out, on success and on a user error alike."""
-    from dfkd.cli import main
+    from dfkd.commands import main
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
@@ -146,7 +143,7 @@ def test_distill_frees_its_ddp_models_before_the_group(fmnist_teacher, tmp_path,
     import gc
     import weakref
 
-    from dfkd import cli, engine
+    from dfkd import commands, engine
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
@@ -173,8 +170,8 @@ def test_distill_frees_its_ddp_models_before_the_group(fmnist_teacher, tmp_path,
         monkeypatch.setattr(engine.Trainer, "_run_round", nan_round)
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
-        code = cli.main(["distill", "--teacher", str(fmnist_teacher), "--out",
-                         str(tmp_path / "r"), *RUN])
+        code = commands.main(["distill", "--teacher", str(fmnist_teacher), "--out",
+                              str(tmp_path / "r"), *RUN])
     finally:
         if dist.is_initialized():
             destroy()

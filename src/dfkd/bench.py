@@ -374,9 +374,9 @@ def collect(out: Path, methods: list[str], seeds: list[int]) -> list[dict[str, A
     return rows
 
 
-# The paper's claims that a bench can check, column by column, and whether a higher value is
-# better: accuracy, convergence (SPEC: the first epoch / wall time at 90% of the final Acc@1)
-# and stability (the variance of Acc@1 over the run's epochs).
+# The paper's claims that a bench can check (docs/methods/cudfkd.md), column by column, and
+# whether a higher value is better: accuracy, convergence (the first epoch / wall time at 90%
+# of the final Acc@1) and stability (the variance of Acc@1 over the run's epochs).
 CLAIMS = {"final_acc1": True, "seconds_to_90pct": False, "epochs_to_90pct": False,
           "acc1_var": False}
 
