@@ -12,15 +12,16 @@ from conftest import metrics_rows
 from torch import nn
 
 from dfkd.api import build_trainer
+from dfkd.augment import crop_flip, random_crop_flip
+from dfkd.bank import SampleBank
 from dfkd.checkpoint import safe_load
 from dfkd.errors import ConfigError
+from dfkd.hooks import MomentumBNHook
 from dfkd.losses import info_nce, total_variation
-from dfkd.methods import bank as bank_module
+from dfkd.methods import base as base_module
 from dfkd.methods import cmi as cmi_module
-from dfkd.methods.bank import SampleBank, crop_flip, jitter, random_crop_flip
 from dfkd.methods.cmi import CMISettings, contrastive_loss, random_resized_crop, resized_crop
-from dfkd.methods.deepinv import competition
-from dfkd.methods.fast import MomentumBNHook
+from dfkd.methods.deepinv import competition, jitter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -219,7 +220,7 @@ def test_student_batches_are_cropped_and_flipped_per_sample(fmnist_teacher, tmp_
         calls.append((padding, flip, out))
         return out
 
-    monkeypatch.setattr(bank_module, "random_crop_flip", spy)
+    monkeypatch.setattr(base_module, "random_crop_flip", spy)
     seen = []
     handle = m.ctx.student_raw.register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
     m.student_loss()
@@ -380,7 +381,7 @@ def test_fast_warmup_epochs_synthesise_only(fmnist_teacher, tmp_path):
     assert "g_adv" in second and second["loss_s"] > 0
     # The engine held the LR schedule through the warm-up: the cosine starts after it.
     assert first["lr"] == second["lr"] == 0.1
-    assert trainer.sched_s.T_max == 1
+    assert trainer.optimiser.sched.T_max == 1
     summary = trainer.summary()  # 1 epoch of 2 rounds x 2 student steps of 8 samples
     assert summary["student_samples_per_second"] == pytest.approx(
         2 * 2 * 8 / trainer.timers["student_seconds"])

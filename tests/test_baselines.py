@@ -13,8 +13,8 @@ from torch import nn
 
 import dfkd
 from dfkd.api import build_trainer
+from dfkd.attention import stage_outputs
 from dfkd.config import GeneratorConfig, load_config
-from dfkd.engine import FrozenTeacher
 from dfkd.errors import ConfigError
 from dfkd.losses import (
     activation_l1,
@@ -26,8 +26,9 @@ from dfkd.losses import (
 )
 from dfkd.methods import MethodContext, get_method
 from dfkd.methods.dafl import teacher_features
-from dfkd.methods.zskt import divergence, stage_outputs
+from dfkd.methods.zskt import divergence
 from dfkd.models import create_model
+from dfkd.teacher_wrap import FrozenTeacher
 
 LN3 = math.log(3.0)
 

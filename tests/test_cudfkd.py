@@ -9,7 +9,7 @@ import torch
 from conftest import Const
 from torch import nn
 
-from dfkd.config import GeneratorConfig
+from dfkd.config import GeneratorConfig, load_config
 from dfkd.errors import ConfigError
 from dfkd.losses import similarity_preserving, top2_tie_ce
 from dfkd.methods import MethodContext
@@ -410,7 +410,7 @@ def test_at_stages_last_keeps_only_the_deepest_pair():
     hooked alone, so an explicit [bn2] pair and ``at_stages: last`` compute the same term."""
     from types import SimpleNamespace
 
-    from dfkd.methods.zskt import AttentionPairs
+    from dfkd.attention import AttentionPairs
     from dfkd.models import create_model
 
     ctx = SimpleNamespace(teacher=create_model("lenet5", 10, 1).eval(),
@@ -442,7 +442,7 @@ def test_new_settings_are_validated():
                 {"at_teacher_layers": ["a"], "at_student_layers": ["a", "b"]},
                 {"g_cosine_start": 0.5, "g_cosine_end": 0.4}, {"g_cosine_end": 1.1}):
         with pytest.raises(ConfigError):
-            CuDFKDSettings(**bad).validate()
+            load_config({"cudfkd": bad})
 
 
 def test_resume_is_exact_with_every_addition_beyond_the_paper(fmnist_teacher, tmp_path):
@@ -475,7 +475,7 @@ def test_ent_tau_sets_the_temperature_of_the_balance_term_alone():
     terms = _method(tau=5.0, ent_tau=1.0, w_bn=0.0).generator_step()
     assert terms["g_entropy"].item() == pytest.approx(entropy, rel=1e-5)
     with pytest.raises(ConfigError, match="ent_tau"):
-        CuDFKDSettings(ent_tau=0.0).validate()
+        load_config({"cudfkd": {"ent_tau": 0.0}})
 
 
 def test_boundary_asks_the_first_share_of_the_batch_for_a_top2_tie():
@@ -494,7 +494,7 @@ def test_boundary_asks_the_first_share_of_the_batch_for_a_top2_tie():
         torch.tensor([[5.0, 5.0, 0.0]]))
     for bad in ({"boundary": 1.0}, {"boundary": -0.1}, {"boundary": 0.3, "class_code": True}):
         with pytest.raises(ConfigError, match="boundary"):
-            CuDFKDSettings(**bad).validate()
+            load_config({"cudfkd": bad})
 
 
 def test_class_codes_write_a_uniform_class_into_z_and_steer_the_confidence_term():

@@ -14,13 +14,14 @@ import yaml
 from torch import nn
 
 import dfkd
-from dfkd import cli, recipes
+from dfkd import recipes
+from dfkd.commands import main
 from dfkd.config import flatten, load_config, read_yaml
 from dfkd.errors import ConfigError
+from dfkd.methods import list_methods
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
-FMNIST_METHODS = ("cudfkd", "dafl", "dfad", "zskt", "dfq", "deepinv", "cmi", "fast")
 # A smoke budget for runs from the command line (no signal: these tests are about settings).
 SMOKE = ["--set", "epochs=1", "--set", "rounds=2", "--set", "kd_steps=2",
          "--set", "batch_size=16", "--set", "sample_grid=0", "--set", "synthetic_probe=0",
@@ -43,7 +44,7 @@ def test_each_geometry_gets_its_familys_recipe(shape, family):
 
 
 def test_every_method_with_a_recipe_gets_it_and_the_others_the_engine_defaults():
-    for method in FMNIST_METHODS:
+    for method in list_methods():   # every method has a Fashion-MNIST recipe
         choice = recipes.recipe_for(method, (1, 28, 28))
         assert choice.name == f"configs/fashion_mnist/{method}_lenet5.yaml"
         assert read_yaml(choice.path)["method"] == method
@@ -114,8 +115,8 @@ def test_resolved_config_keeps_its_old_keys_at_the_defaults():
 def test_command_line_without_config_names_and_records_the_recipe(fmnist_teacher, tmp_path,
                                                                    capsys):
     out = tmp_path / "auto"
-    assert cli.main(["distill", "--teacher", str(fmnist_teacher), "--out", str(out),
-                     "--set", "generator.lr=0.002", *SMOKE]) == 0
+    assert main(["distill", "--teacher", str(fmnist_teacher), "--out", str(out),
+                 "--set", "generator.lr=0.002", *SMOKE]) == 0
     err = capsys.readouterr().err
     name = "configs/fashion_mnist/cudfkd_lenet5.yaml"
     line = [x for x in err.splitlines() if "no recipe given" in x]
@@ -132,14 +133,14 @@ def test_command_line_without_config_names_and_records_the_recipe(fmnist_teacher
     conf = tmp_path / "mine.yaml"
     conf.write_text(yaml.safe_dump({"method": "cudfkd", "g_steps": 3}))
     out2 = tmp_path / "given"
-    assert cli.main(["distill", "--config", str(conf), "--teacher", str(fmnist_teacher),
-                     "--out", str(out2), *SMOKE]) == 0
+    assert main(["distill", "--config", str(conf), "--teacher", str(fmnist_teacher),
+                 "--out", str(out2), *SMOKE]) == 0
     assert "no recipe given" not in capsys.readouterr().err
     stored2 = yaml.safe_load((out2 / "config.yaml").read_text())
     assert "base_recipe" not in stored2 and stored2["g_steps"] == 3
     assert stored2["rounds"] == 2 and stored2["generator"]["lr"] == 1e-3   # engine default
-    assert cli.main(["distill", "--config", str(conf), "--teacher", str(fmnist_teacher),
-                     "--out", str(tmp_path / "x"), "--set", "base_recipe=none"]) == 2
+    assert main(["distill", "--config", str(conf), "--teacher", str(fmnist_teacher),
+                 "--out", str(tmp_path / "x"), "--set", "base_recipe=none"]) == 2
     assert "with --config, that file is the recipe" in capsys.readouterr().err
 
 
@@ -147,7 +148,7 @@ def test_resume_keeps_the_recorded_settings_even_if_the_recipe_changed(
         fmnist_teacher, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     args = ["--teacher", str(fmnist_teacher), "--out", str(out), *SMOKE, "--set", "epochs=2"]
-    assert cli.main(["distill", *args, "--stop-after-epoch", "1"]) == 0
+    assert main(["distill", *args, "--stop-after-epoch", "1"]) == 0
     before = yaml.safe_load((out / "config.yaml").read_text())
     # The recipe is retuned between the two halves of the run.
     fake = tmp_path / "configs"
@@ -160,10 +161,10 @@ def test_resume_keeps_the_recorded_settings_even_if_the_recipe_changed(
     # --data-root goes with --resume (the data moved): a folder without the files says so
     empty = tmp_path / "no_data"
     empty.mkdir()
-    assert cli.main(["distill", "--resume", str(out), "--no-progress",
-                     "--data-root", str(empty)]) != 0
+    assert main(["distill", "--resume", str(out), "--no-progress",
+                 "--data-root", str(empty)]) != 0
     assert str(empty) in capsys.readouterr().err
-    assert cli.main(["distill", "--resume", str(out), "--no-progress"]) == 0
+    assert main(["distill", "--resume", str(out), "--no-progress"]) == 0
     assert "no recipe given" not in capsys.readouterr().err
     summary = yaml.safe_load((out / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["config"]["g_steps"] == before["g_steps"] != 4
@@ -201,7 +202,7 @@ def test_python_api_starts_from_the_recipe_of_its_geometry(tmp_path, capsys):
 
 def test_help_says_where_the_defaults_come_from(capsys):
     with pytest.raises(SystemExit):
-        cli.main(["distill", "--help"])
+        main(["distill", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for fragment in ("Without --config", "nearest family", "configs/fashion_mnist/",
                      "configs/cifar10/", "configs/tiny_imagenet/", "base_recipe",

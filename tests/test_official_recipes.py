@@ -1,10 +1,11 @@
 """The CIFAR recipes (configs/cifar10/, configs/cifar100/) against the table of the official values
-they come from (configs/official/recipes.yaml).
+they come from (configs/official/recipes.yaml), and the official rows and published results the
+methods declare (read by the reproduction command).
 
 Every key of every recipe is held to the table with exact equality, every recipe file must have an
 entry and every entry a file, and every value's comment must cite the lines the table names: a
-change to a recipe, to the table, or to a comment alone fails here. The table's published results
-(read by the reproduction command) are checked for shape and range.
+change to a recipe, to the table, or to a comment alone fails here. The published results are
+checked for shape, range and citation.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import yaml
 
 from dfkd import recipes
 from dfkd.config import flatten, load_config, read_yaml
-from dfkd.methods import list_methods
+from dfkd.methods import get_method, list_methods
+from dfkd.reproduce import PAIRS, official_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -29,9 +31,6 @@ FOLDERS = ("cifar10", "cifar100")
 PAIR_KEYS = frozenset({"method", "dataset", "teacher_model", "student"})
 # "<owner>/<repository> <path>:L<line>[-L<line>]"
 REFERENCE = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+) (?P<path>\S+):L(?P<lo>\d+)(?:-L(?P<hi>\d+))?$")
-# The published columns: SPEC.md's reference table, and Fast-Datafree's README for Fast.
-SPEC_ROWS = ("teacher", "dafl", "zskt", "deepinv", "dfq", "cmi", "cudfkd")
-FAST_ROWS = ("fast", "fast5", "fast10")
 
 
 @cache
@@ -58,10 +57,9 @@ def same(a: Any, b: Any) -> bool:
 
 def mismatches(name: str, raw: dict[str, Any], entry: dict[str, Any]) -> list[str]:
     """Every way recipe ``raw`` (file ``name``) differs from its table ``entry``."""
-    t = table()
     found = []
-    row, pair = t["rows"][entry["row"]], t["pairs"][entry["pair"]]
-    expected_pair = {"method": row["method"], "dataset": pair["dataset"],
+    method, pair = official_rows()[entry["row"]][0], table()["pairs"][entry["pair"]]
+    expected_pair = {"method": method, "dataset": pair["dataset"],
                      "teacher_model": pair["teacher"], "student": pair["student"]}
     for key, value in expected_pair.items():
         if not same(raw.get(key), value):
@@ -119,7 +117,7 @@ def test_recipe_is_the_official_values_and_loads(name):
     pair = table()["pairs"][entry["pair"]]
     assert name == f"{pair['dataset']}/{entry['row']}_{pair['teacher']}_{pair['student']}.yaml"
     cfg = load_config(raw)   # dfkd's own validation: keys, types, ranges, the method's Settings
-    assert cfg.method == table()["rows"][entry["row"]]["method"]
+    assert cfg.method == official_rows()[entry["row"]][0]
     assert (cfg.dataset, cfg.teacher_model, cfg.student) == \
         (pair["dataset"], pair["teacher"], pair["student"])
 
@@ -151,55 +149,60 @@ def test_sources_are_well_formed_and_pinned():
               for s in setting["from"]]
     cited += [s for entry in t["recipes"].values() for item in entry.get("unmapped", [])
               for s in item["from"]]
-    cited += [s for section in ("published", "published_hours") for rows in t[section].values()
-              for item in rows.values() for s in item["from"]]
+    cited += [p.teacher_acc1.source for p in PAIRS.values()]
+    cited += [number.source for _, official in official_rows().values()
+              for numbers in (official.acc1, official.hours) for number in numbers.values()]
     for source in cited:
         ref = REFERENCE.match(source)
         assert ref, f"not '<repository> <path>:L<line>': {source!r}"
         assert ref["repo"] in repos, f"{source}: repository not in sources"
         assert ref["hi"] is None or int(ref["hi"]) >= int(ref["lo"]), source
     for entry in t["recipes"].values():
-        assert entry["row"] in t["rows"] and entry["pair"] in t["pairs"]
+        assert entry["row"] in official_rows() and entry["pair"] in t["pairs"]
         if "script_pair" in entry:   # only when the script was written for another pair
             assert entry["script_pair"] != entry["pair"]
 
 
 def test_published_results_cover_the_reference_table():
-    t = table()
-    reference = {p for p, info in t["pairs"].items() if info["in_reference_table"]}
-    assert set(t["published"]) == reference == set(t["published_hours"])
-    assert len(reference) == 5
-    for pair in reference:
-        rows = t["published"][pair]
-        assert set(rows) == set(SPEC_ROWS) | set(FAST_ROWS), pair   # DFAD publishes none
-        for row, item in rows.items():
-            assert row == "teacher" or row in t["rows"]
-            assert 0 < item["acc1"] <= 100
-            assert item["acc1"] <= rows["teacher"]["acc1"], f"{pair} {row} above its teacher"
-        for row, item in t["published_hours"][pair].items():
-            assert row in t["rows"] and item["hours"] > 0 and item["label"]
-        # Fast's variants are in order of their cost
-        hours = t["published_hours"][pair]
-        assert hours["fast"]["hours"] <= hours["fast5"]["hours"] <= hours["fast10"]["hours"]
-    # the numbers the issue quotes for C10 R34->R18
-    c10 = {row: item["hours"]
-           for row, item in t["published_hours"]["cifar10/resnet34_resnet18"].items()}
-    assert c10 == {"deepinv": 42.1, "cmi": 19.0, "dfq": 8.79, "dafl": 2.73, "zskt": 1.67,
-                   "fast": 0.06, "fast5": 0.14, "fast10": 0.28, "cudfkd": 5.48}
-    assert t["published"]["cifar10/resnet34_resnet18"]["cudfkd"]["acc1"] == 95.28
+    reference = {f"{info['dataset']}/{info['teacher']}_{info['student']}"
+                 for info in table()["pairs"].values() if info["in_reference_table"]}
+    assert {f"{p.dataset}/{p.teacher}_{p.student}" for p in PAIRS.values()} == reference
+    assert len(PAIRS) == 5
+    rows = official_rows()
+    for row, (method, official) in rows.items():
+        assert official in get_method(method).official and official.label, row
+        assert set(official.acc1) in (set(), set(PAIRS)), row   # the whole table, or none
+        assert set(official.hours) <= set(PAIRS), row
+        for key, number in official.acc1.items():
+            assert 0 < number.value <= PAIRS[key].teacher_acc1.value, f"{key} {row}"
+        assert all(number.value > 0 for number in official.hours.values()), row
+    # Fast's variants are in order of their cost
+    for key in PAIRS:
+        hours = [rows[row][1].hours[key].value for row in ("fast", "fast5", "fast10")]
+        assert hours == sorted(hours)
+    # numbers the papers' tables quote for C10 R34->R18
+    c10 = PAIRS["c10_resnet34_resnet18"]
+    assert c10.teacher_acc1.value == 95.7 and rows["cudfkd"][1].acc1[c10.key].value == 95.28
+    assert rows["deepinv"][1].hours[c10.key].value == 42.1
+    assert rows["cudfkd"][1].hours[c10.key].value == 5.48
+    # the CuDFKD paper's columns (the rows its README publishes) come first
+    cudfkd_readme = [row for row, (_, o) in rows.items()
+                     if any(n.source.startswith("ljrprocc/") for n in o.acc1.values())]
+    assert list(rows)[:len(cudfkd_readme)] == cudfkd_readme
 
 
 def test_every_method_finds_its_cifar10_recipe_by_default():
-    methods = {row["method"] for row in table()["rows"].values()}
-    assert methods <= set(list_methods()) and len(methods) == 8
+    # A method's own row (the one named as the method) is its default CIFAR-10 recipe.
+    methods = {method for row, (method, _) in official_rows().items() if row == method}
+    assert methods and methods <= set(list_methods())
     for method in sorted(methods):
         choice = recipes.recipe_for(method, (3, 32, 32))
         assert choice is not None, method
         assert choice.name == f"configs/cifar10/{method}_resnet34_resnet18.yaml"
         assert read_yaml(choice.path)["method"] == method
     # The plain fast row is Fast-2.
+    assert official_rows()["fast"][1].label == "Fast-2"
     fast = table()["recipes"]["cifar10/fast_resnet34_resnet18.yaml"]
-    assert table()["rows"][fast["row"]]["paper_name"] == "Fast-2"
     assert fast["settings"]["g_steps"]["value"] == 2
 
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 from cifar_files import random_cifar
 
-from dfkd.cli import main
+from dfkd.commands import main
+from dfkd.methods import get_method, list_methods
 from dfkd.models import create_model
-from dfkd.reproduce import PAIRS, label, official_table, recipe_rows
+from dfkd.reproduce import PAIRS, label, official_rows, recipe_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,8 +57,9 @@ def test_every_method_runs_one_round_and_the_table_renders(zoo, tmp_path, capsys
     table = (out / "table.md").read_text()
     assert printed.strip().endswith(table.strip())
     rows = {row for key in SMOKE_PAIRS for row in recipe_rows(PAIRS[key])}
-    expected = {"cudfkd", "dafl", "dfad", "zskt", "deepinv", "dfq", "cmi", "fast"}
-    assert expected <= rows, f"official recipes missing for {expected - rows}"
+    methods = {official_rows()[row][0] for row in rows}
+    assert methods == set(list_methods()), \
+        f"official recipes missing for {set(list_methods()) - methods}"
     # Every method ran on every smoke pair it has a recipe for, and finished its run.
     for key in SMOKE_PAIRS:
         for row in recipe_rows(PAIRS[key]):
@@ -99,8 +101,12 @@ def test_missing_inputs_are_one_line(zoo, tmp_path, capsys):
     assert "unknown pair c10_r34" in capsys.readouterr().err
 
 
-def test_labels_follow_the_paper():
-    official = official_table()
-    assert [label(r, official) for r in ("cudfkd", "deepinv", "fast", "fast5", "fast10")] == \
+def test_labels_and_rows_are_the_methods_declarations():
+    assert [label(r) for r in ("cudfkd", "deepinv", "fast", "fast5", "fast10")] == \
         ["CuDFKD", "ADI", "Fast-2", "Fast-5", "Fast-10"]
-    assert label("fast5") == "Fast-5" and label("deepinv") == "ADI"   # without the table
+    assert label("kd_with_data") == "kd_with_data"   # a row no method declares
+    rows = official_rows()
+    assert next(iter(rows)) == "cudfkd"   # the row every other one is compared with
+    assert {method for method, _ in rows.values()} == set(list_methods())
+    for row, (method, official) in rows.items():
+        assert official.row == row and official in get_method(method).official

@@ -9,7 +9,6 @@ method's own ``Settings`` dataclass.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -23,13 +22,15 @@ from dfkd.data.normalization import parse_normalization
 from dfkd.errors import ConfigError
 from dfkd.generators import GeneratorConfig
 from dfkd.methods import GeneratorMethod, get_method, list_methods
+from dfkd.ranges import check_range, ranged
+from dfkd.registry import did_you_mean
 
 
 @dataclass
 class StudentOptimConfig:
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr: float = ranged(0.1, ge=0)
+    momentum: float = ranged(0.9, ge=0, le=1)
+    weight_decay: float = ranged(1e-4, ge=0)
 
 
 @dataclass
@@ -52,13 +53,13 @@ class RunConfig:
     eval_split: Literal["val", "test"] = "test"  # what the per-epoch metrics are computed on
     data_root: str | None = None
     student: str = "lenet5_half"
-    epochs: int = 40
-    rounds: int = 40                  # rounds per epoch
-    g_steps: int = 1                  # generator steps per round
-    kd_steps: int = 10                # student steps per round
-    batch_size: int = 256             # global synthetic batch
-    eval_batch_size: int = 1024
-    seed: int = 0
+    epochs: int = ranged(40, ge=1)
+    rounds: int = ranged(40, ge=1)    # rounds per epoch
+    g_steps: int = ranged(1, ge=0)    # generator steps per round
+    kd_steps: int = ranged(10, ge=1)  # student steps per round
+    batch_size: int = ranged(256, ge=1)  # global synthetic batch
+    eval_batch_size: int = ranged(1024, ge=1)
+    seed: int = ranged(0, ge=0)
     device: str = "auto"
     amp: bool = True                  # bf16 autocast, CUDA only
     channels_last: bool = True        # CUDA only
@@ -78,11 +79,11 @@ class RunConfig:
     # the live student's raw_acc1. The decay ramps up, min(decay, (1+n)/(10+n)) at the n-th
     # step, so the average follows the live student early on. Beyond the papers; 0 = off
     # (e.g. 0.999: about the last 1,000 steps).
-    student_ema: float = 0.0
-    sample_grid: int = 64             # synthetic images saved per epoch (0: none)
+    student_ema: float = ranged(0.0, ge=0, le=1)
+    sample_grid: int = ranged(64, ge=0)  # synthetic images saved per epoch (0: none)
     # Held-out synthetic images the data-free signal is measured on each epoch (dfkd.probe;
     # 0: no signal and no warnings).
-    synthetic_probe: int = 1024
+    synthetic_probe: int = ranged(1024, ge=0)
     # The recipe whose training settings the run started from when it was given none
     # (dfkd.recipes): a record, or the recipe to start from (none: the engine defaults).
     base_recipe: str | None = None
@@ -116,19 +117,7 @@ _WRITTEN_WHEN_SET = frozenset({"synthetic_probe", "base_recipe", "batched_g",
                                "teacher_graph", "student_ema", "teacher_norm",
                                "check_teacher", "tracker", "tracker_uri"})
 
-_RANGES: dict[str, tuple[float, float | None]] = {
-    "epochs": (1, None), "rounds": (1, None), "g_steps": (0, None), "kd_steps": (1, None),
-    "batch_size": (1, None), "eval_batch_size": (1, None), "seed": (0, None),
-    "sample_grid": (0, None), "synthetic_probe": (0, None), "lr": (0, None),
-    "momentum": (0, 1), "student_ema": (0, 1), "weight_decay": (0, None),
-    "nz": (1, None), "ngf": (1, None), "width": (1, None), "stages": (1, None),
-}
 _CHOICES: dict[str, tuple[str, ...]] = {"device": ("auto", "cpu", "cuda")}
-
-
-def _suggest(key: str, known: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    return f" Did you mean '{close[0]}'?" if close else ""
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -175,18 +164,20 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value not in choices:
             raise ConfigError(
                 f"'{key}' must be one of {', '.join(map(str, choices))}, got {value!r}"
-                + (_suggest(value, choices) if isinstance(value, str) else "")
+                + (did_you_mean(value, choices) if isinstance(value, str) else "")
             )
         return value
     return value
 
 
 def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from ``data`` with full key, type and range checks."""
+    """Instantiate dataclass ``cls`` from ``data`` with full key, type and range checks
+    (the ranges its fields declare: :mod:`dfkd.ranges`), then its ``validate()``."""
     if not isinstance(data, dict):
         raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "method_settings"]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "method_settings"}
+    names = list(fields)
     kwargs = {}
     for key, value in data.items():
         if not isinstance(key, str):   # YAML allows `null:` or `1:` as keys
@@ -194,17 +185,13 @@ def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
                               f"'{prefix.rstrip('.') or 'config'}'")
         full = prefix + key
         if key not in names:
-            raise ConfigError(f"unknown config key '{full}'.{_suggest(key, names)}")
+            raise ConfigError(f"unknown config key '{full}'.{did_you_mean(key, names)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = build_dataclass(hint, value, full + ".")
             continue
         value = _coerce(value, hint, full)
-        if key in _RANGES and isinstance(value, (int, float)):
-            lo, hi = _RANGES[key]
-            if value < lo or (hi is not None and value > hi):
-                bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-                raise ConfigError(f"'{full}' must be {bound}, got {value}")
+        check_range(fields[key], value, full)
         if key in _CHOICES and value not in _CHOICES[key]:
             raise ConfigError(f"'{full}' must be one of {', '.join(_CHOICES[key])}, got {value!r}")
         kwargs[key] = value

@@ -3,7 +3,7 @@
 Linear(nz -> width*ngf x base^2) -> BN -> ``stages`` x [upsample x2, conv3x3, BN,
 LeakyReLU(0.2)] -> conv3x3 to the image channels -> sigmoid, with base = H / 2^stages.
 The up-sampling stages output ..., 4 ngf, 2 ngf, ngf channels (the last one ngf).
-The official CuDFKD/CMI shapes (SPEC.md):
+The official CuDFKD/CMI shapes (their generators, ``datafree/models/generator.py``):
 
 * 32 px: width 4, 2 stages, 8x8 -> 32x32, channels 256 -> 128 -> 64 (ngf 64);
 * 64 px (Tiny-ImageNet): width 8, 3 stages, 8x8 -> 64x64, 512 -> 256 -> 128 -> 64.
@@ -21,17 +21,18 @@ import torch
 from torch import nn
 
 from dfkd.errors import ConfigError
+from dfkd.ranges import ranged
 
 
 @dataclass
 class GeneratorConfig:
     """The ``generator:`` section of a run config (validated by :mod:`dfkd.config`)."""
 
-    nz: int | None = None   # None: sized from the image shape (default_generator_size)
-    ngf: int | None = None
-    width: int | None = None    # channels of the projected input, in units of ngf
-    stages: int | None = None   # up-sampling stages (x2 each)
-    lr: float = 1e-3
+    nz: int | None = ranged(None, ge=1)   # None: the image shape's default size
+    ngf: int | None = ranged(None, ge=1)
+    width: int | None = ranged(None, ge=1)    # channels of the projected input, in units of ngf
+    stages: int | None = ranged(None, ge=1)   # up-sampling stages (x2 each)
+    lr: float = ranged(1e-3, ge=0)
     betas: tuple[float, float] = (0.9, 0.99)
 
 
@@ -52,6 +53,14 @@ def default_generator_size(image_shape: tuple[int, int, int]) -> GeneratorSize:
     if height >= 64:
         return GeneratorSize(1024, 64, 8, 3)
     return GeneratorSize(512, 64, 4, 2)
+
+
+def build_generator(config: GeneratorConfig, image_shape: tuple[int, int, int]) -> Generator:
+    """A generator of the configured size; each size left unset is the default for the
+    image shape (:func:`default_generator_size`)."""
+    default = default_generator_size(image_shape)
+    return Generator(config.nz or default.nz, config.ngf or default.ngf, image_shape,
+                     width=config.width or default.width, stages=config.stages or default.stages)
 
 
 class Generator(nn.Module):
@@ -94,5 +103,5 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.project(z).view(z.shape[0], self.in_channels, *self.base)
         # channels_last on every device: on CPU, nearest upsampling and oneDNN convolutions
-        # are several times faster in this layout than in NCHW (measured; see BENCHMARKS.md).
+        # are several times faster in this layout than in NCHW (measured).
         return self.body(x.contiguous(memory_format=torch.channels_last))

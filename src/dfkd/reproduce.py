@@ -4,10 +4,17 @@ Given the official CIFAR python batches (``--data-root``) and a folder of teache
 public CIFAR model zoo (``--teachers``: ``cifar10_resnet34.pth``, ``cifar10_wrn40_2.pth``,
 ``cifar100_resnet34.pth``, ``cifar100_wrn40_2.pth``, as the CMI repository names them), every
 method runs its official recipe (``configs/cifar10|cifar100/<row>_<teacher>_<student>.yaml``,
-each value traced to its official script) on each pair of SPEC's reference table, through
-``dfkd bench`` (one folder per pair, so an interrupted reproduction resumes where it
-stopped). The table puts the measured test Acc@1 (mean ± std over seeds) beside the
-published one, with the paired differences against CuDFKD and each run's hours.
+each value traced to its official script) on each pair of the CuDFKD paper's reference
+table, through ``dfkd bench`` (one folder per pair, so an interrupted reproduction resumes
+where it stopped). The table puts the measured test Acc@1 (mean ± std over seeds) beside the
+published one, with the paired differences against CuDFKD and each run's hours. Its columns
+and the published numbers are the methods' own declarations
+(:attr:`dfkd.methods.base.Method.official`), so a method that declares official recipes
+joins the table. The published hours are Fast-Datafree's README's for every method but
+CuDFKD (its driver logs synthesis time as "Generation Cost"; the README does not say whether
+its hours are that or the whole run; its DeepInv-2k and CMI-500 rows take 2000 and 500
+synthesis steps per batch where the scripts take 1000 and 200), and CuDFKD's README's, on
+one RTX 3090 Ti.
 
 Precision: the papers' code runs fp32, and so does a reproduction by default; ``fast``
 turns on bf16 autocast, channels_last and ``torch.compile`` (CUDA only), and the table says
@@ -27,9 +34,10 @@ from typing import Any
 import yaml
 
 from dfkd.bench import interval_text, run_bench
-from dfkd.config import read_yaml
 from dfkd.data import load_split
 from dfkd.errors import ConfigError, DfkdError
+from dfkd.methods import get_method, list_methods
+from dfkd.methods.base import OfficialRecipes, Published
 from dfkd.recipes import recipes_dir
 from dfkd.report import dumps_strict, format_table
 
@@ -41,15 +49,11 @@ class Pair:
     dataset: str
     teacher: str   # dfkd model names (the zoo's architectures)
     student: str
+    teacher_acc1: Published   # the zoo teacher's published test Acc@1 (%)
 
     @property
     def recipe_suffix(self) -> str:
         return f"_{self.teacher}_{self.student}.yaml"
-
-    @property
-    def official_key(self) -> str:
-        """The pair's key in configs/official/recipes.yaml."""
-        return f"{self.dataset}/{self.teacher}_{self.student}"
 
     @property
     def teacher_file(self) -> str:
@@ -57,55 +61,72 @@ class Pair:
         return f"{self.dataset}_{self.teacher}.pth"
 
 
-# SPEC's reference table, in its order.
+_README = "ljrprocc/DataFree README.md"
+# The CuDFKD paper's reference table (its README's), in its order, with the zoo teachers'
+# published accuracy.
 PAIRS = {p.key: p for p in (
-    Pair("c10_resnet34_resnet18", "C10 R34->R18", "cifar10", "resnet34", "resnet18"),
-    Pair("c10_wrn40_2_wrn16_1", "C10 WRN40-2->WRN16-1", "cifar10", "wrn40_2", "wrn16_1"),
-    Pair("c10_wrn40_2_wrn40_1", "C10 WRN40-2->WRN40-1", "cifar10", "wrn40_2", "wrn40_1"),
-    Pair("c100_resnet34_resnet18", "C100 R34->R18", "cifar100", "resnet34", "resnet18"),
-    Pair("c100_wrn40_2_wrn16_2", "C100 WRN40-2->WRN16-2", "cifar100", "wrn40_2", "wrn16_2"),
+    Pair("c10_resnet34_resnet18", "C10 R34->R18", "cifar10", "resnet34", "resnet18",
+         Published(95.7, f"{_README}:L25")),
+    Pair("c10_wrn40_2_wrn16_1", "C10 WRN40-2->WRN16-1", "cifar10", "wrn40_2", "wrn16_1",
+         Published(94.87, f"{_README}:L25")),
+    Pair("c10_wrn40_2_wrn40_1", "C10 WRN40-2->WRN40-1", "cifar10", "wrn40_2", "wrn40_1",
+         Published(94.87, f"{_README}:L25")),
+    Pair("c100_resnet34_resnet18", "C100 R34->R18", "cifar100", "resnet34", "resnet18",
+         Published(78.05, f"{_README}:L52")),
+    Pair("c100_wrn40_2_wrn16_2", "C100 WRN40-2->WRN16-2", "cifar100", "wrn40_2", "wrn16_2",
+         Published(75.83, f"{_README}:L52")),
 )}
-# The paper's columns first (SPEC: DAFL, ZSKT, ADI, DFQ, CMI, CuDFKD), then the other rows.
-# CuDFKD runs first: the bench compares every other row with its first one.
-ROW_ORDER = ("cudfkd", "dafl", "zskt", "deepinv", "dfq", "cmi", "dfad", "fast", "fast2",
-             "fast5", "fast10")
-LABELS = {"cudfkd": "CuDFKD", "dafl": "DAFL", "dfad": "DFAD", "zskt": "ZSKT",
-          "deepinv": "ADI", "dfq": "DFQ", "cmi": "CMI"}
 PRECISION = {
     "fp32": {"amp": False, "channels_last": False, "compile": False},
     "fast": {"amp": True, "channels_last": True, "compile": True},
 }
-OFFICIAL_TABLE = "official/recipes.yaml"
 
 
-def label(row: str, official: dict[str, Any] | None = None) -> str:
-    """The papers' name of a row: the official table's, else :data:`LABELS`'."""
-    named = ((official or {}).get("rows") or {}).get(row) or {}
-    if named.get("paper_name"):
-        return named["paper_name"]
-    if row in LABELS:
-        return LABELS[row]
-    if row.startswith("fast"):
-        return "Fast" + (f"-{row[4:]}" if row[4:] else "")
-    return row
+def official_rows() -> dict[str, tuple[str, OfficialRecipes]]:
+    """Every column the registered methods declare, in the table's order (their
+    ``column``; the first, CuDFKD, is the one the bench compares every other row with):
+    row -> (method, its declaration)."""
+    declared = [(name, official) for name in list_methods()
+                for official in get_method(name).official]
+    declared.sort(key=lambda item: (item[1].column, item[1].row))
+    return {official.row: (name, official) for name, official in declared}
+
+
+def label(row: str) -> str:
+    """The papers' name of a row (its declared label; the row itself if none declares it)."""
+    declared = official_rows().get(row)
+    return declared[1].label if declared else row
+
+
+def published(pair: Pair, row: str) -> float | None:
+    """The published test Acc@1 of ``row`` (or ``teacher``) on ``pair``, if any."""
+    if row == "teacher":
+        return pair.teacher_acc1.value
+    return _declared(official_rows().get(row), pair, "acc1")
+
+
+def published_hours(pair: Pair, row: str) -> float | None:
+    """The published hours per run of ``row`` on ``pair``, if any."""
+    return _declared(official_rows().get(row), pair, "hours")
+
+
+def _declared(declared: tuple[str, OfficialRecipes] | None, pair: Pair,
+              what: str) -> float | None:
+    number = getattr(declared[1], what).get(pair.key) if declared else None
+    return None if number is None else number.value
 
 
 def recipe_rows(pair: Pair) -> dict[str, Path]:
-    """Every row with an official recipe for ``pair``, in :data:`ROW_ORDER`."""
+    """Every row with an official recipe for ``pair``, in the table's order."""
     root = recipes_dir()
     if root is None:
         raise DfkdError("the bundled recipes are missing: reinstall dfkd")
-    found = {path.name[:-len(pair.recipe_suffix)]: path
-             for path in (root / pair.dataset).glob(f"*{pair.recipe_suffix}")}
-    rank = {row: i for i, row in enumerate(ROW_ORDER)}
-    return {row: found[row] for row in sorted(found, key=lambda r: (rank.get(r, 99), r))}
-
-
-def official_table() -> dict[str, Any]:
-    """``configs/official/recipes.yaml``: the official values and the published numbers."""
-    root = recipes_dir()
-    path = root / OFFICIAL_TABLE if root is not None else None
-    return read_yaml(path) if path is not None and path.is_file() else {}
+    rows = {}
+    for row, (_, official) in official_rows().items():
+        path = (official.folder or root) / pair.dataset / f"{row}{pair.recipe_suffix}"
+        if path.is_file():
+            rows[row] = path
+    return rows
 
 
 def _choose(asked: str | None, known: list[str], what: str) -> list[str]:
@@ -156,8 +177,8 @@ def run_reproduce(data_root: str, teachers: str, out: str | os.PathLike,
     out = Path(out)
     teachers_dir = Path(teachers).expanduser()
     chosen_pairs = [PAIRS[k] for k in _choose(pairs, list(PAIRS), "pair")]
-    all_rows = sorted({r for p in chosen_pairs for r in recipe_rows(p)},
-                      key=lambda r: (ROW_ORDER.index(r) if r in ROW_ORDER else 99, r))
+    order = list(official_rows())
+    all_rows = sorted({r for p in chosen_pairs for r in recipe_rows(p)}, key=order.index)
     wanted = _choose(methods, all_rows, "method")
     plans: list[tuple[Pair, dict[str, Path], Path]] = []
     for pair in chosen_pairs:   # every missing file is found before any work
@@ -193,17 +214,9 @@ def _cell(measured: str, published: float | None) -> str:
     return measured if published is None else f"{measured} ({published:.2f})"
 
 
-def _published(table: dict[str, Any], pair: Pair, row: str, key: str) -> float | None:
-    entry = ((table or {}).get(pair.official_key) or {}).get(row) or {}
-    return entry.get(key)
-
-
 def write_table(out: Path, pairs: list[Pair], rows: list[str], seeds: list[int],
                 precision: str, overrides: list[str]) -> str:
     """``out/table.md`` and ``out/table.json`` from the pairs' bench results."""
-    official = official_table()
-    published = official.get("published") or {}
-    published_hours = official.get("published_hours") or {}
     acc_rows, paired_rows, hour_rows, records = [], [], [], []
     for pair in pairs:
         result_file = out / pair.key / "results.json"
@@ -214,8 +227,8 @@ def write_table(out: Path, pairs: list[Pair], rows: list[str], seeds: list[int],
         for row in rows:
             r = by_row.get(row) or {}
             acc, hours = r.get("final_acc1"), _hours(out / pair.key / row, seeds)
-            paper_acc = _published(published, pair, row, "acc1")
-            paper_hours = _published(published_hours, pair, row, "hours")
+            paper_acc = published(pair, row)
+            paper_hours = published_hours(pair, row)
             acc_cells.append(_cell("-" if acc is None else
                                    f"{acc:.2f} ± {r['final_acc1_std']:.2f}", paper_acc))
             hour_cells.append(_cell("-" if hours is None else f"{hours:.2f}", paper_hours))
@@ -225,15 +238,15 @@ def write_table(out: Path, pairs: list[Pair], rows: list[str], seeds: list[int],
                             "hours_per_run": hours, "published_hours": paper_hours})
         acc_rows.append([pair.label,
                          _cell("-" if teacher is None else f"{teacher:.2f}",
-                               _published(published, pair, "teacher", "acc1")), *acc_cells])
+                               published(pair, "teacher")), *acc_cells])
         hour_rows.append([pair.label, *hour_cells])
         for p in results.get("paired", []):
             if p["column"] == "final_acc1":
-                names = f"{label(p['method'], official)} - {label(p['versus'], official)}"
+                names = f"{label(p['method'])} - {label(p['versus'])}"
                 paired_rows.append([pair.label, names,
                                     p["seeds"], f"{p['mean_difference']:+.2f}",
                                     interval_text(_nan(p)), p["verdict"]])
-    headers = [label(r, official) for r in rows]
+    headers = [label(r) for r in rows]
     settings = ", ".join(f"{k}={v}" for k, v in PRECISION[precision].items())
     run_with = f"precision {precision} ({settings})"
     if overrides:
@@ -247,8 +260,7 @@ def write_table(out: Path, pairs: list[Pair], rows: list[str], seeds: list[int],
                  + format_table(["pair", "comparison", "seeds", "mean difference",
                                  "95% interval", "verdict"], paired_rows) + "\n")
     text += ("\nhours per run: mean over seeds of the run's elapsed time (published, from "
-             "Fast-Datafree's README and CuDFKD's on one RTX 3090 Ti: see "
-             "configs/official/recipes.yaml)\n\n"
+             "Fast-Datafree's README and CuDFKD's on one RTX 3090 Ti)\n\n"
              + format_table(["pair", *headers], hour_rows) + "\n")
     (out / "table.md").write_text(text)
     (out / "table.json").write_text(dumps_strict(

@@ -1,19 +1,24 @@
-"""The method interface and the shared generator machinery."""
+"""The method interface: what a method declares about itself, what the engine hands it,
+and the two families' shared machinery (one generator for the run, or a sample bank)."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from dfkd import distributed
-from dfkd.generators import Generator, GeneratorConfig, default_generator_size
+from dfkd.augment import random_crop_flip
+from dfkd.bank import SampleBank
+from dfkd.generators import Generator, GeneratorConfig, build_generator
 from dfkd.hooks import BNStatsHook, NoBNStats
+from dfkd.losses import kd_kl
 
 
 def warn(line: str) -> None:
@@ -21,6 +26,34 @@ def warn(line: str) -> None:
     (``dfkd: warning: ...``): for a part of a method that cannot run and is skipped."""
     if distributed.current().is_main:
         print(f"dfkd: warning: {line}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Published:
+    """A number a paper or its official repository published, and where it stands:
+    ``"<owner>/<repository> <path>:L<line>"`` (the repositories' pinned commits are in
+    ``configs/official/recipes.yaml``), with an optional note on what it measured."""
+
+    value: float
+    source: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class OfficialRecipes:
+    """A column of ``dfkd reproduce``'s table: the method run at its authors' settings.
+
+    Its recipes are ``<dataset>/<row>_<teacher>_<student>.yaml`` under ``folder`` (None:
+    dfkd's bundled ``configs/``), one for each pair of the table that its authors' scripts
+    cover. ``acc1`` and ``hours`` are the published test Acc@1 (%) and hours per run, by
+    pair (``dfkd reproduce --pairs`` names, e.g. ``c10_resnet34_resnet18``)."""
+
+    row: str           # the column's name: its recipes' file prefix, reproduce --methods
+    label: str         # the column's title, as the papers print it ("ADI", "Fast-5")
+    column: int        # its place in the table: the CuDFKD paper's columns first
+    acc1: Mapping[str, Published] = field(default_factory=dict)
+    hours: Mapping[str, Published] = field(default_factory=dict)
+    folder: Path | None = None
 
 
 @dataclass
@@ -47,10 +80,7 @@ class MethodContext:
 
     def make_generator(self) -> Generator:
         """A generator of the configured size (or the default for the image shape), on device."""
-        default, cfg = default_generator_size(self.image_shape), self.generator
-        return Generator(cfg.nz or default.nz, cfg.ngf or default.ngf, self.image_shape,
-                         width=cfg.width or default.width,
-                         stages=cfg.stages or default.stages).to(self.device)
+        return build_generator(self.generator, self.image_shape).to(self.device)
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """T's logits for a student step (call under ``torch.no_grad``)."""
@@ -62,16 +92,38 @@ class MethodContext:
 
 
 class Method:
-    """Base class. Subclasses set ``name``, ``Settings`` and implement the two steps."""
+    """Base class of every method. A method is one file under ``dfkd/methods/`` (or any
+    module that is imported): a subclass registered with
+    :func:`dfkd.methods.register_method`, its ``Settings`` dataclass, and the two steps
+    (:meth:`generator_step`, :meth:`student_loss`). Everything the rest of dfkd needs to
+    know about a method is declared on its class, and read from the registry: ``--method``
+    and the settings section, what the teacher must have (the run's checks), the docs'
+    method table and navigation (:mod:`dfkd.methods.catalog`), and ``dfkd reproduce``'s
+    columns with the published numbers beside them.
+    """
 
+    # --method NAME, the run config's section of its settings, a bench row.
     name: ClassVar[str]
+    # The dataclass of its settings section. Every field needs a default; numeric ranges
+    # are declared on the fields (dfkd.ranges.ranged) and checked with the types when a run
+    # config loads; a ``validate()`` method checks what involves several fields.
     Settings: ClassVar[type]
+    # How people write it ("DeepInversion / ADI"): the docs' table and navigation.
+    title: ClassVar[str]
+    # The paper, as Markdown: authors, *title*, venue and year, and a link.
+    paper: ClassVar[str]
+    # The original code, as Markdown: a link to the authors' repository.
+    code: ClassVar[str]
+    # Its page, under docs/methods/ ("cudfkd.md").
+    docs: ClassVar[str]
     # Has a BatchNorm-statistics term, weighted by its settings' ``w_bn``: with w_bn > 0 it
     # needs BatchNorm layers in the teacher; ``w_bn: 0`` turns the term off (uses_bn).
     needs_bn: ClassVar[bool] = False
     # Fewest generator steps per round the method works with: a bank method synthesises
     # each round's batch in its g_steps, so it needs at least one (config.load_config).
     min_g_steps: ClassVar[int] = 0
+    # Its columns in dfkd reproduce's table: its authors' recipes and published numbers.
+    official: ClassVar[tuple[OfficialRecipes, ...]] = ()
 
     def __init__(self, ctx: MethodContext, settings: Any) -> None:
         self.ctx = ctx
@@ -92,6 +144,11 @@ class Method:
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def compile_modules(self, compile: Callable[[nn.Module], nn.Module]) -> None:
+        """``compile: true``: replace the modules the method's steps call with
+        ``compile(module)`` (wrappers that share the parameters, so optimisers, checkpoints
+        and previews keep the plain modules). A method with no module of its own has none."""
 
     @property
     def warmup_epochs(self) -> int:
@@ -155,6 +212,9 @@ class GeneratorMethod(Method):
         self.bn_hook = self.make_bn_hook() if self.needs_bn else None
         # batched_g: this round's student batches, made by one G forward, not yet used.
         self._queued: list[torch.Tensor] = []
+
+    def compile_modules(self, compile: Callable[[nn.Module], nn.Module]) -> None:
+        self.generator_ddp = compile(self.generator_ddp)
 
     def sample_z(self, n: int | None = None) -> torch.Tensor:
         return torch.randn(n or self.ctx.batch_size, self.nz, device=self.ctx.device)
@@ -241,3 +301,52 @@ class GeneratorMethod(Method):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.load_state_dict(state["generator"])
         self.opt_g.load_state_dict(state["opt_g"])
+
+
+class BankMethod(Method):
+    """Synthesis into a :class:`~dfkd.bank.SampleBank`; the student learns KD on the bank.
+
+    Each round synthesises one batch (``start_synthesis``, then ``g_steps`` x
+    ``generator_step``, then ``end_synthesis`` puts it in the bank). Subclass settings need
+    ``bank_size`` (0 keeps every batch, as the originals' image pools do; a positive size
+    keeps the latest rows), ``tau``, ``padding`` and ``flip``: each student batch is drawn
+    from the whole bank with replacement and augmented per sample as the originals' CIFAR
+    loaders do (zero-pad ``padding`` pixels, random crop back to size, random horizontal
+    flip if ``flip``: :func:`dfkd.augment.random_crop_flip`).
+    """
+
+    # Each round's batch is synthesised in its generator steps, so a round needs one.
+    min_g_steps: ClassVar[int] = 1
+
+    def __init__(self, ctx: MethodContext, settings: Any) -> None:
+        super().__init__(ctx, settings)
+        self.bank = SampleBank(settings.bank_size)
+        self.bn_hook = self.make_bn_hook() if self.needs_bn else None
+
+    def pixel_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised values of pixels 0 and 1, per channel, for clamping inputs."""
+        return (0 - self.ctx.mean) / self.ctx.std, (1 - self.ctx.mean) / self.ctx.std
+
+    def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        s = self.settings
+        x01 = random_crop_flip(self.bank.sample(self.ctx.batch_size), s.padding, s.flip)
+        x = self.ctx.normalize(x01)
+        with self.ctx.autocast():
+            with torch.no_grad():
+                t = self.ctx.teacher(x)
+            st = self.ctx.student(x)
+        loss = kd_kl(st, t, s.tau)
+        return loss, {"loss_s": loss.detach(), "kd": loss.detach()}
+
+    def status(self) -> dict[str, float]:
+        return {"bank": float(len(self.bank))}
+
+    @torch.no_grad()
+    def preview(self, n: int, seed: int = 0) -> torch.Tensor:
+        return self.bank.latest(n).float().cpu()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bank": self.bank.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bank.load_state_dict(state["bank"], self.ctx.device)

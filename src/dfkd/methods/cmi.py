@@ -42,11 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfkd.augment import random_crop_flip
+from dfkd.bank import SampleBank
 from dfkd.errors import ConfigError
-from dfkd.hooks import batchnorm_layers
+from dfkd.hooks import ForwardHooks, batchnorm_layers
 from dfkd.losses import masked_adversarial
 from dfkd.methods import register_method
-from dfkd.methods.bank import BankMethod, SampleBank, random_crop_flip
+from dfkd.methods.base import BankMethod, OfficialRecipes, Published
+from dfkd.ranges import ranged
 
 
 @dataclass
@@ -55,26 +58,18 @@ class CMISettings:
     w_ce: float = 1.0        # CE to the target classes
     w_adv: float = 0.5       # masked adversarial term
     w_cr: float = 0.8        # contrastive term
-    cr_tau: float = 0.2      # contrastive temperature
-    adv_tau: float = 1.0     # temperature of the adversarial KL
-    head_dim: int = 256      # projection head output
-    negatives: int = 4096    # feature-bank rows drawn (without replacement) per step
-    feature_bank_size: int = 40960  # rows of the feature bank; 0 = unbounded
+    cr_tau: float = ranged(0.2, gt=0)    # contrastive temperature
+    adv_tau: float = ranged(1.0, gt=0)   # temperature of the adversarial KL
+    head_dim: int = ranged(256, ge=1)    # projection head output
+    negatives: int = ranged(4096, ge=0)  # feature-bank rows drawn (without replacement) per step
+    feature_bank_size: int = ranged(40960, ge=0)  # rows of the feature bank; 0 = unbounded
     local_scale: tuple[float, float] = (0.25, 1.0)  # area range of the local view's crop
-    padding: int = 4         # global view and student batches: zero pad + random crop
+    padding: int = ranged(4, ge=0)   # global view and student batches: zero pad + random crop
     flip: bool = True        # ... and random horizontal flip (both views), per sample
-    tau: float = 20.0        # KD temperature of the student step
-    bank_size: int = 0       # 0 keeps every batch (the original's image pool)
+    tau: float = ranged(20.0, gt=0)  # KD temperature of the student step
+    bank_size: int = ranged(0, ge=0)  # 0 keeps every batch (the original's image pool)
 
     def validate(self) -> None:
-        for name in ("cr_tau", "adv_tau", "tau"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"cmi.{name} must be > 0, got {getattr(self, name)}")
-        if self.head_dim < 1:
-            raise ConfigError(f"cmi.head_dim must be >= 1, got {self.head_dim}")
-        for name in ("negatives", "feature_bank_size", "padding", "bank_size"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"cmi.{name} must be >= 0, got {getattr(self, name)}")
         low, high = self.local_scale
         if not 0 < low <= high <= 1:
             raise ConfigError(f"cmi.local_scale must satisfy 0 < low <= high <= 1, "
@@ -150,7 +145,7 @@ class InstanceMeans:
         self.index = {id(m): i for i, m in enumerate(self.layers)}
         self.active = False
         self.means: list[torch.Tensor | None] = [None] * len(self.layers)
-        self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
+        self._hooks = ForwardHooks(self.layers, self._hook)
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], _out) -> None:
         if self.active:
@@ -198,7 +193,30 @@ def contrastive_loss(local: torch.Tensor, global_: torch.Tensor, n_current: int,
 class CMI(BankMethod):
     name = "cmi"
     Settings = CMISettings
+    title = "CMI"
+    paper = ("Fang et al., *Contrastive Model Inversion for Data-Free Knowledge Distillation*, "
+             "IJCAI 2021 ([arXiv:2105.08584](https://arxiv.org/abs/2105.08584))")
+    code = "[zju-vipa/CMI](https://github.com/zju-vipa/CMI)"
+    docs = "cmi.md"
     needs_bn = True
+    # Hours: Fast-Datafree's README, its CMI-500 row (500 synthesis steps per batch; the
+    # official scripts take 200).
+    official = (OfficialRecipes(
+        "cmi", "CMI", column=5,
+        acc1={
+            "c10_resnet34_resnet18": Published(94.84, "ljrprocc/DataFree README.md:L31"),
+            "c10_wrn40_2_wrn16_1": Published(90.01, "ljrprocc/DataFree README.md:L31"),
+            "c10_wrn40_2_wrn40_1": Published(92.78, "ljrprocc/DataFree README.md:L31"),
+            "c100_resnet34_resnet18": Published(73.75, "ljrprocc/DataFree README.md:L58"),
+            "c100_wrn40_2_wrn16_2": Published(66.07, "ljrprocc/DataFree README.md:L58"),
+        },
+        hours={
+            "c10_resnet34_resnet18": Published(19.0, "zju-vipa/Fast-Datafree README.md:L31"),
+            "c10_wrn40_2_wrn16_1": Published(13.3, "zju-vipa/Fast-Datafree README.md:L31"),
+            "c10_wrn40_2_wrn40_1": Published(14.1, "zju-vipa/Fast-Datafree README.md:L31"),
+            "c100_resnet34_resnet18": Published(19.2, "zju-vipa/Fast-Datafree README.md:L46"),
+            "c100_wrn40_2_wrn16_2": Published(13.9, "zju-vipa/Fast-Datafree README.md:L46"),
+        }),)
 
     def __init__(self, ctx, settings: CMISettings) -> None:
         super().__init__(ctx, settings)

@@ -30,8 +30,9 @@ Beyond the paper (each off by default and in the official recipes):
   * ``at_weight``: the student's loss also matches the teacher's spatial attention maps
     on its batch, ``at_weight * AT`` (ZSKT's attention transfer, ``dfkd.losses``, on the
     layer pairs ``at_teacher_layers``/``at_student_layers``, found as ZSKT finds them when
-    unset, for any two architectures; when they share no stage size the term is skipped
-    with one warning, and ``at_weight: 0`` turns it off): a signal from the teacher's
+    unset, for any two architectures: ``dfkd.attention``; when they share no stage size the
+    term is skipped with one warning, and ``at_weight: 0`` turns it off): a signal from the
+    teacher's
     features, beside its logits. The term is not weighted by v*. With ``at_until: u`` its
     weight falls linearly from ``at_weight`` (first epoch) to 0 at the share u of the
     epochs, and stays 0. ``feature_match: similarity``
@@ -52,6 +53,9 @@ import torch
 
 from dfkd import curriculum as cur
 from dfkd import distributed
+from dfkd.attention import AttentionPairs, check_layer_pairs
+from dfkd.augment import random_crop_flip
+from dfkd.bank import SampleBank
 from dfkd.errors import ConfigError
 from dfkd.losses import (
     attention_transfer,
@@ -64,25 +68,24 @@ from dfkd.losses import (
     top2_tie_ce,
 )
 from dfkd.methods import register_method
-from dfkd.methods.bank import SampleBank, random_crop_flip
-from dfkd.methods.base import GeneratorMethod
-from dfkd.methods.zskt import AttentionPairs, check_layer_pairs
+from dfkd.methods.base import GeneratorMethod, OfficialRecipes, Published, warn
+from dfkd.ranges import ranged
 
 
 @dataclass
 class CuDFKDSettings:
-    tau: float = 20.0          # temperature of H(p_bar) and of the KL KD loss
+    tau: float = ranged(20.0, gt=0)  # temperature of H(p_bar) and of the KL KD loss
     # temperature of H(p_bar) alone (None: tau, as in the paper). Near 1, the balance term
     # sees the classes G's images fall in, which a high tau's flat probabilities hide
-    ent_tau: float | None = None
+    ent_tau: float | None = ranged(None, gt=0)
     w_ent: float = -20.0       # negative: generation maximises class balance
     w_oh: float = 1.0
     w_bn: float = 1.0          # BatchNorm statistics term (0: off; a teacher without BN)
     w_adv0: float = 0.0
     grad_adv: float = 0.5      # added to w_adv after each epoch e, E*begin < e < E*end
-    begin: float = 0.25
-    end: float = 0.75
-    adv_tau: float = 3.0       # temperature of the masked adversarial KL
+    begin: float = ranged(0.25, ge=0, le=1)
+    end: float = ranged(0.75, ge=0, le=1)
+    adv_tau: float = ranged(3.0, gt=0)  # temperature of the masked adversarial KL
     lambda_0: float = 2.0      # pace: lambda_k = lambda_0 + pace * k
     pace: float = 1e-4
     kd_loss: Literal["l1", "kl"] = "l1"
@@ -93,17 +96,18 @@ class CuDFKDSettings:
     # linear: lambda_k = lambda_0 + pace k (paper); quantile: lambda = q-quantile of the
     # last `window` losses, q from q0 to q_end over the epochs (scale-free; not in the paper)
     pace_mode: Literal["linear", "quantile"] = "linear"
-    q0: float = 0.5
-    q_end: float = 0.9
-    window: int = 4096
-    replay: int = 0            # images kept for replay (0 = off; not in the paper)
-    replay_frac: float = 0.5   # share of each student batch drawn from the replay pool
+    q0: float = ranged(0.5, gt=0, le=1)
+    q_end: float = ranged(0.9, gt=0, le=1)
+    window: int = ranged(4096, ge=1)
+    replay: int = ranged(0, ge=0)  # images kept for replay (0 = off; not in the paper)
+    # share of each student batch drawn from the replay pool
+    replay_frac: float = ranged(0.5, ge=0, lt=1)
     augment: bool = False      # per-sample crop (pad `padding`) + flip for the student
-    padding: int = 2
+    padding: int = ranged(2, ge=0)
     flip: bool = True
-    mixup: float = 0.0         # Beta(mixup, mixup) mixing of the student's batch (0 = off)
+    mixup: float = ranged(0.0, ge=0)  # Beta(mixup, mixup) mixing of the student's batch (0 = off)
     class_balance: bool = False  # weight samples by 1/K over their class's running share
-    balance_decay: float = 0.99
+    balance_decay: float = ranged(0.99, ge=0, lt=1)
     # class codes: the first K latent dims of each z carry a one-hot class y ~ U{0..K-1}
     # (scaled to the norm of the rest of z) and the generator's confidence term is
     # CE(t, y), not CE(t, argmax t), so every class is made as often (not in the paper)
@@ -111,20 +115,20 @@ class CuDFKDSettings:
     # boundary: the share of each generator batch (its first samples) whose confidence term
     # asks for a tie between the teacher's top two classes (top2_tie_ce) instead of
     # confidence, so G also makes the ambiguous images between two classes (not in the paper)
-    boundary: float = 0.0
+    boundary: float = ranged(0.0, ge=0, lt=1)
     # The generator's learning rate follows a cosine from generator.lr (first epoch) towards
     # 0, like the student's, so G slows down as S does (not in the paper; off = constant).
     # g_cosine_start: the share of the epochs G keeps its full rate before its cosine begins
     # (e.g. 0.75, the ramp's end: only the end of the run slows G); g_cosine_end: the share
     # at which the rate reaches 0 and stays there (G frozen; equal to the start: at once).
     g_cosine: bool = False
-    g_cosine_start: float = 0.0
-    g_cosine_end: float = 1.0
+    g_cosine_start: float = ranged(0.0, ge=0, lt=1)
+    g_cosine_end: float = ranged(1.0, ge=0, le=1)
     # attention transfer from the teacher's features in the student's loss (0: off; ZSKT's
     # beta is 250) and its layer pairs (None: the ends of the stages of equal spatial size,
     # as in zskt; with none, the term is skipped with one warning)
-    at_weight: float = 0.0
-    at_until: float | None = None   # None: constant; u: linear to 0 at epoch u * E
+    at_weight: float = ranged(0.0, ge=0)
+    at_until: float | None = ranged(None, gt=0, le=1)  # None: constant; u: linear to 0 at u * E
     at_teacher_layers: list[str] | None = None
     at_student_layers: list[str] | None = None
     # the term on those layers: ZSKT's attention maps, or the similarity-preserving KD's
@@ -140,28 +144,11 @@ class CuDFKDSettings:
             kd_kl(student, teacher, self.tau, per_sample)
 
     def validate(self) -> None:
-        if not 0.0 <= self.begin <= self.end <= 1.0:
+        if self.begin > self.end:
             raise ConfigError(f"cudfkd.begin/end must satisfy 0 <= begin <= end <= 1, got "
                               f"{self.begin}/{self.end}")
-        if self.tau <= 0 or self.adv_tau <= 0 or (self.ent_tau is not None and self.ent_tau <= 0):
-            raise ConfigError("cudfkd.tau, cudfkd.ent_tau and cudfkd.adv_tau must be > 0")
         if self.curriculum != "none" and self.lambda_0 <= 0:
             raise ConfigError(f"cudfkd.lambda_0 must be > 0, got {self.lambda_0}")
-        if not (0 < self.q0 <= 1 and 0 < self.q_end <= 1):
-            raise ConfigError(f"cudfkd.q0 and cudfkd.q_end are quantiles in (0, 1], got "
-                              f"{self.q0}/{self.q_end}")
-        if self.window < 1:
-            raise ConfigError(f"cudfkd.window must be >= 1, got {self.window}")
-        if self.replay < 0 or not 0 <= self.replay_frac < 1:
-            raise ConfigError(f"cudfkd.replay must be >= 0 and cudfkd.replay_frac in [0, 1), "
-                              f"got {self.replay}/{self.replay_frac}")
-        if self.padding < 0:
-            raise ConfigError(f"cudfkd.padding must be >= 0, got {self.padding}")
-        if self.mixup < 0:
-            raise ConfigError(f"cudfkd.mixup must be >= 0 (0 = off), got {self.mixup}")
-        if not 0 <= self.boundary < 1:
-            raise ConfigError(f"cudfkd.boundary is a share of the generator's batch in [0, 1), "
-                              f"got {self.boundary}")
         if self.class_code and self.boundary:
             raise ConfigError("cudfkd.class_code and cudfkd.boundary both set the confidence "
                               "term: use one of them")
@@ -171,18 +158,10 @@ class CuDFKDSettings:
         if self.class_balance and self.weighting != "sample":
             raise ConfigError("cudfkd.class_balance weights each sample: it needs "
                               "cudfkd.weighting: sample")
-        if not 0 <= self.balance_decay < 1:
-            raise ConfigError(f"cudfkd.balance_decay must be in [0, 1), got "
-                              f"{self.balance_decay}")
-        if self.at_weight < 0:
-            raise ConfigError(f"cudfkd.at_weight must be >= 0 (0 = off), got {self.at_weight}")
-        if self.at_until is not None and not 0 < self.at_until <= 1:
-            raise ConfigError(f"cudfkd.at_until is a share of the epochs in (0, 1], got "
-                              f"{self.at_until}")
         check_layer_pairs(self.at_teacher_layers, self.at_student_layers,
                           ("cudfkd.at_teacher_layers", "cudfkd.at_student_layers"),
-                          self.at_weight)
-        if not 0 <= self.g_cosine_start < 1 or not self.g_cosine_start <= self.g_cosine_end <= 1:
+                          self.at_weight, off="cudfkd.at_weight")
+        if self.g_cosine_start > self.g_cosine_end:
             raise ConfigError(f"cudfkd.g_cosine_start and g_cosine_end are shares of the epochs "
                               f"with 0 <= start < 1 and start <= end <= 1, got "
                               f"{self.g_cosine_start}/{self.g_cosine_end}")
@@ -204,7 +183,30 @@ def mix_pairs(images: torch.Tensor, alpha: float) -> torch.Tensor:
 class CuDFKD(GeneratorMethod):
     name = "cudfkd"
     Settings = CuDFKDSettings
+    title = "CuDFKD"
+    paper = ("Li et al., *Dynamic data-free knowledge distillation by an easy-to-hard learning "
+             "strategy*, Information Sciences 2023 "
+             "([arXiv:2208.13648](https://arxiv.org/abs/2208.13648))")
+    code = "[ljrprocc/DataFree](https://github.com/ljrprocc/DataFree)"
+    docs = "cudfkd.md"
     needs_bn = True
+    # Hours: the CuDFKD README's, on one RTX 3090 Ti.
+    official = (OfficialRecipes(
+        "cudfkd", "CuDFKD", column=0,
+        acc1={
+            "c10_resnet34_resnet18": Published(95.28, "ljrprocc/DataFree README.md:L33"),
+            "c10_wrn40_2_wrn16_1": Published(88.77, "ljrprocc/DataFree README.md:L33"),
+            "c10_wrn40_2_wrn40_1": Published(93.18, "ljrprocc/DataFree README.md:L33"),
+            "c100_resnet34_resnet18": Published(75.97, "ljrprocc/DataFree README.md:L60"),
+            "c100_wrn40_2_wrn16_2": Published(66.26, "ljrprocc/DataFree README.md:L60"),
+        },
+        hours={
+            "c10_resnet34_resnet18": Published(
+                5.48, "ljrprocc/DataFree README.md:L35", "batch 256 (the README's words, L45)"),
+            "c100_resnet34_resnet18": Published(
+                7.5, "ljrprocc/DataFree README.md:L70", "the README's CIFAR-100 cost table does "
+                "not name its pair; its best (75.9) is the R34->R18 result (75.97, L60)"),
+        }),)
 
     def __init__(self, ctx, settings: CuDFKDSettings) -> None:
         super().__init__(ctx, settings)
@@ -228,7 +230,9 @@ class CuDFKD(GeneratorMethod):
             similarity_preserving if s.feature_match == "similarity" else attention_transfer,
             last=s.at_stages == "last", off="cudfkd.at_weight=0") \
             if s.at_weight else None
-        # No layer pair found (one warning said so): the term is skipped.
+        if attention is not None and attention.skipped:
+            warn(attention.skipped)
+        # No layer pair found (the warning said so): the term is skipped.
         self.attention = attention if attention is not None and attention.layers else None
 
     def on_epoch_start(self, epoch: int) -> None:

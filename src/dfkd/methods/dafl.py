@@ -19,11 +19,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dfkd.errors import ConfigError, DfkdError
+from dfkd.errors import DfkdError
+from dfkd.hooks import ForwardHooks
 from dfkd.losses import activation_l1, entropy_of_mean, kd_kl, onehot_ce
 from dfkd.methods import register_method
-from dfkd.methods.base import GeneratorMethod
-from dfkd.teacher_wrap import user_model  # also imported from here by zskt
+from dfkd.methods.base import GeneratorMethod, OfficialRecipes, Published
+from dfkd.ranges import ranged
+from dfkd.teacher_wrap import user_model
 
 FeatureFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -33,11 +35,7 @@ class DAFLSettings:
     w_oh: float = 1.0      # one-hot CE on the teacher's own argmax
     w_act: float = 0.1     # activation term (the paper's alpha)
     w_ent: float = 5.0     # information-entropy term (the paper's beta)
-    tau: float = 1.0       # KD temperature (the released code uses plain KL, T = 1)
-
-    def validate(self) -> None:
-        if self.tau <= 0:
-            raise ConfigError(f"dafl.tau must be > 0, got {self.tau}")
+    tau: float = ranged(1.0, gt=0)  # KD temperature (the released code uses plain KL, T = 1)
 
 
 def teacher_features(model: nn.Module) -> FeatureFn:
@@ -59,7 +57,7 @@ def teacher_features(model: nn.Module) -> FeatureFn:
         raise DfkdError("dafl needs the teacher's penultimate features: give the teacher a "
                         "forward(x, return_features=False) or an nn.Linear classifier")
     seen: dict[str, torch.Tensor] = {}
-    linears[-1].register_forward_pre_hook(lambda _m, inputs: seen.__setitem__("f", inputs[0]))
+    ForwardHooks(linears[-1:], lambda _m, inputs: seen.__setitem__("f", inputs[0]), pre=True)
 
     def call(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(x)
@@ -72,7 +70,30 @@ def teacher_features(model: nn.Module) -> FeatureFn:
 class DAFL(GeneratorMethod):
     name = "dafl"
     Settings = DAFLSettings
+    title = "DAFL"
+    paper = ("Chen et al., *Data-Free Learning of Student Networks*, ICCV 2019 "
+             "([arXiv:1904.01186](https://arxiv.org/abs/1904.01186))")
+    code = ("[huawei-noah/Efficient-Computing](https://github.com/huawei-noah/Efficient-Computing)"
+            " (Data-Efficient-Model-Compression/DAFL)")
+    docs = "dafl.md"
     needs_bn = False
+    # Hours: Fast-Datafree's README, its DAFL row.
+    official = (OfficialRecipes(
+        "dafl", "DAFL", column=1,
+        acc1={
+            "c10_resnet34_resnet18": Published(92.22, "ljrprocc/DataFree README.md:L27"),
+            "c10_wrn40_2_wrn16_1": Published(72.15, "ljrprocc/DataFree README.md:L27"),
+            "c10_wrn40_2_wrn40_1": Published(81.33, "ljrprocc/DataFree README.md:L27"),
+            "c100_resnet34_resnet18": Published(74.47, "ljrprocc/DataFree README.md:L54"),
+            "c100_wrn40_2_wrn16_2": Published(40.0, "ljrprocc/DataFree README.md:L54"),
+        },
+        hours={
+            "c10_resnet34_resnet18": Published(2.73, "zju-vipa/Fast-Datafree README.md:L32"),
+            "c10_wrn40_2_wrn16_1": Published(1.73, "zju-vipa/Fast-Datafree README.md:L32"),
+            "c10_wrn40_2_wrn40_1": Published(1.53, "zju-vipa/Fast-Datafree README.md:L32"),
+            "c100_resnet34_resnet18": Published(2.73, "zju-vipa/Fast-Datafree README.md:L47"),
+            "c100_wrn40_2_wrn16_2": Published(1.73, "zju-vipa/Fast-Datafree README.md:L47"),
+        }),)
 
     def __init__(self, ctx, settings: DAFLSettings) -> None:
         super().__init__(ctx, settings)

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dfkd.errors import ConfigError
 from dfkd.losses import js_divergence, total_variation
 from dfkd.methods import register_method
-from dfkd.methods.bank import BankMethod, jitter
+from dfkd.methods.base import BankMethod, OfficialRecipes, Published
+from dfkd.ranges import ranged
 
 
 @dataclass
@@ -34,21 +34,24 @@ class DeepInvSettings:
     w_tv: float = 1e-4     # total variation prior
     w_l2: float = 1e-5     # L2 prior on the inputs
     w_adv: float = 0.0     # ADI competition 1 - JS(T, S); 0 = plain DeepInversion
-    adv_tau: float = 3.0   # temperature of the competition term
-    lr: float = 0.1        # Adam on the inputs
-    jitter: int = 2        # synthesis: random roll of the whole batch, in pixels
-    padding: int = 4       # student batches: per-sample zero pad + random crop (originals: 4)
+    adv_tau: float = ranged(3.0, gt=0)  # temperature of the competition term
+    lr: float = ranged(0.1, gt=0)       # Adam on the inputs
+    jitter: int = ranged(2, ge=0)       # synthesis: random roll of the whole batch, in pixels
+    padding: int = ranged(4, ge=0)      # student batches: per-sample pad + crop (originals: 4)
     flip: bool = True      # student batches: per-sample random horizontal flip
-    tau: float = 20.0      # KD temperature of the student step
-    bank_size: int = 0     # 0 keeps every batch (the originals' image pool)
+    tau: float = ranged(20.0, gt=0)     # KD temperature of the student step
+    bank_size: int = ranged(0, ge=0)    # 0 keeps every batch (the originals' image pool)
 
-    def validate(self) -> None:
-        for name in ("tau", "adv_tau", "lr"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"deepinv.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("bank_size", "padding", "jitter"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"deepinv.{name} must be >= 0, got {getattr(self, name)}")
+
+def jitter(images: torch.Tensor, shift: int, flip: bool = True) -> torch.Tensor:
+    """DeepInversion's synthesis augmentation: one random circular shift of up to ``shift``
+    pixels in each direction, and a random horizontal flip, for the whole batch."""
+    if shift > 0:
+        dy, dx = torch.randint(-shift, shift + 1, (2,)).tolist()
+        images = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
+    if flip and torch.rand(()) < 0.5:
+        images = images.flip(3)
+    return images
 
 
 def competition(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:
@@ -62,7 +65,30 @@ def competition(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> tor
 class DeepInversion(BankMethod):
     name = "deepinv"
     Settings = DeepInvSettings
+    title = "DeepInversion / ADI"
+    paper = ("Yin et al., *Dreaming to Distill: Data-free Knowledge Transfer via DeepInversion*, "
+             "CVPR 2020 ([arXiv:1912.08795](https://arxiv.org/abs/1912.08795))")
+    code = "[NVlabs/DeepInversion](https://github.com/NVlabs/DeepInversion)"
+    docs = "deepinv.md"
     needs_bn = True
+    # Hours: Fast-Datafree's README, its DeepInv-2k row (2000 synthesis steps per batch; the
+    # official scripts take 1000).
+    official = (OfficialRecipes(
+        "deepinv", "ADI", column=3,
+        acc1={
+            "c10_resnet34_resnet18": Published(93.26, "ljrprocc/DataFree README.md:L29"),
+            "c10_wrn40_2_wrn16_1": Published(83.01, "ljrprocc/DataFree README.md:L29"),
+            "c10_wrn40_2_wrn40_1": Published(86.85, "ljrprocc/DataFree README.md:L29"),
+            "c100_resnet34_resnet18": Published(61.32, "ljrprocc/DataFree README.md:L56"),
+            "c100_wrn40_2_wrn16_2": Published(61.34, "ljrprocc/DataFree README.md:L56"),
+        },
+        hours={
+            "c10_resnet34_resnet18": Published(42.1, "zju-vipa/Fast-Datafree README.md:L30"),
+            "c10_wrn40_2_wrn16_1": Published(16.9, "zju-vipa/Fast-Datafree README.md:L30"),
+            "c10_wrn40_2_wrn40_1": Published(21.9, "zju-vipa/Fast-Datafree README.md:L30"),
+            "c100_resnet34_resnet18": Published(42.1, "zju-vipa/Fast-Datafree README.md:L45"),
+            "c100_wrn40_2_wrn16_2": Published(18.2, "zju-vipa/Fast-Datafree README.md:L45"),
+        }),)
 
     def __init__(self, ctx, settings: DeepInvSettings) -> None:
         super().__init__(ctx, settings)

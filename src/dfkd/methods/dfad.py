@@ -16,7 +16,7 @@ import torch
 
 from dfkd.losses import kd_l1
 from dfkd.methods import register_method
-from dfkd.methods.base import GeneratorMethod
+from dfkd.methods.base import GeneratorMethod, OfficialRecipes
 
 
 @dataclass
@@ -28,7 +28,15 @@ class DFADSettings:
 class DFAD(GeneratorMethod):
     name = "dfad"
     Settings = DFADSettings
+    title = "DFAD"
+    paper = ("Fang et al., *Data-Free Adversarial Distillation*, 2019 "
+             "([arXiv:1912.11006](https://arxiv.org/abs/1912.11006))")
+    code = ("[VainF/Data-Free-Adversarial-Distillation]"
+            "(https://github.com/VainF/Data-Free-Adversarial-Distillation)")
+    docs = "dfad.md"
     needs_bn = False
+    # No CIFAR number is published for DFAD in the tables reproduced.
+    official = (OfficialRecipes("dfad", "DFAD", column=6),)
 
     def generator_step(self) -> dict[str, torch.Tensor]:
         ctx = self.ctx

@@ -1,5 +1,5 @@
 """DFQ: Data-Free Network Quantization With Adversarial Knowledge Distillation
-(Choi et al., CVPR-W 2020), as SPEC.md describes it.
+(Choi et al., CVPR-W 2020).
 
 Generator step:
     L_G = w_bn L_bn + w_ce CE(t, y) - w_adv KL_tau(T || S) - w_balance H(p_bar)
@@ -11,9 +11,10 @@ balanced classes (high batch entropy) besides the BN statistics. By default
 y ~ U{0..K-1} drawn afresh for each sample and step. The generator stays
 unconditional; the targets act only through the loss.
 
-The CMI benchmark's DFQ, whose numbers SPEC.md quotes, spells the two asks separately
-(zju-vipa/CMI datafree/synthesis/generative.py, GenerativeSynthesizer.synthesize,
-lines 56-74, with scripts/dfq/*.sh; the CuDFKD repository keeps the same code):
+The CMI benchmark's DFQ, whose numbers the CuDFKD paper's table quotes, spells the two
+asks separately (zju-vipa/CMI datafree/synthesis/generative.py,
+GenerativeSynthesizer.synthesize, lines 56-74, with scripts/dfq/*.sh; the CuDFKD
+repository keeps the same code):
     L_G = bn L_bn + oh CE(t, argmax t) - adv KL_1(T || S) + balance sum_k p_bar_k ln p_bar_k
 with bn = oh = adv = 1, balance = 20 and act = 0: one-hot CE to the teacher's *own*
 argmax, not to sampled classes, and the batch-entropy term weighted 20. Its adversarial
@@ -31,10 +32,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from dfkd.errors import ConfigError
 from dfkd.losses import entropy_of_mean, kd_kl
 from dfkd.methods import register_method
-from dfkd.methods.base import GeneratorMethod
+from dfkd.methods.base import GeneratorMethod, OfficialRecipes, Published
+from dfkd.ranges import ranged
 
 
 @dataclass
@@ -42,20 +43,40 @@ class DFQSettings:
     w_bn: float = 1.0     # BatchNorm statistics term (0: off, e.g. no BN)
     w_ce: float = 1.0     # CE to the target classes
     w_adv: float = 1.0    # adversarial term: G maximises KL(T || S)
-    tau: float = 1.0      # temperature of both KL terms
+    tau: float = ranged(1.0, gt=0)  # temperature of both KL terms
     ce_targets: Literal["sampled", "argmax"] = "sampled"  # argmax: the CMI benchmark's
     w_balance: float = 0.0  # batch-entropy term, G maximises H(p_bar) (CMI benchmark: 20)
-
-    def validate(self) -> None:
-        if self.tau <= 0:
-            raise ConfigError(f"dfq.tau must be > 0, got {self.tau}")
 
 
 @register_method
 class DFQ(GeneratorMethod):
     name = "dfq"
     Settings = DFQSettings
+    title = "DFQ"
+    paper = ("Choi et al., *Data-Free Network Quantization With Adversarial Knowledge "
+             "Distillation*, CVPR Workshops 2020 ([CVF](https://openaccess.thecvf.com/"
+             "content_CVPRW_2020/html/w40/Choi_Data-Free_Network_Quantization_With_Adversarial"
+             "_Knowledge_Distillation_CVPRW_2020_paper.html))")
+    code = "the CMI benchmark's implementation, [zju-vipa/CMI](https://github.com/zju-vipa/CMI)"
+    docs = "dfq.md"
     needs_bn = True
+    # Hours: Fast-Datafree's README, its DFQ row.
+    official = (OfficialRecipes(
+        "dfq", "DFQ", column=4,
+        acc1={
+            "c10_resnet34_resnet18": Published(94.61, "ljrprocc/DataFree README.md:L30"),
+            "c10_wrn40_2_wrn16_1": Published(86.14, "ljrprocc/DataFree README.md:L30"),
+            "c10_wrn40_2_wrn40_1": Published(91.69, "ljrprocc/DataFree README.md:L30"),
+            "c100_resnet34_resnet18": Published(72.06, "ljrprocc/DataFree README.md:L57"),
+            "c100_wrn40_2_wrn16_2": Published(59.01, "ljrprocc/DataFree README.md:L57"),
+        },
+        hours={
+            "c10_resnet34_resnet18": Published(8.79, "zju-vipa/Fast-Datafree README.md:L34"),
+            "c10_wrn40_2_wrn16_1": Published(0.75, "zju-vipa/Fast-Datafree README.md:L34"),
+            "c10_wrn40_2_wrn40_1": Published(0.75, "zju-vipa/Fast-Datafree README.md:L34"),
+            "c100_resnet34_resnet18": Published(8.79, "zju-vipa/Fast-Datafree README.md:L49"),
+            "c100_wrn40_2_wrn16_2": Published(0.75, "zju-vipa/Fast-Datafree README.md:L49"),
+        }),)
 
     def generator_step(self) -> dict[str, torch.Tensor]:
         s, ctx = self.settings, self.ctx

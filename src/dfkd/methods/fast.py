@@ -45,11 +45,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfkd import distributed
-from dfkd.errors import ConfigError
-from dfkd.hooks import BNStatsHook, NoBNStats
+from dfkd.augment import random_crop_flip
+from dfkd.hooks import BNStatsHook, MomentumBNHook, NoBNStats
 from dfkd.losses import masked_adversarial
 from dfkd.methods import register_method
-from dfkd.methods.bank import BankMethod, random_crop_flip
+from dfkd.methods.base import BankMethod, OfficialRecipes, Published
+from dfkd.ranges import ranged
 
 
 @dataclass
@@ -57,84 +58,18 @@ class FastSettings:
     w_bn: float = 10.0       # BatchNorm statistics term (0: off, e.g. no BN)
     w_ce: float = 0.5        # CE to the target classes
     w_adv: float = 1.0       # masked adversarial term
-    adv_tau: float = 1.0     # temperature of the adversarial KL
-    lr_z: float = 0.015      # Adam on the latent codes (G_fast uses generator.lr)
+    adv_tau: float = ranged(1.0, gt=0)   # temperature of the adversarial KL
+    lr_z: float = ranged(0.015, gt=0)    # Adam on the latent codes (G_fast uses generator.lr)
     meta: Literal["fomaml", "reptile"] = "fomaml"  # meta gradient (the scripts' is_maml 1)
-    meta_lr: float = 0.0     # Adam of G_meta; 0 = generator.lr x g_steps, as the original
+    meta_lr: float = ranged(0.0, ge=0)   # Adam of G_meta; 0 = generator.lr x g_steps (original)
     reset_l0: bool = True    # re-draw G_meta's latent projection and first BN once
-    reset_l0_epoch: int = 120  # ... at the start of this epoch after the warm-up (1-based)
-    warmup: int = 20         # epochs of synthesis only: no student step, no adversarial term
-    bn_mmt: float = 0.9      # momentum of the BN statistics across rounds; 0 = off
-    padding: int = 4         # synthesis view and student batches: zero pad + random crop
+    reset_l0_epoch: int = ranged(120, ge=1)  # ... at this epoch after the warm-up (1-based)
+    warmup: int = ranged(20, ge=0)  # epochs of synthesis only: no student step, no L_adv
+    bn_mmt: float = ranged(0.9, ge=0, lt=1)  # momentum of the BN statistics across rounds; 0 = off
+    padding: int = ranged(4, ge=0)   # synthesis view and student batches: zero pad + random crop
     flip: bool = True        # ... and random horizontal flip, per sample
-    tau: float = 20.0        # KD temperature of the student step
-    bank_size: int = 0       # 0 keeps every batch (the original's image pool)
-
-    def validate(self) -> None:
-        for name in ("adv_tau", "lr_z", "tau"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"fast.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("meta_lr", "warmup", "padding", "bank_size"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"fast.{name} must be >= 0, got {getattr(self, name)}")
-        if self.reset_l0_epoch < 1:
-            raise ConfigError(f"fast.reset_l0_epoch must be >= 1, got {self.reset_l0_epoch}")
-        if not 0 <= self.bn_mmt < 1:
-            raise ConfigError(f"fast.bn_mmt must be in [0, 1), got {self.bn_mmt}")
-
-
-class MomentumBNHook(BNStatsHook):
-    """The BN statistics term against a momentum blend of this and earlier rounds' batch
-    statistics (the original's DeepInversionHook with ``mmt_rate``).
-
-    ``running`` holds one (mean, var) per BN layer, None until the first round ends;
-    ``update()`` folds in the statistics of the last forward pass made while active.
-    """
-
-    def __init__(self, model: nn.Module, momentum: float) -> None:
-        super().__init__(model)
-        self.momentum = momentum
-        self.index = {id(m): i for i, m in enumerate(self.layers)}
-        self.last: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.layers)
-        self.running: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], _out) -> None:
-        if not self.active:
-            return
-        x = inputs[0].float()
-        dims = [0] + list(range(2, x.dim()))
-        mean, var = x.mean(dim=dims), x.var(dim=dims, unbiased=False)
-        i = self.index[id(module)]
-        self.last[i] = (mean.detach(), var.detach())
-        if self.running is not None:
-            m, (run_mean, run_var) = self.momentum, self.running[i]
-            mean = (1 - m) * mean + m * run_mean
-            var = (1 - m) * var + m * run_var
-        self._terms.append(torch.linalg.vector_norm(mean - module.running_mean, 2)
-                           + torch.linalg.vector_norm(var - module.running_var, 2))
-
-    def update(self) -> None:
-        """Fold the last active pass's statistics (averaged over ranks) into ``running``."""
-        if any(s is None for s in self.last):
-            raise RuntimeError("no BatchNorm statistics recorded; run a forward pass first")
-        stats = [t for pair in self.last for t in pair]  # mean_1, var_1, mean_2, ...
-        parts = distributed.all_reduce_mean(torch.cat(stats)).split([len(t) for t in stats])
-        last = list(zip(parts[0::2], parts[1::2]))
-        if self.running is None:
-            self.running = last
-        else:
-            m = self.momentum
-            self.running = [(m * rm + (1 - m) * mean, m * rv + (1 - m) * var)
-                             for (rm, rv), (mean, var) in zip(self.running, last)]
-        self.last = [None] * len(self.layers)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"running": self.running}
-
-    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
-        running = state["running"]
-        self.running = None if running is None else \
-            [(mean.to(device), var.to(device)) for mean, var in running]
+    tau: float = ranged(20.0, gt=0)  # KD temperature of the student step
+    bank_size: int = ranged(0, ge=0)  # 0 keeps every batch (the original's image pool)
 
 
 def reset_first_layers(generator: nn.Module) -> None:
@@ -150,7 +85,54 @@ def reset_first_layers(generator: nn.Module) -> None:
 class Fast(BankMethod):
     name = "fast"
     Settings = FastSettings
+    title = "Fast"
+    paper = ("Fang et al., *Up to 100x Faster Data-free Knowledge Distillation*, AAAI 2022 "
+             "([arXiv:2112.06253](https://arxiv.org/abs/2112.06253))")
+    code = "[zju-vipa/Fast-Datafree](https://github.com/zju-vipa/Fast-Datafree)"
+    docs = "fast.md"
     needs_bn = True
+    # Fast-N takes N synthesis steps per round (g_steps); all numbers: Fast-Datafree's README.
+    official = (
+        OfficialRecipes("fast", "Fast-2", column=7, acc1={
+            "c10_resnet34_resnet18": Published(92.62, "zju-vipa/Fast-Datafree README.md:L35"),
+            "c10_wrn40_2_wrn16_1": Published(88.36, "zju-vipa/Fast-Datafree README.md:L35"),
+            "c10_wrn40_2_wrn40_1": Published(89.56, "zju-vipa/Fast-Datafree README.md:L35"),
+            "c100_resnet34_resnet18": Published(69.76, "zju-vipa/Fast-Datafree README.md:L50"),
+            "c100_wrn40_2_wrn16_2": Published(57.08, "zju-vipa/Fast-Datafree README.md:L50"),
+        }, hours={
+            "c10_resnet34_resnet18": Published(0.06, "zju-vipa/Fast-Datafree README.md:L35"),
+            "c10_wrn40_2_wrn16_1": Published(0.03, "zju-vipa/Fast-Datafree README.md:L35"),
+            "c10_wrn40_2_wrn40_1": Published(0.03, "zju-vipa/Fast-Datafree README.md:L35"),
+            "c100_resnet34_resnet18": Published(0.06, "zju-vipa/Fast-Datafree README.md:L50"),
+            "c100_wrn40_2_wrn16_2": Published(0.04, "zju-vipa/Fast-Datafree README.md:L50"),
+        }),
+        OfficialRecipes("fast5", "Fast-5", column=8, acc1={
+            "c10_resnet34_resnet18": Published(93.63, "zju-vipa/Fast-Datafree README.md:L36"),
+            "c10_wrn40_2_wrn16_1": Published(88.9, "zju-vipa/Fast-Datafree README.md:L36"),
+            "c10_wrn40_2_wrn40_1": Published(92.04, "zju-vipa/Fast-Datafree README.md:L36"),
+            "c100_resnet34_resnet18": Published(72.82, "zju-vipa/Fast-Datafree README.md:L51"),
+            "c100_wrn40_2_wrn16_2": Published(63.83, "zju-vipa/Fast-Datafree README.md:L51"),
+        }, hours={
+            "c10_resnet34_resnet18": Published(0.14, "zju-vipa/Fast-Datafree README.md:L36"),
+            "c10_wrn40_2_wrn16_1": Published(0.08, "zju-vipa/Fast-Datafree README.md:L36"),
+            "c10_wrn40_2_wrn40_1": Published(0.09, "zju-vipa/Fast-Datafree README.md:L36"),
+            "c100_resnet34_resnet18": Published(0.14, "zju-vipa/Fast-Datafree README.md:L51"),
+            "c100_wrn40_2_wrn16_2": Published(0.08, "zju-vipa/Fast-Datafree README.md:L51"),
+        }),
+        OfficialRecipes("fast10", "Fast-10", column=9, acc1={
+            "c10_resnet34_resnet18": Published(94.05, "zju-vipa/Fast-Datafree README.md:L37"),
+            "c10_wrn40_2_wrn16_1": Published(89.29, "zju-vipa/Fast-Datafree README.md:L37"),
+            "c10_wrn40_2_wrn40_1": Published(92.51, "zju-vipa/Fast-Datafree README.md:L37"),
+            "c100_resnet34_resnet18": Published(74.34, "zju-vipa/Fast-Datafree README.md:L52"),
+            "c100_wrn40_2_wrn16_2": Published(65.12, "zju-vipa/Fast-Datafree README.md:L52"),
+        }, hours={
+            "c10_resnet34_resnet18": Published(0.28, "zju-vipa/Fast-Datafree README.md:L37"),
+            "c10_wrn40_2_wrn16_1": Published(0.15, "zju-vipa/Fast-Datafree README.md:L37"),
+            "c10_wrn40_2_wrn40_1": Published(0.17, "zju-vipa/Fast-Datafree README.md:L37"),
+            "c100_resnet34_resnet18": Published(0.27, "zju-vipa/Fast-Datafree README.md:L52"),
+            "c100_wrn40_2_wrn16_2": Published(0.17, "zju-vipa/Fast-Datafree README.md:L52"),
+        }),
+    )
 
     def __init__(self, ctx, settings: FastSettings) -> None:
         super().__init__(ctx, settings)

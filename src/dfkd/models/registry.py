@@ -4,7 +4,6 @@ by ``timm:NAME`` (:mod:`dfkd.models.timm_models`), or the user's own, given as
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -19,8 +18,11 @@ from torch import nn
 
 from dfkd.errors import DfkdError
 from dfkd.models.timm_models import create_timm_model, is_timm_spec
+from dfkd.registry import Registry, did_you_mean
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_MODELS: Registry[Callable[..., nn.Module]] = Registry(
+    "model", DfkdError,
+    "; or give your own as package.module:callable or path/to/file.py:callable")
 _FILE_MODULES: dict[str, ModuleType] = {}  # resolved path -> module, loaded once per process
 
 SPEC_HELP = ("a zoo NAME, timm:NAME (a timm architecture, untrained; pip install "
@@ -31,13 +33,12 @@ SPEC_HELP = ("a zoo NAME, timm:NAME (a timm architecture, untrained; pip install
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Register ``fn(num_classes, in_channels)`` under its function name."""
-    _MODELS[fn.__name__] = fn
-    return fn
+    return _MODELS.add(fn.__name__, fn)
 
 
 def list_models() -> list[str]:
     """The registered architecture names (``lenet5``, ``resnet18``, ...), sorted."""
-    return sorted(_MODELS)
+    return _MODELS.names()
 
 
 def _split_spec(spec: str) -> tuple[str, str, bool] | None:
@@ -111,9 +112,8 @@ def _find_callable(module: ModuleType, target: str, attr: str, spec: str) -> Cal
         if not hasattr(obj, part):
             names = [n for n in dir(module) if not n.startswith("_")
                      and callable(getattr(module, n))]
-            close = difflib.get_close_matches(part, names, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise DfkdError(f"model '{spec}': '{target}' has no '{attr}'.{hint}")
+            raise DfkdError(f"model '{spec}': '{target}' has no '{attr}'."
+                            f"{did_you_mean(part, names)}")
         obj = getattr(obj, part)
     if not callable(obj):
         kind = type(obj).__name__
@@ -158,11 +158,4 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.M
         module = _load_file(target, name) if is_file else _load_module(target, name)
         return _call(_find_callable(module, target, attr, name), name, num_classes,
                      in_channels)
-    if name not in _MODELS:
-        close = difflib.get_close_matches(name, _MODELS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise DfkdError(
-            f"unknown model '{name}'.{hint} Known models: {', '.join(list_models())}; or "
-            "give your own as package.module:callable or path/to/file.py:callable."
-        )
-    return _MODELS[name](num_classes=num_classes, in_channels=in_channels)
+    return _MODELS.get(name)(num_classes=num_classes, in_channels=in_channels)

@@ -1,42 +1,41 @@
 """Experiment trackers: TensorBoard, MLflow and Weights & Biases (``--tracker NAME``).
 
 Each tracker is one file with one :class:`~dfkd.trackers.base.Tracker` subclass,
-registered here by name; :mod:`dfkd.trackers.hub` runs them for the engine. A new
-tracker is a new file and one import line below.
+registered by name with :func:`register_tracker`; every module of this package is
+imported below, so a new tracker is a new file. :mod:`dfkd.trackers.hub` runs them for the
+engine.
 """
 
 from __future__ import annotations
 
-import difflib
+import importlib
 import importlib.util
+import pkgutil
 from typing import Any
 
 from dfkd.errors import ConfigError
+from dfkd.registry import Registry
 from dfkd.trackers.base import RunInfo, Tracker
 
-_TRACKERS: dict[str, type[Tracker]] = {}
+_TRACKERS: Registry[type[Tracker]] = Registry("tracker")
 # The run settings that say where a run is logged, not what it computes: a bench or a tune
 # may add or change them for runs it already holds.
 SETTINGS = ("tracker", "tracker_uri")
 
 
 def register_tracker(cls: type[Tracker]) -> type[Tracker]:
-    _TRACKERS[cls.name] = cls
-    return cls
+    return _TRACKERS.add(cls.name, cls)
 
 
 def list_trackers() -> list[str]:
     """The names ``--tracker`` accepts, sorted."""
-    return sorted(_TRACKERS)
+    return _TRACKERS.names()
 
 
 def get_tracker(name: str) -> type[Tracker]:
-    if name not in _TRACKERS:
-        close = difflib.get_close_matches(str(name), _TRACKERS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown tracker '{name}'.{hint} Known trackers: "
-                          f"{', '.join(list_trackers())}.")
-    return _TRACKERS[name]
+    """The tracker class registered as ``name``; an unknown name is a one-line
+    :class:`~dfkd.errors.ConfigError` with a "did you mean"."""
+    return _TRACKERS.get(name)
 
 
 def check_trackers(value: Any) -> list[str] | None:
@@ -64,8 +63,9 @@ def require_installed(names: list[str]) -> None:
                               f"pip install 'dfkd[{cls.extra}]'")
 
 
-# The trackers (their libraries are imported only when a run starts them).
-from dfkd.trackers import mlflow_tracker, tb, wandb_tracker  # noqa: E402,F401
+# Every tracker registers itself on import (its library is imported only when a run starts it).
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["RunInfo", "Tracker", "check_trackers", "get_tracker", "list_trackers",
            "register_tracker", "require_installed"]
