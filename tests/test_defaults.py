@@ -15,6 +15,7 @@ from torch import nn
 
 import dfkd
 from dfkd import recipes
+from dfkd.bench import plan, run_config
 from dfkd.commands import main
 from dfkd.config import flatten, load_config, read_yaml
 from dfkd.errors import ConfigError
@@ -52,6 +53,27 @@ def test_every_method_with_a_recipe_gets_it_and_the_others_the_engine_defaults()
     raw, line = recipes.with_base_recipe({"method": "dafl"}, (3, 64, 64), "cudfkd")
     assert raw["base_recipe"] is None and "none for method 'dafl'" in line
     assert "engine defaults" in line
+
+
+def test_a_bench_family_gives_every_method_its_recipe(tmp_path, monkeypatch):
+    """The Fashion-MNIST bench names its family, not its methods: each registered method's
+    row runs that family's recipe unless the bench names another for it."""
+    monkeypatch.chdir(ROOT)  # the bench's recipe paths are relative to the repository
+    config = read_yaml("configs/fashion_mnist/bench.yaml")
+    assert config["family"] == "fashion_mnist"
+    assert not set(list_methods()) <= set(config["recipes"])
+    rows = list(dict.fromkeys([*list_methods(), *config["recipes"]]))
+    plan(config, rows, [0], tmp_path)
+    for name in rows:
+        recipe = read_yaml(config["recipes"].get(name) or
+                           recipes.family_recipe("fashion_mnist", name).path)
+        resolved = run_config(config, name, 0)
+        assert resolved["method"] == recipe["method"] and resolved["rounds"] == recipe["rounds"]
+        assert resolved["epochs"] == config["base"]["epochs"]   # one budget for every row
+    without = {k: v for k, v in config.items() if k != "family"}
+    assert run_config(without, "dafl", 0)["rounds"] == load_config({}).rounds   # engine's
+    with pytest.raises(ConfigError, match="unknown recipe family 'fmnist'.*fashion_mnist"):
+        recipes.family_recipe("fmnist", "dafl")
 
 
 @pytest.mark.parametrize("method", ["cudfkd", "dafl", "deepinv"])

@@ -1,8 +1,10 @@
 """``dfkd bench``: methods x seeds on one teacher/student pair at one budget.
 
 A bench config holds the shared budget (``base``: teacher, student, epochs,
-rounds, batch_size, ...), optional per-method recipes (``recipes: {method: file}``)
-and the reference trainings (``references: {epochs: N}``). A recipe may also give a
+rounds, batch_size, ...), optional per-method recipes (``recipes: {method: file}``; with
+``family: F``, every method without an entry there runs its recipe of that family, e.g.
+``configs/fashion_mnist/<method>_lenet5.yaml``) and the reference trainings
+(``references: {epochs: N}``). A recipe may also give a
 row of its own name (``cudfkd_paper: cudfkd_lenet5_paper.yaml``): that row runs the
 recipe's ``method`` with its settings, beside the method's own row. The base always wins
 over a recipe, so every method gets the same teacher, student, budget and seeds.
@@ -46,7 +48,7 @@ from dfkd.errors import ConfigError, DfkdError
 from dfkd.launcher_watch import die_with_parent
 from dfkd.methods import get_method, list_methods
 from dfkd.metrics import fidelity_metrics, predict
-from dfkd.recipes import resolve_named
+from dfkd.recipes import family_recipe, resolve_named
 from dfkd.report import METRICS_FILE, PlotUnavailable, dumps_strict, format_table, read_metrics
 from dfkd.report import plot_curves as draw_curves
 from dfkd.teacher import SupervisedSettings, normalizer, train_supervised
@@ -99,10 +101,19 @@ def _resolve_recipe_files(config: dict[str, Any], folder: Path) -> None:
         entries[name] = str(beside if beside.is_file() else resolve_named(entry))
 
 
+def _family_recipe(config: dict[str, Any], name: str) -> Path | None:
+    """``family: F`` (e.g. ``fashion_mnist``): a registered method's row with no ``recipes:``
+    entry runs the method's recipe of family F (:func:`dfkd.recipes.family_recipe`)."""
+    if not config.get("family") or name not in list_methods():
+        return None
+    found = family_recipe(config["family"], name)
+    return found.path if found else None
+
+
 def _row_recipe(config: dict[str, Any], name: str) -> dict[str, Any]:
     """A row's recipe (empty if it has none) with the method the row runs: the recipe's
     ``method``, else the row's own name."""
-    recipe = (config.get("recipes") or {}).get(name)
+    recipe = (config.get("recipes") or {}).get(name) or _family_recipe(config, name)
     raw = read_yaml(recipe) if recipe else {}
     method = raw.get("method", name)
     get_method(method)

@@ -26,6 +26,7 @@ from typing import Any
 
 from dfkd.config import merge, read_yaml
 from dfkd.errors import ConfigError
+from dfkd.registry import did_you_mean
 
 # What names the pair, the data and where to run: never taken from a base recipe.
 PAIR_KEYS = frozenset({"teacher", "teacher_model", "student", "dataset", "data_root",
@@ -47,6 +48,7 @@ CIFAR10 = Family("cifar10", "CIFAR-10", "images of 33-48 px, or 32 px colour",
                  "{method}_resnet34_resnet18.yaml")   # the official headline pair
 TINY_IMAGENET = Family("tiny_imagenet", "Tiny-ImageNet", "images larger than 48 px",
                        "{method}_resnet34_resnet18.yaml")
+FAMILIES = {f.folder: f for f in (FASHION_MNIST, CIFAR10, TINY_IMAGENET)}
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,17 @@ def family_for(image_shape: tuple[int, int, int]) -> Family:
 
 def recipe_for(method: str, image_shape: tuple[int, int, int]) -> BaseRecipe | None:
     """The recipe of ``method`` for the family of ``image_shape``, if there is one."""
-    family = family_for(image_shape)
+    return family_recipe(family_for(image_shape), method)
+
+
+def family_recipe(family: Family | str, method: str) -> BaseRecipe | None:
+    """The validated recipe of ``method`` in ``family`` (a :class:`Family` or its folder
+    name, e.g. ``fashion_mnist``), if there is one."""
+    if isinstance(family, str):
+        if family not in FAMILIES:
+            raise ConfigError(f"unknown recipe family '{family}'.{did_you_mean(family, FAMILIES)}"
+                              f" Known families: {', '.join(FAMILIES)}.")
+        family = FAMILIES[family]
     root = recipes_dir()
     if root is None:
         return None
