@@ -20,10 +20,12 @@ from dfkd.hooks import MomentumBNHook
 from dfkd.losses import info_nce, total_variation
 from dfkd.methods import base as base_module
 from dfkd.methods import cmi as cmi_module
+from dfkd.methods import get_method, list_methods
 from dfkd.methods.cmi import CMISettings, contrastive_loss, random_resized_crop, resized_crop
 from dfkd.methods.deepinv import competition, jitter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+BANK_METHODS = [m for m in list_methods() if issubclass(get_method(m), base_module.BankMethod)]
 
 
 # ------------------------------------------------------------------ loss terms by hand
@@ -127,7 +129,7 @@ SHORT = {
 }
 
 
-@pytest.mark.parametrize("method", ["deepinv", "cmi", "fast"])
+@pytest.mark.parametrize("method", BANK_METHODS)
 def test_short_run_learns(fmnist_teacher, tmp_path, method):
     """100 student steps on the bank, from the real Fashion-MNIST teacher: well above
     chance (10%); the checkpoint holds the bank as float images in [0, 1]."""
@@ -141,7 +143,7 @@ def test_short_run_learns(fmnist_teacher, tmp_path, method):
     assert 0 <= bank.min() and bank.max() <= 1 and bank.std() > 0.05
 
 
-@pytest.mark.parametrize("method", ["deepinv", "cmi", "fast"])
+@pytest.mark.parametrize("method", BANK_METHODS)
 def test_resume_is_exact(fmnist_teacher, tmp_path, method):
     """Banks (and CMI's head and feature bank, Fast's meta generator, BN running
     averages and its one-time l0 reset) are in the checkpoint: a run stopped after
@@ -207,7 +209,7 @@ def test_random_crop_flip_draws_a_crop_and_a_flip_per_sample():
     assert torch.equal(random_crop_flip(x, 0, flip=False), x)
 
 
-@pytest.mark.parametrize("method", ["deepinv", "cmi", "fast"])
+@pytest.mark.parametrize("method", BANK_METHODS)
 def test_student_batches_are_cropped_and_flipped_per_sample(fmnist_teacher, tmp_path,
                                                             monkeypatch, method):
     settings = {"warmup": 0} if method == "fast" else {}

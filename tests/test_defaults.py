@@ -76,7 +76,7 @@ def test_a_bench_family_gives_every_method_its_recipe(tmp_path, monkeypatch):
         recipes.family_recipe("fmnist", "dafl")
 
 
-@pytest.mark.parametrize("method", ["cudfkd", "dafl", "deepinv"])
+@pytest.mark.parametrize("method", list_methods())
 def test_the_recipe_gives_every_training_setting_and_never_the_pair(method):
     # The user names their own models and a budget; everything else is the recipe's.
     user = {"method": method, "teacher": "mine.pt", "student": "my_models.py:small",

@@ -64,6 +64,6 @@ print(label("toy"), published(PAIRS["c10_resnet34_resnet18"], "toy"))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["method"] == "toy" and summary["config"]["toy"] == {"w_adv": 1.0}
     # the docs: its row in the method table and its page in the navigation
-    assert "| [Toy](toy.md) (`toy`) | one generator | none: a made-up method" in out
+    assert "| [Toy](toy.md) (`toy`) | one generator | its logits only | none: a made-up" in out
     assert "{'Toy': 'methods/toy.md'}" in out
     assert "Toy-1 12.34" in out

@@ -119,6 +119,8 @@ class Method:
     # Has a BatchNorm-statistics term, weighted by its settings' ``w_bn``: with w_bn > 0 it
     # needs BatchNorm layers in the teacher; ``w_bn: 0`` turns the term off (uses_bn).
     needs_bn: ClassVar[bool] = False
+    # What else it reads inside the teacher, beyond its logits, in words (the docs' table).
+    reads_layers: ClassVar[str] = ""
     # Fewest generator steps per round the method works with: a bank method synthesises
     # each round's batch in its g_steps, so it needs at least one (config.load_config).
     min_g_steps: ClassVar[int] = 0

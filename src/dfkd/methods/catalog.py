@@ -26,11 +26,20 @@ def documented() -> list[type[Method]]:
     return sorted(methods, key=lambda cls: (rank.get(family(cls), len(rank)), cls.name))
 
 
+def reads(cls: type[Method]) -> str:
+    """What the method reads inside the teacher, beyond its logits."""
+    parts = ["BatchNorm statistics"] if cls.needs_bn else []
+    parts += [cls.reads_layers] if cls.reads_layers else []
+    return "; ".join(parts) or "its logits only"
+
+
 def method_table() -> str:
-    """The Markdown table of every method: its page, family, paper and original code."""
-    lines = ["| method | family | paper | original code |", "|---|---|---|---|"]
-    lines += [f"| [{cls.title}]({cls.docs}) (`{cls.name}`) | {family(cls)} | {cls.paper} | "
-              f"{cls.code} |" for cls in documented()]
+    """The Markdown table of every method: its page, family, what it reads inside the
+    teacher, paper and original code."""
+    lines = ["| method | family | reads inside the teacher | paper | original code |",
+             "|---|---|---|---|---|"]
+    lines += [f"| [{cls.title}]({cls.docs}) (`{cls.name}`) | {family(cls)} | {reads(cls)} | "
+              f"{cls.paper} | {cls.code} |" for cls in documented()]
     return "\n".join(lines) + "\n"
 
 

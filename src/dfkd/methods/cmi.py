@@ -199,6 +199,7 @@ class CMI(BankMethod):
     code = "[zju-vipa/CMI](https://github.com/zju-vipa/CMI)"
     docs = "cmi.md"
     needs_bn = True
+    reads_layers = "the inputs of its normalisation layers (the contrastive features)"
     # Hours: Fast-Datafree's README, its CMI-500 row (500 synthesis steps per batch; the
     # official scripts take 200).
     official = (OfficialRecipes(

@@ -190,6 +190,7 @@ class CuDFKD(GeneratorMethod):
     code = "[ljrprocc/DataFree](https://github.com/ljrprocc/DataFree)"
     docs = "cudfkd.md"
     needs_bn = True
+    reads_layers = "its stage ends, with `at_weight` (attention transfer)"
     # Hours: the CuDFKD README's, on one RTX 3090 Ti.
     official = (OfficialRecipes(
         "cudfkd", "CuDFKD", column=0,

@@ -77,6 +77,7 @@ class DAFL(GeneratorMethod):
             " (Data-Efficient-Model-Compression/DAFL)")
     docs = "dafl.md"
     needs_bn = False
+    reads_layers = "its penultimate features (the classifier's input)"
     # Hours: Fast-Datafree's README, its DAFL row.
     official = (OfficialRecipes(
         "dafl", "DAFL", column=1,

@@ -86,6 +86,7 @@ class ZSKT(GeneratorMethod):
     code = "[polo5/ZeroShotKnowledgeTransfer](https://github.com/polo5/ZeroShotKnowledgeTransfer)"
     docs = "zskt.md"
     needs_bn = False
+    reads_layers = "its stage ends (attention transfer)"
     # Hours: Fast-Datafree's README, its ZSKT row.
     official = (OfficialRecipes(
         "zskt", "ZSKT", column=2,
