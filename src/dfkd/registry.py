@@ -37,9 +37,6 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self._entries
-
     def get(self, name: object) -> T:
         if not isinstance(name, str) or name not in self._entries:
             raise self.error(f"unknown {self.kind} '{name}'.{did_you_mean(name, self._entries)} "

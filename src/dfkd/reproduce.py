@@ -92,28 +92,31 @@ def official_rows() -> dict[str, tuple[str, OfficialRecipes]]:
     return {official.row: (name, official) for name, official in declared}
 
 
+def _official(row: str) -> OfficialRecipes | None:
+    declared = official_rows().get(row)
+    return declared[1] if declared else None
+
+
 def label(row: str) -> str:
     """The papers' name of a row (its declared label; the row itself if none declares it)."""
-    declared = official_rows().get(row)
-    return declared[1].label if declared else row
+    official = _official(row)
+    return official.label if official else row
 
 
 def published(pair: Pair, row: str) -> float | None:
     """The published test Acc@1 of ``row`` (or ``teacher``) on ``pair``, if any."""
     if row == "teacher":
         return pair.teacher_acc1.value
-    return _declared(official_rows().get(row), pair, "acc1")
+    official = _official(row)
+    number = official.acc1.get(pair.key) if official else None
+    return number.value if number else None
 
 
 def published_hours(pair: Pair, row: str) -> float | None:
     """The published hours per run of ``row`` on ``pair``, if any."""
-    return _declared(official_rows().get(row), pair, "hours")
-
-
-def _declared(declared: tuple[str, OfficialRecipes] | None, pair: Pair,
-              what: str) -> float | None:
-    number = getattr(declared[1], what).get(pair.key) if declared else None
-    return None if number is None else number.value
+    official = _official(row)
+    number = official.hours.get(pair.key) if official else None
+    return number.value if number else None
 
 
 def recipe_rows(pair: Pair) -> dict[str, Path]:
