@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe_speed import describe, random_models, student_step, timed  # noqa: E402
 
 from dfkd.config import load_config, merge, parse_overrides, read_yaml  # noqa: E402
-from dfkd.engine import Trainer  # noqa: E402
 from dfkd.reproduce import PAIRS, _published, label, official_table, recipe_rows  # noqa: E402
+from dfkd.run.trainer import Trainer  # noqa: E402
 
 
 def cost(recipe: Path, batch: int | None, overrides: list[str]) -> dict[str, Any]:

@@ -20,10 +20,9 @@ import torch
 
 from dfkd import curriculum as cur
 from dfkd.api import load_run_checkpoint
-from dfkd.checkpoint import load_model_checkpoint
+from dfkd.checkpoint import CHECKPOINT, load_model_checkpoint
 from dfkd.data.registry import dataset_info, load_split
 from dfkd.data.transforms import normalize
-from dfkd.engine import CHECKPOINT
 from dfkd.methods.cudfkd import CuDFKDSettings
 from dfkd.metrics import predict
 

@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import dfkd
-from dfkd.checkpoint import load_model_checkpoint, save_model_checkpoint
+from dfkd.checkpoint import CHECKPOINT, SUMMARY, load_model_checkpoint, save_model_checkpoint
 from dfkd.config import parse_overrides
-from dfkd.engine import CHECKPOINT, SUMMARY, Interrupted
 from dfkd.models import create_model, resolve_spec
+from dfkd.run.signals import Interrupted
 
 HERE = Path(__file__).resolve().parent
 TEACHER_SPEC = str(HERE / "own_pair_models.py") + ":make_teacher"

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe_speed import describe, random_models, student_step  # noqa: E402
 
 from dfkd.config import load_config, merge, parse_overrides, read_yaml  # noqa: E402
-from dfkd.engine import Trainer  # noqa: E402
+from dfkd.run.trainer import Trainer  # noqa: E402
 
 
 def main() -> None:

@@ -23,8 +23,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dfkd.config import RunConfig, load_config, merge, parse_overrides, read_yaml
 from dfkd.data import dataset_info
-from dfkd.engine import ImageSpec, Trainer, peak_memory_mb
 from dfkd.models import create_model
+from dfkd.run.device import peak_memory_mb
+from dfkd.run.spec import ImageSpec
+from dfkd.run.trainer import Trainer
 
 
 def cpu_name() -> str:
@@ -71,9 +73,9 @@ def random_models(cfg: RunConfig, teacher_model: str | None = None
 def student_step(trainer: Trainer) -> None:
     """One student step as the engine takes it (without its EMA and logging)."""
     loss, _ = trainer.method.student_loss()
-    trainer.opt_s.zero_grad(set_to_none=True)
+    trainer.optimiser.opt.zero_grad(set_to_none=True)
     loss.backward()
-    trainer.opt_s.step()
+    trainer.optimiser.opt.step()
 
 
 def measure(cfg: RunConfig, trainer: Trainer, steps: int) -> dict[str, Any]:

@@ -34,7 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe_speed import describe, measure, random_models  # noqa: E402
 
 from dfkd.config import RunConfig, load_config, merge, parse_overrides, read_yaml  # noqa: E402
-from dfkd.engine import EvalData, Trainer  # noqa: E402
+from dfkd.run.callbacks.evaluation import Evaluation  # noqa: E402
+from dfkd.run.callbacks.probe import Probe  # noqa: E402
+from dfkd.run.device import synchronize  # noqa: E402
+from dfkd.run.spec import EvalData  # noqa: E402
+from dfkd.run.trainer import Trainer  # noqa: E402
 
 
 def wallclock(cfg: RunConfig, epochs: int, out_dir: Path, test_size: int,
@@ -49,25 +53,29 @@ def wallclock(cfg: RunConfig, epochs: int, out_dir: Path, test_size: int,
     cfg.check_teacher = False   # a random teacher scores at chance: timing only
     trainer = Trainer(cfg, teacher, student, spec, EvalData(images, labels), out_dir,
                       progress=False, student_arch=cfg.student)
-    trainer.ensure_probe()
-    trainer._sync()
+    evaluation, probe = trainer.callback(Evaluation), trainer.callback(Probe)
+    probe.on_fit_start(trainer)   # makes the synthetic probe, as fit would
+    synchronize(trainer.device)
     setup = time.perf_counter() - start
     # Where the time outside the steps goes: the engine's per-epoch calls, timed in place.
     parts = {"evaluate": 0.0, "measure_probe": 0.0, "save_checkpoint": 0.0}
 
+    owners = {"evaluate": (evaluation, "measure"), "measure_probe": (probe, "measure"),
+              "save_checkpoint": (trainer, "save_checkpoint")}
+
     def timing(name: str):
-        call = getattr(trainer, name)
+        call = getattr(*owners[name])
 
         def timed_call(*args, **kwargs):
             t0 = time.perf_counter()
             out = call(*args, **kwargs)
-            trainer._sync()
+            synchronize(trainer.device)
             parts[name] += time.perf_counter() - t0
             return out
         return timed_call
 
     for name in parts:
-        setattr(trainer, name, timing(name))
+        setattr(*owners[name], timing(name))
     # One fit call, as a run makes: an epoch ends when its checkpoint is handed to the
     # background writer, whose write then overlaps the next epoch (a fit call per epoch
     # would wait for each write before it returns).

@@ -18,9 +18,10 @@ import torch
 
 from dfkd.config import load_config, merge, parse_overrides, read_yaml
 from dfkd.data import dataset_info
-from dfkd.engine import ImageSpec, Trainer
 from dfkd.losses import entropy_of_mean, kd_kl, onehot_ce
 from dfkd.models import create_model
+from dfkd.run.spec import ImageSpec
+from dfkd.run.trainer import Trainer
 
 
 def main() -> None:
@@ -63,9 +64,9 @@ def main() -> None:
                 G.train()
                 t = T(x)
             loss = kd_kl(S(x), t, s.tau)
-            trainer.opt_s.zero_grad()
+            trainer.optimiser.opt.zero_grad()
             loss.backward()
-            trainer.opt_s.step()
+            trainer.optimiser.opt.step()
 
     m.epoch = cfg.epochs - 1  # adversarial ramp on: the engine runs the student in G steps too
 

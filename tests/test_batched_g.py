@@ -11,10 +11,10 @@ from torch import nn
 from dfkd import distributed
 from dfkd.api import build_trainer
 from dfkd.config import GeneratorConfig, load_config
-from dfkd.engine import Interrupted
 from dfkd.errors import ConfigError
 from dfkd.methods import MethodContext
 from dfkd.methods.dfad import DFAD, DFADSettings
+from dfkd.run.signals import Interrupted
 from dfkd.teacher_wrap import GraphedForward
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -143,7 +143,10 @@ def test_distill_frees_its_ddp_models_before_the_group(fmnist_teacher, tmp_path,
     import gc
     import weakref
 
-    from dfkd import commands, engine
+    from dfkd import commands
+    from dfkd.run.callbacks.health import NonFiniteLoss
+    from dfkd.run.device import Placement
+    from dfkd.run.trainer import Trainer
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
@@ -154,7 +157,7 @@ def test_distill_frees_its_ddp_models_before_the_group(fmnist_teacher, tmp_path,
         wrapped.append(weakref.ref(ddp))
         return ddp
 
-    monkeypatch.setattr(engine.Trainer, "_wrap", wrap)
+    monkeypatch.setattr(Placement, "wrap", wrap)
     left_at_destroy = []
     destroy = dist.destroy_process_group
 
@@ -163,11 +166,11 @@ def test_distill_frees_its_ddp_models_before_the_group(fmnist_teacher, tmp_path,
         return destroy(*args, **kwargs)
 
     def nan_round(self):  # a NaN loss stops the run after its models exist
-        raise engine.NonFiniteLoss("nan")
+        raise NonFiniteLoss("nan")
 
     monkeypatch.setattr(dist, "destroy_process_group", counting_destroy)
     if failing:
-        monkeypatch.setattr(engine.Trainer, "_run_round", nan_round)
+        monkeypatch.setattr(Trainer, "_run_round", nan_round)
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
         code = commands.main(["distill", "--teacher", str(fmnist_teacher), "--out",

@@ -16,6 +16,7 @@ from dfkd.data import load_split
 from dfkd.errors import ConfigError, DfkdError
 from dfkd.models import create_model
 from dfkd.report import result_table
+from dfkd.run.callbacks.evaluation import Evaluation
 
 TINY = {"epochs": 3, "rounds": 2, "g_steps": 1, "kd_steps": 2, "batch_size": 32,
         "sample_grid": 4, "cudfkd": {"grad_adv": 0.5, "begin": 0.0, "end": 1.0}}
@@ -70,14 +71,14 @@ def test_student_ema_averages_every_step_and_is_the_kept_student(fmnist_teacher,
     decay = 0.6
     trainer = _run(fmnist_teacher, tmp_path, epochs=2, student_ema=decay)
     live = []   # the live student's float weights and buffers after each student step
-    update = trainer.student_ema.update_parameters
+    update = trainer.optimiser.ema.update_parameters
 
     def record(model):
         live.append([t.detach().clone() for t in (*model.parameters(), *model.buffers())
                      if t.is_floating_point()])
         update(model)
 
-    trainer.student_ema.update_parameters = record
+    trainer.optimiser.ema.update_parameters = record
     summary = trainer.fit()
     assert len(live) == 2 * TINY["rounds"] * TINY["kd_steps"]
     expected = live[0]   # the first update copies, then e <- d e + (1 - d) w, with the
@@ -213,7 +214,7 @@ def test_eval_split_val_measures_on_the_held_out_training_images(fmnist_teacher,
     summary = trainer.fit()
     assert summary["eval_split"] == "val"
     # The teacher's accuracy is measured on val too (the fixture's metadata has test only).
-    teacher_logits = trainer.teacher_test_logits
+    teacher_logits = trainer.callback(Evaluation).teacher_logits
     assert summary["teacher_acc1"] == pytest.approx(
         100 * (teacher_logits.argmax(1) == val_y).float().mean().item())
     assert "(val)" in result_table(summary)

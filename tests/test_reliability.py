@@ -201,7 +201,7 @@ def test_fit_waits_for_its_checkpoint_and_reports_a_failed_write(fmnist_teacher,
 
     def broken_save(obj, path, *a, **k):
         raise OSError("disk full")
-    monkeypatch.setattr("dfkd.engine.atomic_save", broken_save)
+    monkeypatch.setattr("dfkd.run.callbacks.checkpoint.atomic_save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         trainer.fit()
     assert safe_load(tmp_path / "checkpoint.pt")["epoch"] == 1
@@ -218,7 +218,7 @@ def test_a_metrics_row_follows_its_checkpoint_to_disk(fmnist_teacher, tmp_path, 
         seen.append((state["epoch"], len(lines)))
         time.sleep(0.3)  # a slow disk: the next epoch starts before this write ends
         real_save(state, path)
-    monkeypatch.setattr("dfkd.engine.atomic_save", slow_save)
+    monkeypatch.setattr("dfkd.run.callbacks.checkpoint.atomic_save", slow_save)
     raw = {"teacher": str(fmnist_teacher), "epochs": 3, "rounds": 1, "kd_steps": 1,
            "batch_size": 16, "sample_grid": 0}
     build_trainer(raw, tmp_path, progress=False).fit()
@@ -232,7 +232,7 @@ def test_nan_stops_with_term_and_step_and_keeps_checkpoint(fmnist_teacher, tmp_p
     trainer = build_trainer(raw, tmp_path, progress=False)
     trainer.fit(stop_after_epoch=1)
     before = (tmp_path / "checkpoint.pt").read_bytes()
-    trainer.opt_s.param_groups[0]["lr"] = float("nan")  # poisons the student at once
+    trainer.optimiser.opt.param_groups[0]["lr"] = float("nan")  # poisons the student at once
     with pytest.raises(DfkdError, match=r"non-finite loss: '\w+' .* epoch 2, round \d"):
         trainer.fit()
     assert (tmp_path / "checkpoint.pt").read_bytes() == before

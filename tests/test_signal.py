@@ -15,7 +15,6 @@ from dfkd.advice import MIN_STEPS, agreement_threshold
 from dfkd.api import build_trainer
 from dfkd.checkpoint import safe_load
 from dfkd.config import merge, read_yaml
-from dfkd.engine import _epoch_line
 from dfkd.probe import (
     _CACHE,
     KEYS,
@@ -24,6 +23,8 @@ from dfkd.probe import (
     signal_correlation,
     spearman,
 )
+from dfkd.run.callbacks.probe import Probe
+from dfkd.run.callbacks.progress import epoch_line
 from dfkd.teacher_wrap import FrozenTeacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -95,11 +96,11 @@ def test_signal_is_logged_each_epoch_on_a_fixed_set(fmnist_teacher, tmp_path):
         assert 0 <= row["synthetic_agreement"] <= 100 and 0 <= row["synthetic_loyalty"] <= 1
         assert row["synthetic_kl"] >= 0
         for key in ("synthetic_agreement", "synthetic_loyalty"):
-            assert key in _epoch_line(row, 2)
+            assert key in epoch_line(row, 2)
     # The logged agreement is the student's on the stored probe.
     student = trainer.student.eval()
     with torch.no_grad():
-        s = student((state["probe"]["images"].float() / 255 - trainer._mean) / trainer._std)
+        s = student((state["probe"]["images"].float() / 255 - trainer.mean) / trainer.std)
     agreement = 100 * (s.argmax(1) == state["probe"]["logits"].argmax(1)).float().mean().item()
     assert rows[-1]["synthetic_agreement"] == pytest.approx(agreement)
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -133,8 +134,9 @@ def test_resume_keeps_the_probe_and_stays_exact(fmnist_teacher, tmp_path):
     _CACHE.clear()   # the resumed run must read its probe, not remake it
     raw = {**TINY, "teacher": str(fmnist_teacher), "epochs": 3}
     resumed = build_trainer(raw, tmp_path / "split", resume=True, progress=False)
-    assert torch.equal(resumed.probe.images, probe["images"])
-    assert resumed.probe.initial == probe["initial"]
+    kept = resumed.callback(Probe).probe
+    assert torch.equal(kept.images, probe["images"])
+    assert kept.initial == probe["initial"]
     resumed.fit()
     assert metrics_rows(tmp_path / "split") == metrics_rows(tmp_path / "full")
     assert not _CACHE   # never rebuilt

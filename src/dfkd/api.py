@@ -15,27 +15,29 @@ import yaml
 from torch import nn
 
 from dfkd import distributed, recipes, runlock
-from dfkd.checkpoint import STUDENT, STUDENT_SAFETENSORS, load_model_checkpoint, safe_load
+from dfkd.checkpoint import (
+    CHECKPOINT,
+    METRICS,
+    STUDENT,
+    STUDENT_SAFETENSORS,
+    SUMMARY,
+    load_model_checkpoint,
+    safe_load,
+)
 from dfkd.config import RunConfig, load_config, merge, read_yaml
 from dfkd.data import DATASETS, dataset_info, load_split
 from dfkd.data.normalization import describe as describe_normalization
 from dfkd.data.normalization import resolve_normalization
-from dfkd.engine import (
-    CHECKPOINT,
-    METRICS,
-    SUMMARY,
-    EvalData,
-    ImageSpec,
-    Trainer,
-    resolve_device,
-    seed_everything,
-)
 from dfkd.errors import ConfigError, DfkdError
 from dfkd.memory import ROUND_SETTINGS, size_for_cpu
 from dfkd.methods import get_method
 from dfkd.methods.choice import bn_free_default
 from dfkd.models import create_model, resolve_spec
 from dfkd.models.timm_models import timm_spec_of
+from dfkd.run.device import resolve_device
+from dfkd.run.seeding import seed_everything
+from dfkd.run.spec import EvalData, ImageSpec
+from dfkd.run.trainer import Trainer
 
 
 def prepare_out_dir(out: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> Path:
@@ -143,41 +145,29 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
     named by the ``dataset=`` setting or the known one these classes, image shape, mean and
     std are.
     """
-    state = None
+    state, lines = None, []
     if resume:
         if out_dir is None:
             raise ConfigError("resume=True continues the run in out_dir; pass out_dir")
         state = load_run_checkpoint(out_dir)
         recorded = state["config"]
-        raw = merge(recorded, _split_settings(method or recorded.get("method", "cudfkd"),
+        raw = merge(recorded, _split_settings(method or recorded.get("method", RunConfig.method),
                                               settings))
     else:
         raw, line = _start_settings(method, recipe, settings, tuple(image_shape), teacher)
+        lines.append(line)
     cfg = load_config(raw)
     if cfg.teacher_norm is not None:
         raise ConfigError("dfkd.distill feeds the teacher the mean and std it is given: pass "
                           "the teacher's normalisation as mean= and std= (teacher_norm is "
                           "for teacher checkpoints)")
-    sized = None
-    if not resume and resolve_device(cfg.device).type == "cpu":   # a recipe's round: scaled
-        mine = set(settings) if cfg.base_recipe else ROUND_SETTINGS
-        cfg, sized = size_for_cpu(cfg, mine, teacher, student, tuple(image_shape),
-                                  distributed.current().world_size)
-    out = prepare_out_dir(out_dir, resume, overwrite) if out_dir is not None else None
-    if out is not None and distributed.current().is_main:
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     spec = ImageSpec(num_classes, tuple(image_shape), tuple(mean), tuple(std),
                      dataset=cfg.dataset or dataset_like(num_classes, image_shape, mean, std))
-    eval_data = EvalData(*test_data) if test_data is not None else None
-    trainer = Trainer(cfg, teacher, student, spec, eval_data, out, progress=progress,
-                      recipe_hint=_recipe_hint(cfg.method, tuple(image_shape)),
-                      student_arch=rebuild_spec(student, num_classes, image_shape[0]))
-    if resume:
-        trainer.resume(state)
-    else:   # once the run is built: a user error stays a one-line message
-        for text in (line, sized):
-            if text is not None:
-                say(text)
+    trainer = _assemble(
+        cfg, teacher, student, spec, EvalData(*test_data) if test_data is not None else None,
+        out_dir, resume=resume, state=state, overwrite=overwrite, progress=progress,
+        own=set(settings) if cfg.base_recipe else ROUND_SETTINGS,
+        student_arch=rebuild_spec(student, num_classes, image_shape[0]), lines=lines)
     summary = trainer.fit()
     if trainer.kept_student is not student:  # student_ema: your module gets the average
         student.load_state_dict(trainer.kept_student.state_dict())
@@ -267,47 +257,39 @@ def _start_settings(method: str | None, recipe: str | os.PathLike | None,
 def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool = False,
                   overwrite: bool = False, progress: bool | None = None,
                   state: dict[str, Any] | None = None, base_recipe: bool = False) -> Trainer:
-    """Everything ``dfkd distill`` checks and builds, in the order that fails fastest.
+    """Everything ``dfkd distill`` checks and builds, in the order that fails fastest: the
+    run of the teacher checkpoint and dataset that ``raw`` names.
     ``state``: the checkpoint to resume from, if the caller has already read it.
     ``base_recipe``: ``raw`` holds only the user's settings (no recipe), so start them from
     the recipe of the data's geometry (:mod:`dfkd.recipes`); not on a resume, which keeps
     what the run recorded."""
-    cfg = load_config(raw)
-    if not cfg.teacher:
+    if not raw.get("teacher"):
         raise ConfigError("no teacher given: pass --teacher CHECKPOINT (or set 'teacher' in "
                           "the config)")
-    info_hint = dataset_info(cfg.dataset) if cfg.dataset else None
+    given = set(raw)   # the user's own keys: a recipe's are the ones not in it
+    info_hint = dataset_info(raw["dataset"]) if raw.get("dataset") else None
     teacher, meta = load_model_checkpoint(
-        cfg.teacher, arch=cfg.teacher_model,
+        str(raw["teacher"]), arch=raw.get("teacher_model"),
         num_classes=info_hint.num_classes if info_hint else None,
         in_channels=info_hint.image_shape[0] if info_hint else None)
-    dataset = cfg.dataset or meta.get("dataset")
+    dataset = raw.get("dataset") or meta.get("dataset")
     if dataset is None:
-        raise ConfigError(f"the teacher '{cfg.teacher}' does not name its dataset; pass "
+        raise ConfigError(f"the teacher '{raw['teacher']}' does not name its dataset; pass "
                           "--dataset NAME")
     info = dataset_info(dataset)
     if meta["num_classes"] != info.num_classes:
         raise DfkdError(f"the teacher has {meta['num_classes']} classes but {info.name} has "
                         f"{info.num_classes}")
-    line = sized = chosen = None
-    given = set(raw)   # the user's own keys: a recipe's are the ones not in it
+    lines: list[str | None] = []
     if base_recipe and not resume:
         # No method named and a teacher without BatchNorm: the method measured for it.
         raw, chosen = bn_free_default(teacher, raw)
         raw, line = recipes.with_base_recipe(raw, tuple(info.image_shape), RunConfig.method)
-        cfg = load_config(raw)
-    images, labels = load_split(info.name, cfg.eval_split, cfg.data_root)
+        lines += [chosen, line]
+    cfg = load_config(raw)
+    eval_data = EvalData(*load_split(info.name, cfg.eval_split, cfg.data_root))
     seed_everything(cfg.seed)  # the student's initialisation is part of the run's seed
     student = create_model(cfg.student, info.num_classes, info.image_shape[0])
-    if not resume and resolve_device(cfg.device).type == "cpu":   # a recipe's round: scaled
-        mine = given if base_recipe and cfg.base_recipe else ROUND_SETTINGS
-        cfg, sized = size_for_cpu(cfg, mine, teacher, student, tuple(info.image_shape),
-                                  distributed.current().world_size)
-    out = Path(out_dir)
-    if distributed.current().is_main:  # one process prepares the folder, the others wait
-        prepare_out_dir(out, resume, overwrite)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    distributed.barrier()
     # The teacher's own normalisation feeds the generator's output, the student and the
     # evaluation alike (dfkd.data.normalization).
     norm = resolve_normalization(cfg.teacher_norm, meta, info)
@@ -315,14 +297,42 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
         say(describe_normalization(norm, info.name))
     spec = ImageSpec(info.num_classes, info.image_shape, norm.mean, norm.std, info.name,
                      normalization=norm.source)
-    trainer = Trainer(cfg, teacher, student, spec, EvalData(images, labels), out,
-                      teacher_acc1=meta.get(f"{cfg.eval_split}_acc1"), progress=progress,
-                      student_arch=resolve_spec(cfg.student),
-                      recipe_hint=_recipe_hint(cfg.method, tuple(info.image_shape)))
+    return _assemble(cfg, teacher, student, spec, eval_data, out_dir, resume=resume,
+                     state=state, overwrite=overwrite, progress=progress,
+                     own=given if base_recipe and cfg.base_recipe else ROUND_SETTINGS,
+                     teacher_acc1=meta.get(f"{cfg.eval_split}_acc1"),
+                     student_arch=resolve_spec(cfg.student), lines=lines)
+
+
+def _assemble(cfg: RunConfig, teacher: nn.Module, student: nn.Module, spec: ImageSpec,
+              eval_data: EvalData | None, out_dir: str | os.PathLike | None, *, resume: bool,
+              state: dict[str, Any] | None, overwrite: bool, progress: bool | None,
+              own: set[str] | frozenset[str], student_arch: str | None,
+              teacher_acc1: float | None = None,
+              lines: list[str | None] = ()) -> Trainer:
+    """The one assembly of a run, for the CLI, the API, bench and tune: the validated
+    settings sized for the device (on a CPU, a recipe's round that would not fit in memory
+    is scaled down; ``own``: the keys the user set, which are only warned about), the run
+    folder prepared (one process; the others wait) with the config.yaml of the frozen
+    settings, the trainer built and, on a resume, its state restored. ``lines`` (the
+    recipe's and the method's) are said once the run is built, so an error stays one line."""
+    if not resume and resolve_device(cfg.device).type == "cpu":
+        cfg, sized = size_for_cpu(cfg, set(own), teacher, student, tuple(spec.image_shape),
+                                  distributed.current().world_size)
+        lines = [*lines, sized]
+    out = None if out_dir is None else Path(out_dir)
+    if out is not None:
+        if distributed.current().is_main:
+            prepare_out_dir(out, resume, overwrite)
+            (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        distributed.barrier()
+    trainer = Trainer(cfg, teacher, student, spec, eval_data, out, teacher_acc1=teacher_acc1,
+                      progress=progress, student_arch=student_arch,
+                      recipe_hint=_recipe_hint(cfg.method, tuple(spec.image_shape)))
     if resume:
         trainer.resume(state)
-    for text in (chosen, line, sized):   # once the run is built: an error stays one line
-        if text is not None:
+    for text in lines:
+        if text:
             say(text)
     return trainer
 

@@ -39,11 +39,10 @@ import yaml
 
 from dfkd import runlock
 from dfkd.api import build_trainer
-from dfkd.checkpoint import load_model_checkpoint
+from dfkd.checkpoint import CHECKPOINT, SUMMARY, load_model_checkpoint
 from dfkd.config import first_difference, flatten, load_config, merge, parse_overrides, read_yaml
 from dfkd.data import dataset_info, load_split
 from dfkd.data.normalization import resolve_normalization
-from dfkd.engine import CHECKPOINT, SUMMARY, Interrupted
 from dfkd.errors import ConfigError, DfkdError
 from dfkd.launcher_watch import die_with_parent
 from dfkd.methods import get_method, list_methods
@@ -51,6 +50,7 @@ from dfkd.metrics import fidelity_metrics, predict
 from dfkd.recipes import family_recipe, resolve_named
 from dfkd.report import METRICS_FILE, PlotUnavailable, dumps_strict, format_table, read_metrics
 from dfkd.report import plot_curves as draw_curves
+from dfkd.run.signals import Interrupted
 from dfkd.teacher import SupervisedSettings, normalizer, train_supervised
 from dfkd.trackers import SETTINGS as TRACKER_SETTINGS
 

@@ -23,9 +23,13 @@ from torch import nn
 from dfkd.errors import CheckpointError
 from dfkd.models import create_model
 
-# What a distillation leaves in its run folder: the student, ready to use.
+# What a distillation leaves in its run folder: the student, ready to use; the state an
+# exact resume needs; one metrics row per epoch; the summary of a finished run.
 STUDENT = "student.pt"
 STUDENT_SAFETENSORS = "student.safetensors"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
 
 
 def atomic_save(obj: Any, path: str | os.PathLike, shared: bool = False) -> None:

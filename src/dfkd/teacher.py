@@ -18,11 +18,12 @@ from tqdm import tqdm
 from dfkd.checkpoint import load_model_checkpoint, save_model_checkpoint
 from dfkd.data import augment, dataset_info, load_split
 from dfkd.data.normalization import resolve_normalization
-from dfkd.engine import resolve_device, seed_everything
 from dfkd.errors import DfkdError
 from dfkd.losses import kd_kl
 from dfkd.metrics import accuracy, predict
 from dfkd.models import create_model, resolve_spec
+from dfkd.run.device import resolve_device
+from dfkd.run.seeding import seed_everything
 
 
 @dataclass

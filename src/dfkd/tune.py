@@ -37,9 +37,11 @@ import yaml
 
 from dfkd import probe, runlock
 from dfkd.api import build_trainer
+from dfkd.checkpoint import CHECKPOINT
 from dfkd.config import first_difference, flatten, load_config, merge, parse_overrides, read_yaml
-from dfkd.engine import CHECKPOINT, Interrupted, NonFiniteLoss
 from dfkd.errors import ConfigError, DfkdError
+from dfkd.run.callbacks.health import NonFiniteLoss
+from dfkd.run.signals import Interrupted
 
 SEARCH = "search"
 STUDY_DB = "study.db"

@@ -91,7 +91,7 @@ class Tracking:
         try:
             yield
         except (KeyboardInterrupt, Exception) as exc:
-            # dfkd.engine.Interrupted (a signal's checkpoint) carries an exit code; this
+            # dfkd.run.signals.Interrupted (a signal's checkpoint) carries an exit code; this
             # module sits below the engine, so it does not import it.
             stopped = isinstance(exc, KeyboardInterrupt) or hasattr(exc, "exit_code")
             self.close("stopped" if stopped else "failed", timeout=30.0)

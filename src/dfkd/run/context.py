@@ -1,0 +1,41 @@
+"""A run's method, built on the run's device: the context it is handed (the frozen teacher,
+the student, the image geometry, where and how to compute) and its modules compiled when
+``compile`` asks for it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dfkd.config import RunConfig
+from dfkd.errors import DfkdError
+from dfkd.hooks import batchnorm_layers
+from dfkd.methods import Method, MethodContext, get_method
+from dfkd.run.device import Placement
+from dfkd.run.spec import ImageSpec
+from dfkd.teacher_wrap import FrozenTeacher, GraphedForward
+
+
+def build_method(cfg: RunConfig, spec: ImageSpec, place: Placement, teacher: FrozenTeacher,
+                 student: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> Method:
+    method_cls = get_method(cfg.method)
+    if method_cls.uses_bn(cfg.method_settings) and not batchnorm_layers(teacher):
+        raise DfkdError(f"method '{cfg.method}' matches the teacher's BatchNorm statistics, "
+                        "but the teacher has no BatchNorm layer; set "
+                        f"{cfg.method}.w_bn=0 to run it without that term, or pick a "
+                        "method that needs none (dafl, dfad, zskt)")
+    # DDP: each rank synthesises batch_size / world samples; S and G are wrapped so their
+    # gradients are averaged. Rank 0's initial weights are broadcast at wrap time.
+    ctx = MethodContext(
+        teacher=teacher, student=place.wrap(student), student_raw=student,
+        num_classes=spec.num_classes, image_shape=tuple(spec.image_shape), mean=mean, std=std,
+        device=place.device, batch_size=cfg.batch_size // place.dist.world_size,
+        epochs=cfg.epochs, generator=cfg.generator, wrap=place.wrap, autocast=place.autocast,
+        channels_last=place.channels_last,
+        # CUDA only; on CPU the teacher runs as usual (documented, like amp).
+        teacher_infer=GraphedForward(teacher) if place.cuda and cfg.teacher_graph else None)
+    method = method_cls(ctx, cfg.method_settings)
+    if cfg.compile:   # wrappers that share the parameters of the plain modules
+        ctx.student = torch.compile(ctx.student)
+        method.compile_modules(torch.compile)
+    return method
