@@ -43,6 +43,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from dfkd.methods.catalog import documented
+
 HERE = Path(__file__).resolve().parent
 MODELS = HERE / "own_pair_models.py"
 DEVICE = "cpu"   # --device: every dfkd call runs there
@@ -61,7 +63,7 @@ STUDENTS = {
     "zoo_wrn16_1": "wrn16_1",                              # BatchNorm, 175K
     "plain_cnn": f"{MODELS}:make_plain_student",           # no normalisation layer, 20K
 }
-METHODS = ["cudfkd", "dafl", "dfad", "zskt", "deepinv", "dfq", "cmi", "fast"]
+METHODS = [cls.name for cls in documented()]   # every registered method, in the docs' order
 
 
 def dfkd(*args: str, timeout: float | None = 3600) -> subprocess.CompletedProcess:

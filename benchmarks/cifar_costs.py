@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe_speed import describe, random_models, student_step, timed  # noqa: E402
 
 from dfkd.config import load_config, merge, parse_overrides, read_yaml  # noqa: E402
-from dfkd.reproduce import PAIRS, _published, label, official_table, recipe_rows  # noqa: E402
+from dfkd.reproduce import PAIRS, label, published_hours, recipe_rows  # noqa: E402
 from dfkd.run.trainer import Trainer  # noqa: E402
 
 
@@ -75,13 +75,10 @@ def main() -> None:
     rows = recipe_rows(pair)
     if args.rows:
         rows = {r: rows[r] for r in args.rows.split(",")}
-    official = official_table()
     results = []
     for row, recipe in rows.items():
         torch.manual_seed(0)
-        result = {"row": row, "name": label(row, official),
-                  "published_hours": _published(official.get("published_hours"), pair, row,
-                                                "hours"),
+        result = {"row": row, "name": label(row), "published_hours": published_hours(pair, row),
                   **cost(recipe, args.batch, args.set)}
         results.append(result)
         print(f"{result['name']:>8}: G step {result['generator_step_s']:.3f} s, student step "

@@ -26,9 +26,10 @@ import argparse
 from pathlib import Path
 
 from dfkd.bench import compare, interval_text, seed_values
+from dfkd.methods import list_methods
 from dfkd.report import format_table
 
-BASELINES = "dafl,dfad,zskt,dfq,deepinv,cmi,fast"
+BASELINES = ",".join(m for m in list_methods() if m != "cudfkd")   # every registered one
 TEACHERS = ("clean", "noise20", "noise40")
 # claim, what is measured, the bench (teacher), the column, higher is better, and whether
 # the value is the loss against the clean teacher's bench (clean minus this one, per seed)

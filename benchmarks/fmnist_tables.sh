@@ -23,14 +23,15 @@
 set -euo pipefail
 OUT=${OUT:-results/tables}; JOBS=${JOBS:-2}; DFKD=${DFKD:-dfkd}; PYTHON=${PYTHON:-python}
 TOP=${TOP:-cudfkd,cudfkd_paper,cmi,fast}
-ROWS=cudfkd,cudfkd_paper,dafl,dfad,zskt,dfq,deepinv,cmi,fast
+"$PYTHON" -c 'import dfkd' 2>/dev/null || {  # before hours of benches, not after
+    echo "PYTHON=$PYTHON cannot import dfkd (set PYTHON=.venv/bin/python)" >&2; exit 2; }
+# Every registered method's row, and the paper's CuDFKD beside dfkd's recipe.
+ROWS=$("$PYTHON" -c 'from dfkd.methods import list_methods; print(",".join(["cudfkd_paper", *list_methods()]))')
 if [ -z "${REST:-}" ]; then   # every row that is not in TOP, so none is left out
     REST=$(tr , '\n' <<< "$ROWS" | grep -vxF -f <(tr , '\n' <<< "$TOP") | paste -sd ,) || true
 fi
 TEACHERS=${TEACHERS:-clean noise20 noise40}
 BENCH=(--config configs/fashion_mnist/bench.yaml --jobs "$JOBS" --no-progress)
-"$PYTHON" -c 'import dfkd' 2>/dev/null || {  # before hours of benches, not after
-    echo "PYTHON=$PYTHON cannot import dfkd (set PYTHON=.venv/bin/python)" >&2; exit 2; }
 mkdir -p "$OUT"
 failed=0   # a run that fails stops its bench; the other benches still run
 for name in $TEACHERS; do

@@ -18,6 +18,7 @@ from torch import nn
 import dfkd
 from dfkd.checkpoint import load_model_checkpoint
 from dfkd.errors import ConfigError, DfkdError
+from dfkd.methods import get_method, list_methods
 from dfkd.methods.choice import BN_FREE_METHOD, BN_FREE_SETTINGS
 from dfkd.methods.cudfkd import CuDFKDSettings
 from dfkd.methods.zskt import ZSKTSettings
@@ -191,7 +192,7 @@ def test_zskt_on_own_models_pairs_layers_automatically(tmp_path):
 def test_stage_pairs_of_two_own_architectures():
     from types import SimpleNamespace
 
-    from dfkd.methods.zskt import AttentionPairs
+    from dfkd.attention import AttentionPairs
 
     ctx = SimpleNamespace(teacher=own("make_groupnorm_teacher").eval(),
                           student_raw=own("make_convnext_ln"), image_shape=(1, 32, 32),
@@ -267,7 +268,7 @@ def test_named_layer_that_is_no_feature_map_is_one_line(tmp_path):
 
 
 # ------------------------------------------------------------------ teachers without BN
-@pytest.mark.parametrize("method", ["cudfkd", "deepinv", "dfq", "cmi", "fast"])
+@pytest.mark.parametrize("method", [m for m in list_methods() if get_method(m).needs_bn])
 def test_bn_free_teacher_runs_with_the_bn_term_off(tmp_path, method):
     teacher = own("make_groupnorm_teacher")
     student = own("make_plain_student")

@@ -100,7 +100,7 @@ def test_dataset_info_and_unknown_name():
     assert dataset_info("Fashion-MNIST").name == "fashion_mnist"
     assert not dataset_info("svhn").flip and dataset_info("cifar10").flip
     assert dataset_info("tiny_imagenet").image_shape == (3, 64, 64)
-    with pytest.raises(DatasetError, match="did you mean 'fashion_mnist'") as e:
+    with pytest.raises(DatasetError, match="Did you mean 'fashion_mnist'") as e:
         dataset_info("fashion_mnst")
     assert "cifar100" in str(e.value)
     with pytest.raises(DatasetError, match="split"):

@@ -20,6 +20,7 @@ from conftest import metrics_rows
 from dfkd.api import build_trainer
 from dfkd.config import read_yaml
 from dfkd.errors import ConfigError
+from dfkd.methods import list_methods
 
 optuna = pytest.importorskip("optuna")
 from dfkd.tune import parse_search, recipe_values, run_tune  # noqa: E402
@@ -175,8 +176,7 @@ def test_killed_study_resumes_to_the_promised_count(fmnist_teacher, tmp_path):
     assert [r["epoch"] for r in metrics_rows(out / "trials" / "0001")] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("method", ["cudfkd", "dafl", "dfad", "zskt", "dfq", "deepinv", "cmi",
-                                    "fast"])
+@pytest.mark.parametrize("method", list_methods())
 def test_every_fashion_mnist_recipe_has_a_valid_search_space(method):
     path = f"configs/fashion_mnist/{method}_lenet5.yaml"
     recipe = read_yaml(path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import shutil
 import sys
@@ -34,6 +33,7 @@ from dfkd.methods import get_method
 from dfkd.methods.choice import bn_free_default
 from dfkd.models import create_model, resolve_spec
 from dfkd.models.timm_models import timm_spec_of
+from dfkd.registry import did_you_mean
 from dfkd.run.device import resolve_device
 from dfkd.run.seeding import seed_everything
 from dfkd.run.spec import EvalData, ImageSpec
@@ -85,9 +85,8 @@ def _split_settings(method: str, settings: dict[str, Any]) -> dict[str, Any]:
         elif key == method and isinstance(value, dict):
             raw[method] = merge(raw.get(method, {}), value)
         else:
-            close = difflib.get_close_matches(key, run_keys | method_keys, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown setting '{key}' for method '{method}'.{hint}")
+            raise ConfigError(f"unknown setting '{key}' for method '{method}'."
+                              f"{did_you_mean(key, run_keys | method_keys)}")
     return raw
 
 
@@ -263,18 +262,19 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
     ``base_recipe``: ``raw`` holds only the user's settings (no recipe), so start them from
     the recipe of the data's geometry (:mod:`dfkd.recipes`); not on a resume, which keeps
     what the run recorded."""
-    if not raw.get("teacher"):
+    cfg = load_config(raw)   # the user's settings first: a mistake fails before any work
+    if not cfg.teacher:
         raise ConfigError("no teacher given: pass --teacher CHECKPOINT (or set 'teacher' in "
                           "the config)")
     given = set(raw)   # the user's own keys: a recipe's are the ones not in it
-    info_hint = dataset_info(raw["dataset"]) if raw.get("dataset") else None
+    info_hint = dataset_info(cfg.dataset) if cfg.dataset else None
     teacher, meta = load_model_checkpoint(
-        str(raw["teacher"]), arch=raw.get("teacher_model"),
+        cfg.teacher, arch=cfg.teacher_model,
         num_classes=info_hint.num_classes if info_hint else None,
         in_channels=info_hint.image_shape[0] if info_hint else None)
-    dataset = raw.get("dataset") or meta.get("dataset")
+    dataset = cfg.dataset or meta.get("dataset")
     if dataset is None:
-        raise ConfigError(f"the teacher '{raw['teacher']}' does not name its dataset; pass "
+        raise ConfigError(f"the teacher '{cfg.teacher}' does not name its dataset; pass "
                           "--dataset NAME")
     info = dataset_info(dataset)
     if meta["num_classes"] != info.num_classes:
@@ -286,7 +286,7 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
         raw, chosen = bn_free_default(teacher, raw)
         raw, line = recipes.with_base_recipe(raw, tuple(info.image_shape), RunConfig.method)
         lines += [chosen, line]
-    cfg = load_config(raw)
+        cfg = load_config(raw)   # with the recipe under them
     eval_data = EvalData(*load_split(info.name, cfg.eval_split, cfg.data_root))
     seed_everything(cfg.seed)  # the student's initialisation is part of the run's seed
     student = create_model(cfg.student, info.num_classes, info.image_shape[0])

@@ -39,16 +39,17 @@ import yaml
 
 from dfkd import runlock
 from dfkd.api import build_trainer
-from dfkd.checkpoint import CHECKPOINT, SUMMARY, load_model_checkpoint
+from dfkd.checkpoint import CHECKPOINT, METRICS, SUMMARY, load_model_checkpoint
 from dfkd.config import first_difference, flatten, load_config, merge, parse_overrides, read_yaml
 from dfkd.data import dataset_info, load_split
 from dfkd.data.normalization import resolve_normalization
 from dfkd.errors import ConfigError, DfkdError
 from dfkd.launcher_watch import die_with_parent
 from dfkd.methods import get_method, list_methods
+from dfkd.methods.catalog import documented
 from dfkd.metrics import fidelity_metrics, predict
 from dfkd.recipes import family_recipe, resolve_named
-from dfkd.report import METRICS_FILE, PlotUnavailable, dumps_strict, format_table, read_metrics
+from dfkd.report import PlotUnavailable, dumps_strict, format_table, read_metrics
 from dfkd.report import plot_curves as draw_curves
 from dfkd.run.signals import Interrupted
 from dfkd.teacher import SupervisedSettings, normalizer, train_supervised
@@ -64,6 +65,16 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
          16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080, 22: 2.074,
          23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045,
          30: 2.042}
+
+
+def all_rows(config: dict[str, Any]) -> list[str]:
+    """``--methods all``: every registered method (in the docs' order, CuDFKD first, the row
+    the others are compared with) when the config names a recipe ``family``, then the rows
+    named in its ``recipes:``, then the references."""
+    family = config.get("family")
+    methods = [cls.name for cls in documented()
+               if family and family_recipe(family, cls.name) is not None]
+    return list(dict.fromkeys([*methods, *(config.get("recipes") or {}), *REFERENCES]))
 
 
 def plan(config: dict[str, Any], methods: list[str], seeds: list[int], out: Path
@@ -264,6 +275,8 @@ def run_bench(config_path: str, methods: list[str], seeds: list[int], out: str |
     if "teacher" not in config.get("base", {}):
         raise ConfigError(f"{config_path}: 'base.teacher' (the teacher checkpoint) is required")
     out = Path(out)
+    if methods == ["all"]:
+        methods = all_rows(config)
     runs = plan(config, methods, seeds, out)
     if dry_run:
         return runs
@@ -490,7 +503,7 @@ def plot_curves(out: Path, methods: list[str]) -> bool:
     agreement by epoch and wall time, loss terms, λ, adversarial weight, v*)."""
     runs = [(f"{name} {folder.name}", read_metrics(folder))
             for name in methods for folder in sorted((out / name).glob("seed*"))
-            if (folder / METRICS_FILE).is_file()]
+            if (folder / METRICS).is_file()]
     runs = [(label, rows) for label, rows in runs if rows]
     if not runs:  # references only: they log no epochs
         return False

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfkd.hooks import ForwardHooks, eval_forward
+
 SAFE_FRACTION = 0.6   # of the memory available when the run starts
 ROUND_SETTINGS = frozenset({"batch_size", "batched_g"})   # what sizing may scale
 MIN_BATCH = 32        # scaling stops here: smaller batches change what the recipe learns
@@ -129,16 +131,8 @@ def _output_bytes(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
                 sizes.append(t.numel() * t.element_size())
 
     leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    training = model.training
-    try:
-        model.eval()   # no BatchNorm statistics are updated by this measurement
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(training)
-        for handle in handles:
-            handle.remove()
+    with ForwardHooks(leaves, hook):
+        eval_forward(model, x)   # no BatchNorm statistics are updated by this measurement
     n = x.shape[0]
     return sum(sizes) / n, max(sizes, default=0) / n
 
@@ -172,18 +166,15 @@ def size_for_cpu(cfg: Any, given: set[str], teacher: nn.Module, student: nn.Modu
     the line to print (None: it fits). ``given``: the top-level keys the user set, which
     are never changed (``ROUND_SETTINGS`` for a run that did not start from a base recipe:
     a warning at most)."""
-    from dfkd.generators import Generator, default_generator_size
+    from dfkd.generators import build_generator
     from dfkd.methods import GeneratorMethod, get_method
 
     generator = None
     nz = 1
     if issubclass(get_method(cfg.method), GeneratorMethod):
-        default, g = default_generator_size(tuple(image_shape)), cfg.generator
-        nz = g.nz or default.nz
         with torch.random.fork_rng(devices=[]):   # its weights: none of the run's numbers
-            generator = Generator(nz, g.ngf or default.ngf, tuple(image_shape),
-                                  width=g.width or default.width,
-                                  stages=g.stages or default.stages)
+            generator = build_generator(cfg.generator, tuple(image_shape))
+        nz = generator.nz
     try:
         fp = footprint(teacher, student, generator, tuple(image_shape), nz)
     except Exception:  # noqa: BLE001  (a model that cannot be measured so: the run says why)

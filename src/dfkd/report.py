@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from dfkd.checkpoint import METRICS
 from dfkd.errors import DfkdError
 
 
@@ -81,7 +82,6 @@ def result_table(summary: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ curves
-METRICS_FILE = "metrics.jsonl"
 # Per-epoch keys that are not loss terms; every other number in metrics.jsonl is one,
 # except the v* statistics of the self-paced weights.
 _NOT_TERMS = {"epoch", "acc1", "acc5", "agreement", "loyalty", "loyalty_official", "lr",
@@ -113,7 +113,7 @@ def is_generator_term(key: str) -> bool:
 def read_metrics(folder: Path) -> list[dict[str, Any]]:
     """A run's per-epoch rows; a line cut short by a killed run is skipped."""
     rows = []
-    for line in (Path(folder) / METRICS_FILE).read_text().splitlines():
+    for line in (Path(folder) / METRICS).read_text().splitlines():
         try:
             row = json.loads(line)
         except ValueError:
@@ -129,15 +129,15 @@ def find_runs(paths: list[str | Path]) -> list[tuple[str, Path]]:
     folders: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if path.name == METRICS_FILE and path.is_file():
+        if path.name == METRICS and path.is_file():
             path = path.parent
-        if (path / METRICS_FILE).is_file():
+        if (path / METRICS).is_file():
             folders.append(path)
             continue
-        below = sorted(p.parent for p in path.glob(f"**/{METRICS_FILE}")) \
+        below = sorted(p.parent for p in path.glob(f"**/{METRICS}")) \
             if path.is_dir() else []
         if not below:
-            what = "does not exist" if not path.exists() else f"holds no {METRICS_FILE}"
+            what = "does not exist" if not path.exists() else f"holds no {METRICS}"
             raise DfkdError(f"'{raw}' {what}: give run folders of 'dfkd distill' (or a "
                             "folder that holds some)")
         folders.extend(below)

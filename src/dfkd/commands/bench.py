@@ -24,10 +24,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "bench file first, then in the working folder, then among the bundled "
                         "recipes; base.teacher and other paths are relative to the working "
                         "folder")
-    b.add_argument("--methods", required=True,
+    b.add_argument("--methods", default="all",
                    help="comma-separated rows: methods, the references scratch and "
                         "kd_with_data, and rows named in the config's recipes (e.g. "
-                        "cudfkd_paper), e.g. cudfkd,cudfkd_paper,dafl,scratch")
+                        "cudfkd_paper), e.g. cudfkd,cudfkd_paper,dafl,scratch (default all: "
+                        "every method with a recipe of the config's family, its recipes: rows "
+                        "and the references; the first row is the one the others are "
+                        "compared with)")
     b.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     b.add_argument("--teacher", metavar="CKPT", default=None,
                    help="teacher checkpoint instead of the config's base.teacher (e.g. a "

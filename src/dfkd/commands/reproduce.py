@@ -31,8 +31,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     r.add_argument("--teachers", required=True, metavar="DIR",
                    help="folder of the zoo's teachers, named <dataset>_<arch>.pth")
     r.add_argument("--methods", default="all",
-                   help="comma-separated rows (default all: cudfkd, dafl, zskt, deepinv, dfq, "
-                        "cmi, dfad, and the Fast variants)")
+                   help="comma-separated rows (default all: every official row a method "
+                        "declares; --dry-run lists them)")
     r.add_argument("--pairs", default="all",
                    help="comma-separated pairs (default all): c10_resnet34_resnet18, "
                         "c10_wrn40_2_wrn16_1, c10_wrn40_2_wrn40_1, c100_resnet34_resnet18, "

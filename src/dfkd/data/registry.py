@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import http.client
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 from dfkd.data import readers
 from dfkd.errors import DatasetError
+from dfkd.registry import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,8 @@ def dataset_info(name: str) -> DatasetInfo:
     key = name.strip().lower().replace("-", "_")
     if key in _INFOS:
         return _INFOS[key]
-    close = difflib.get_close_matches(key, DATASETS, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise DatasetError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)}){hint}")
+    raise DatasetError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})."
+                       f"{did_you_mean(key, DATASETS)}")
 
 
 # ------------------------------------------------------------------------------------ sources

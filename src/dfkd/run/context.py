@@ -10,7 +10,7 @@ from torch import nn
 from dfkd.config import RunConfig
 from dfkd.errors import DfkdError
 from dfkd.hooks import batchnorm_layers
-from dfkd.methods import Method, MethodContext, get_method
+from dfkd.methods import Method, MethodContext, bn_free_methods, get_method
 from dfkd.run.device import Placement
 from dfkd.run.spec import ImageSpec
 from dfkd.teacher_wrap import FrozenTeacher, GraphedForward
@@ -23,7 +23,7 @@ def build_method(cfg: RunConfig, spec: ImageSpec, place: Placement, teacher: Fro
         raise DfkdError(f"method '{cfg.method}' matches the teacher's BatchNorm statistics, "
                         "but the teacher has no BatchNorm layer; set "
                         f"{cfg.method}.w_bn=0 to run it without that term, or pick a "
-                        "method that needs none (dafl, dfad, zskt)")
+                        f"method that needs none ({', '.join(bn_free_methods())})")
     # DDP: each rank synthesises batch_size / world samples; S and G are wrapped so their
     # gradients are averaged. Rank 0's initial weights are broadcast at wrap time.
     ctx = MethodContext(

@@ -1,8 +1,7 @@
 """The distillation loop shared by every method: epochs of ``rounds`` x (``g_steps``
 generator steps, then ``kd_steps`` student steps), each ended by the student's cosine step
-and one row of metrics. What happens around the loop is a callback
-(:mod:`dfkd.run.callbacks`). A checkpoint holds all an exact resume needs; SIGINT/SIGTERM
-finish the current round, checkpoint it and stop."""
+and one row of metrics; around it, the callbacks of :mod:`dfkd.run.callbacks`. A checkpoint
+holds all an exact resume needs; SIGINT/SIGTERM finish the round, checkpoint it and stop."""
 
 from __future__ import annotations
 
@@ -46,14 +45,13 @@ class Trainer:
         self.dist, self.device, self.channels_last = place.dist, place.device, place.channels_last
         self.is_main = self.dist.is_main   # only rank 0 talks and writes; every rank computes
         self.writer = BackgroundWriter()
-        # Experiment trackers: rank 0 hands them each metrics.jsonl row.
-        trackers = check_trackers(cfg.tracker)
+        trackers = check_trackers(cfg.tracker)   # rank 0 hands them each metrics.jsonl row
         self.tracking = Tracking(trackers if self.is_main else None, cfg.tracker_uri, out_dir)
         seed_everything(cfg.seed)
         self.teacher = FrozenTeacher(place.put(teacher))
         self.student = place.put(student).train()
-        self.mean = torch.tensor(spec.mean, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(spec.std, device=self.device).view(1, -1, 1, 1)
+        self.mean, self.std = (torch.tensor(v, device=self.device).view(1, -1, 1, 1)
+                               for v in (spec.mean, spec.std))
         self.method = build_method(cfg, spec, place, self.teacher, self.student, self.mean,
                                    self.std)
         # Identical initial weights everywhere, then a different sample stream per rank.
@@ -66,8 +64,7 @@ class Trainer:
             tracking=self.tracking, progress=shows and self.is_main,
             student_arch=student_arch, recipe_hint=recipe_hint)
         # Loop position and accumulators: all of it is checkpointed.
-        self.epoch = 0
-        self.round = 0
+        self.epoch = self.round = 0
         self.history: list[dict[str, Any]] = []
         self.sums: dict[str, float] = {}
         self.timers = {"synthesis_seconds": 0.0, "student_seconds": 0.0, "elapsed_seconds": 0.0}
@@ -96,7 +93,6 @@ class Trainer:
     def eval_split(self) -> str | None:
         return self.cfg.eval_split if self.eval_data is not None else None
 
-    # ------------------------------------------------------------------- loop
     def fit(self, stop_after_epoch: int | None = None) -> dict[str, Any]:
         """Train to the configured end, or checkpoint and return after epoch
         ``stop_after_epoch`` (a time-sliced job; ``resume`` continues it exactly)."""
@@ -195,7 +191,6 @@ class Trainer:
         self.epoch += 1
         self.round = 0
 
-    # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         state = {
             "format": "dfkd-run-1", "config": self.cfg.to_dict(),
