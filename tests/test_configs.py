@@ -37,3 +37,13 @@ def test_fmnist_bench_rows_resolve(tmp_path, monkeypatch):
         assert resolved["epochs"] == config["base"]["epochs"]  # one budget for every row
         recipe = config["recipes"].get(name) or family_recipe(config["family"], name).path
         assert resolved["method"] == read_yaml(recipe)["method"]
+
+
+def test_a_resolved_config_is_frozen():
+    import dataclasses
+
+    cfg = load_config({"method": "cudfkd", "epochs": 3})
+    for section, key in ((cfg, "epochs"), (cfg.student_optim, "lr"), (cfg.generator, "lr")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(section, key, 1)
+    assert dataclasses.replace(cfg, epochs=4).epochs == 4 and cfg.epochs == 3

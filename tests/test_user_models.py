@@ -16,12 +16,13 @@ import yaml
 from torch import nn
 
 import dfkd
-from dfkd import advice, api, bench, commands, engine, probe, recipes
+from dfkd import advice, api, bench, commands, probe, recipes
 from dfkd.checkpoint import load_model_checkpoint, safe_load
 from dfkd.config import load_config, read_yaml
 from dfkd.data import dataset_info
 from dfkd.errors import ConfigError, DfkdError
 from dfkd.report import plot_curves, read_metrics
+from dfkd.run.callbacks import probe as probe_callback
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -387,12 +388,12 @@ def test_a_long_synthetic_probe_is_announced_with_its_off_switch(tmp_path, monke
     teacher, student = grey_pair()
     common = dict(num_classes=10, image_shape=FM.image_shape, mean=FM.mean, std=FM.std,
                   method="dfad", recipe=None, **{**TINY, "synthetic_probe": 16})
-    monkeypatch.setattr(engine, "expected_probe_seconds", lambda *args: 37.0)
+    monkeypatch.setattr(probe_callback, "expected_seconds", lambda *args: 37.0)
     dfkd.distill(teacher, student, **common)
     lines = [x for x in capsys.readouterr().err.splitlines() if "synthetic probe" in x]
     assert len(lines) == 1 and "about 37 s" in lines[0]
     assert "--set synthetic_probe=0" in lines[0]
-    monkeypatch.setattr(engine, "expected_probe_seconds", lambda *args: 2.0)
+    monkeypatch.setattr(probe_callback, "expected_seconds", lambda *args: 2.0)
     dfkd.distill(teacher, GreyNet(), **common)
     assert "synthetic probe" not in capsys.readouterr().err
 

@@ -38,6 +38,7 @@ from dfkd.run.device import resolve_device
 from dfkd.run.seeding import seed_everything
 from dfkd.run.spec import EvalData, ImageSpec
 from dfkd.run.trainer import Trainer
+from dfkd.trackers import check_trackers
 
 
 def prepare_out_dir(out: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> Path:
@@ -316,6 +317,7 @@ def _assemble(cfg: RunConfig, teacher: nn.Module, student: nn.Module, spec: Imag
     folder prepared (one process; the others wait) with the config.yaml of the frozen
     settings, the trainer built and, on a resume, its state restored. ``lines`` (the
     recipe's and the method's) are said once the run is built, so an error stays one line."""
+    cfg = dataclasses.replace(cfg, tracker=check_trackers(cfg.tracker))   # names: a list
     if not resume and resolve_device(cfg.device).type == "cpu":
         cfg, sized = size_for_cpu(cfg, set(own), teacher, student, tuple(spec.image_shape),
                                   distributed.current().world_size)

@@ -26,18 +26,19 @@ from dfkd.ranges import check_range, ranged
 from dfkd.registry import did_you_mean
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudentOptimConfig:
     lr: float = ranged(0.1, ge=0)
     momentum: float = ranged(0.9, ge=0, le=1)
     weight_decay: float = ranged(1e-4, ge=0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     """One run's resolved settings: the top-level keys, then the sections of the student's
     optimiser, the generator and the run's method (dotted keys in ``--set``). Build it with
-    :func:`load_config`, which validates; ``config.yaml`` of a run folder is its dump."""
+    :func:`load_config`, which validates; ``config.yaml`` of a run folder is its dump.
+    Frozen, as its sections are: nothing changes a run's settings once they are resolved."""
 
     method: str = "cudfkd"
     teacher: str | None = None        # checkpoint path
@@ -266,7 +267,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(raw: dict[str, Any]) -> RunConfig:
-    """Validate a raw dict (recipe merged with overrides) into a :class:`RunConfig`."""
+    """Validate a raw dict (recipe merged with overrides) into a :class:`RunConfig`, frozen:
+    a run's settings change only as a new config (``dataclasses.replace``), never in place."""
     raw = dict(raw)
     raw.pop("search", None)  # dfkd tune's search space (see tune.py); a run ignores it
     method_name = raw.get("method", RunConfig.method)
@@ -274,9 +276,8 @@ def load_config(raw: dict[str, Any]) -> RunConfig:
     sections = {name: raw.pop(name) for name in list(raw) if name in list_methods()}
     cfg = build_dataclass(RunConfig, raw)
     parse_normalization(cfg.teacher_norm)   # a bad value fails here, before any work
-    cfg.method_settings = build_dataclass(
-        method_cls.Settings, sections.get(method_name) or {}, method_name + "."
-    )
+    cfg = dataclasses.replace(cfg, method_settings=build_dataclass(
+        method_cls.Settings, sections.get(method_name) or {}, method_name + "."))
     if cfg.g_steps < method_cls.min_g_steps:
         raise ConfigError(f"method '{method_name}' synthesises each round's samples in "
                           f"g_steps optimisation steps, so 'g_steps' must be >= "

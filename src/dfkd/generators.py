@@ -24,7 +24,7 @@ from dfkd.errors import ConfigError
 from dfkd.ranges import ranged
 
 
-@dataclass
+@dataclass(frozen=True)
 class GeneratorConfig:
     """The ``generator:`` section of a run config (validated by :mod:`dfkd.config`)."""
 
