@@ -22,7 +22,7 @@ from dfkd.checkpoint import load_model_checkpoint
 from dfkd.data.registry import dataset_info, load_split
 from dfkd.hooks import batchnorm_layers
 from dfkd.metrics import accuracy, predict
-from dfkd.teacher import normalizer
+from dfkd.supervised import normalizer
 
 # (batch size, images) of each recomputation: the training batch and a larger one, over
 # the whole pool, and the training batch over a quarter of it

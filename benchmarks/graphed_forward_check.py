@@ -15,8 +15,8 @@ import sys
 
 import torch
 
+from dfkd.frozen_teacher import FrozenTeacher, GraphedForward
 from dfkd.models import create_model
-from dfkd.teacher_wrap import FrozenTeacher, GraphedForward
 
 
 def check(bf16: bool, device: torch.device) -> float:

@@ -3,7 +3,7 @@
 The Fashion-MNIST recipes were tuned for LeNet-5-half (BatchNorm); a student with no
 normalisation layer at their rate may diverge (zskt's 0.35 does with every teacher in the
 any-model matrix). This measures, on the val split only, each method's recipe rate against
-the rate dfkd's divergence line suggests (``dfkd.advice.lower_lr``: a tenth), for the
+the rate dfkd's divergence line suggests (``dfkd.health.lower_lr``: a tenth), for the
 methods whose recipe rate is highest, with the LeNet-5 teacher and the plain CNN student of
 ``benchmarks/own_pair_models.py``:
 
@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--device", default="cpu", help="where every dfkd call runs (cpu, cuda)")
     args = ap.parse_args()
-    from dfkd.advice import lower_lr
+    from dfkd.health import lower_lr
 
     lines = ["| method | student lr | val Acc@1 by seed | mean |", "|---|---|---|---|"]
     for method in args.methods:

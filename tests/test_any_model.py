@@ -19,10 +19,10 @@ import dfkd
 from dfkd.checkpoint import load_model_checkpoint
 from dfkd.errors import ConfigError, DfkdError
 from dfkd.methods import get_method, list_methods
-from dfkd.methods.choice import BN_FREE_METHOD, BN_FREE_SETTINGS
 from dfkd.methods.cudfkd import CuDFKDSettings
 from dfkd.methods.zskt import ZSKTSettings
 from dfkd.models import create_model
+from dfkd.recipes import BN_FREE_METHOD, BN_FREE_SETTINGS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -318,7 +318,7 @@ def test_a_named_method_is_not_replaced(tmp_path):
 
 
 def test_bn_free_default_only_when_nothing_names_a_method():
-    from dfkd.methods.choice import bn_free_default
+    from dfkd.recipes import bn_free_default
 
     gn, bn = own("make_groupnorm_teacher"), own("make_teacher")
     raw, line = bn_free_default(gn, {"epochs": 2})
@@ -329,8 +329,5 @@ def test_bn_free_default_only_when_nothing_names_a_method():
         assert bn_free_default(gn, named) == (named, None)
     assert bn_free_default(bn, {"epochs": 2}) == ({"epochs": 2}, None)
     # base_recipe=none (the engine defaults) names no method, however it is spelt
-    from dfkd.methods.choice import NO_RECIPE
-    from dfkd.recipes import NONE
-    assert NO_RECIPE == NONE
     for none in ("none", "None", "null", ""):
         assert bn_free_default(gn, {"base_recipe": none})[0]["method"] == BN_FREE_METHOD

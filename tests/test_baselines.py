@@ -16,6 +16,7 @@ from dfkd.api import build_trainer
 from dfkd.attention import stage_outputs
 from dfkd.config import GeneratorConfig, load_config
 from dfkd.errors import ConfigError
+from dfkd.frozen_teacher import FrozenTeacher
 from dfkd.losses import (
     activation_l1,
     attention_map,
@@ -28,7 +29,6 @@ from dfkd.methods import MethodContext, get_method
 from dfkd.methods.dafl import teacher_features
 from dfkd.methods.zskt import divergence
 from dfkd.models import create_model
-from dfkd.teacher_wrap import FrozenTeacher
 
 LN3 = math.log(3.0)
 

@@ -12,10 +12,10 @@ from dfkd import distributed
 from dfkd.api import build_trainer
 from dfkd.config import GeneratorConfig, load_config
 from dfkd.errors import ConfigError
+from dfkd.frozen_teacher import GraphedForward
 from dfkd.methods import MethodContext
 from dfkd.methods.dfad import DFAD, DFADSettings
 from dfkd.run.signals import Interrupted
-from dfkd.teacher_wrap import GraphedForward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

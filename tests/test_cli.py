@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfkd.teacher import flip_labels
+from dfkd.supervised import flip_labels
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 

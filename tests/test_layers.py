@@ -17,20 +17,20 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "dfkd"
 LAYERS: dict[str, set[str]] = {
     # what methods and the loop share: no loop, no method, no run config
     "blocks": {"errors", "registry", "ranges", "distributed", "hooks", "losses", "generators",
-               "curriculum", "metrics", "attention", "augment", "bank", "teacher_wrap",
-               "models", "data", "checkpoint", "report", "runlock", "probe", "advice",
+               "curriculum", "metrics", "attention", "augment", "bank", "frozen_teacher",
+               "models", "data", "checkpoint", "report", "runlock", "probe", "health",
                "launcher_watch"},
     "methods": {"methods"},
     "config": {"config", "recipes"},
     # trackers sit between the run config and the loop that feeds them
     "trackers": {"trackers"},
-    "loop": {"run", "memory"},
-    "top": {"commands", "api", "bench", "tune", "reproduce", "export", "teacher", "__init__",
+    "loop": {"run"},
+    "top": {"commands", "api", "bench", "tune", "reproduce", "export", "supervised", "__init__",
             "__main__"},
 }
 # The modules of dfkd/methods/ that are not a method: the interface, the registry, and
 # what reads the registry.
-METHODS_SHARED = {"__init__", "base", "catalog", "choice"}
+METHODS_SHARED = {"__init__", "base", "catalog"}
 
 
 def _unit(module: str) -> str:

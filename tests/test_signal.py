@@ -11,10 +11,11 @@ import pytest
 import torch
 from conftest import metrics_rows
 
-from dfkd.advice import MIN_STEPS, agreement_threshold
 from dfkd.api import build_trainer
 from dfkd.checkpoint import safe_load
 from dfkd.config import merge, read_yaml
+from dfkd.frozen_teacher import FrozenTeacher
+from dfkd.health import MIN_STEPS, agreement_threshold
 from dfkd.probe import (
     _CACHE,
     KEYS,
@@ -25,7 +26,6 @@ from dfkd.probe import (
 )
 from dfkd.run.callbacks.probe import Probe
 from dfkd.run.callbacks.progress import epoch_line
-from dfkd.teacher_wrap import FrozenTeacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = {"epochs": 2, "rounds": 2, "g_steps": 1, "kd_steps": 2, "batch_size": 16,
@@ -256,8 +256,8 @@ def test_probe_of_any_image_size(shape, monkeypatch):
 
 
 def test_hints_name_settings_from_the_run():
-    from dfkd.advice import hints_for
     from dfkd.config import load_config
+    from dfkd.health import hints_for
 
     cfg = load_config({"method": "cudfkd", "student_optim": {"lr": 0.1}})   # engine defaults
     hints = hints_for(cfg, generator_method=True, recipe_name="configs/fashion_mnist/x.yaml",

@@ -121,7 +121,7 @@ def test_evaluate_run_dir_gives_the_summary_accuracy(run_dir):
 
 
 def test_evaluate_on_the_val_split_of_a_val_run(fmnist_teacher, tmp_path):
-    from dfkd.teacher import evaluate_checkpoint
+    from dfkd.supervised import evaluate_checkpoint
 
     raw = {"teacher": str(fmnist_teacher), "epochs": 1, "rounds": 1, "kd_steps": 2,
            "batch_size": 16, "sample_grid": 0, "eval_split": "val"}
@@ -280,7 +280,7 @@ def test_bench_curves_are_the_same_figure(tmp_path):
 
 
 def test_train_teacher_without_a_bar_prints_one_line_per_epoch(monkeypatch, capsys):
-    import dfkd.teacher as teacher
+    import dfkd.supervised as teacher
     from dfkd.data import load_split as real
 
     # 512 images per split keep it to a second; the training loop is the real one
@@ -296,7 +296,7 @@ def test_train_teacher_without_a_bar_prints_one_line_per_epoch(monkeypatch, caps
 
 def test_kd_from_a_checkpoint_without_its_architecture_is_one_line(tmp_path):
     import dfkd.models
-    import dfkd.teacher as teacher
+    import dfkd.supervised as teacher
     from dfkd.errors import CheckpointError
 
     bare = tmp_path / "zoo.pt"    # a bare state dict: nothing says what builds it
@@ -312,7 +312,7 @@ def test_kd_from_a_dfkd_checkpoint_trains_by_kd_and_reads_the_teacher_once(tmp_p
                                                                              monkeypatch):
     import dfkd.checkpoint
     import dfkd.models
-    import dfkd.teacher as teacher
+    import dfkd.supervised as teacher
 
     full = teacher.load_split
     monkeypatch.setattr(teacher, "load_split",   # 256 images a split keep it quick

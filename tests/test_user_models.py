@@ -16,7 +16,7 @@ import yaml
 from torch import nn
 
 import dfkd
-from dfkd import advice, api, bench, commands, probe, recipes
+from dfkd import api, bench, commands, health, probe, recipes
 from dfkd.checkpoint import load_model_checkpoint, safe_load
 from dfkd.config import load_config, read_yaml
 from dfkd.data import dataset_info
@@ -253,23 +253,23 @@ def test_missing_flags_are_named_in_one_message(tmp_path, capsys):
 # ------------------------------------------------------- 5. a diverging student is caught
 def test_divergence_is_named_with_the_student_lr_and_normalisation():
     kw = dict(where="in epoch 2, round 1", lr=0.1, configured_lr=0.1, resume_hint="resume")
-    assert advice.student_divergence("loss_s", 20.0, 2.0, normalised=False, **kw) is None
-    line = advice.student_divergence("loss_s", 1e5, 2.0, normalised=False, **kw)
+    assert health.student_divergence("loss_s", 20.0, 2.0, normalised=False, **kw) is None
+    line = health.student_divergence("loss_s", 1e5, 2.0, normalised=False, **kw)
     assert "student_optim.lr 0.1" in line and "--set student_optim.lr=0.01" in line
     assert "no normalisation layer" in line and "generator" not in line
-    line = advice.student_divergence("loss_s", math.nan, 2.0, normalised=True, **kw)
+    line = health.student_divergence("loss_s", math.nan, 2.0, normalised=True, **kw)
     assert line.startswith("non-finite loss: 'loss_s' became nan") and "normalisation" \
         not in line
-    assert not advice.has_normalisation(PlainNet()) and advice.has_normalisation(GreyNet())
-    assert advice.has_normalisation(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
-    assert advice.has_normalisation(nn.Sequential(nn.Conv2d(1, 4, 1), nn.GroupNorm(2, 4)))
+    assert not health.has_normalisation(PlainNet()) and health.has_normalisation(GreyNet())
+    assert health.has_normalisation(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
+    assert health.has_normalisation(nn.Sequential(nn.Conv2d(1, 4, 1), nn.GroupNorm(2, 4)))
     # A student whose own loss climbs is not sent to the generator's learning rate.
     cfg = load_config({"method": "dfad"})
-    hints = advice.hints_for(cfg, generator_method=True, recipe_name=None, student_lr=0.1,
+    hints = health.hints_for(cfg, generator_method=True, recipe_name=None, student_lr=0.1,
                              student_loss_rise=50.0, student_normalised=False)
     text = " ".join(hints["agreement_at_chance"])
     assert "generator.lr" not in text and "student_optim.lr" in text and "normalisation" in text
-    calm = advice.hints_for(cfg, generator_method=True, recipe_name=None, student_lr=0.1,
+    calm = health.hints_for(cfg, generator_method=True, recipe_name=None, student_lr=0.1,
                             student_loss_rise=1.5, student_normalised=True)
     assert any("generator.lr" in h for h in calm["agreement_at_chance"])
 
@@ -303,12 +303,12 @@ ALL_FREE = {"batch_size", "batched_g"}
 
 
 def memory():
-    """dfkd.memory, imported by the tests that use it."""
-    return importlib.import_module("dfkd.memory")
+    """dfkd.run.sizing, imported by the tests that use it."""
+    return importlib.import_module("dfkd.run.sizing")
 
 
 def tiny_imagenet():
-    """Measured by dfkd.memory.footprint for the Tiny-ImageNet recipe's pair (resnet34_tiny
+    """Measured by dfkd.run.sizing.footprint for the Tiny-ImageNet recipe's pair (resnet34_tiny
     -> resnet18_imagenet at 64 px, and its generator): bytes of layer outputs per sample."""
     return memory().Footprint(teacher=39.1e6, student=1.81e6, generator=7.70e6,
                               generator_peak=2.10e6, image=49152.0, fixed=0.83e9)
@@ -348,7 +348,7 @@ def test_settings_the_user_gave_are_kept_and_warned_about():
 
 
 def test_a_colour_64px_pair_on_cpu_gets_a_smaller_round(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("dfkd.memory.available_bytes", lambda: 200e6)
+    monkeypatch.setattr("dfkd.run.sizing.available_bytes", lambda: 200e6)
     torch.manual_seed(0)
     teacher, student = GreyNet(in_channels=3).eval(), GreyNet(in_channels=3)
     common = dict(num_classes=10, image_shape=(3, 64, 64), mean=(0.5,) * 3, std=(0.25,) * 3,
@@ -372,7 +372,7 @@ def test_a_config_run_on_cpu_is_warned_about_not_scaled(fmnist_teacher, tmp_path
                                                         capsys):
     """A --config file (or a bench or tune run) is the user's: its round is never scaled,
     and a round too large for the machine is said before the first one."""
-    monkeypatch.setattr("dfkd.memory.available_bytes", lambda: 200e6)
+    monkeypatch.setattr("dfkd.run.sizing.available_bytes", lambda: 200e6)
     raw = {"teacher": str(fmnist_teacher), "batch_size": 512, "batched_g": True,
            "kd_steps": 10, "epochs": 1, "rounds": 1, "sample_grid": 0, "synthetic_probe": 0}
     trainer = api.build_trainer(raw, tmp_path / "run", progress=False)

@@ -28,14 +28,13 @@ from dfkd.data import DATASETS, dataset_info, load_split
 from dfkd.data.normalization import describe as describe_normalization
 from dfkd.data.normalization import resolve_normalization
 from dfkd.errors import ConfigError, DfkdError
-from dfkd.memory import ROUND_SETTINGS, size_for_cpu
 from dfkd.methods import get_method
-from dfkd.methods.choice import bn_free_default
 from dfkd.models import create_model, resolve_spec
 from dfkd.models.timm_models import timm_spec_of
 from dfkd.registry import did_you_mean
 from dfkd.run.device import resolve_device
 from dfkd.run.seeding import seed_everything
+from dfkd.run.sizing import ROUND_SETTINGS, size_for_cpu
 from dfkd.run.spec import EvalData, ImageSpec
 from dfkd.run.trainer import Trainer
 from dfkd.trackers import check_trackers
@@ -116,14 +115,14 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
     recipe of the nearest family by ``image_shape`` (grey images of 32 px or less: the
     Fashion-MNIST recipe; other images up to 48 px: CIFAR-10's; larger: Tiny-ImageNet's;
     see :mod:`dfkd.recipes`), for ``method`` (default ``cudfkd``; for a teacher without
-    BatchNorm, ``dafl``, said in one line: :mod:`dfkd.methods.choice`). A path (or a name such
-    as ``"configs/fashion_mnist/dafl_lenet5.yaml"``, or the setting ``base_recipe=`` as in
-    the CLI): that recipe and its ``method``; a ``method`` given too must be the recipe's
-    (a recipe's settings are tuned for its method), else a ConfigError. ``None``: the
-    engine defaults. Only a recipe's training
-    settings are used (its teacher, student and dataset keys are not: the models are the
-    ones given here); the run prints which recipe it started from, and the summary's
-    config (and ``config.yaml``) records it as ``base_recipe``.
+    BatchNorm, ``dafl``, said in one line: :func:`dfkd.recipes.bn_free_default`). A path
+    (or a name such as ``"configs/fashion_mnist/dafl_lenet5.yaml"``, or the setting
+    ``base_recipe=`` as in the CLI): that recipe and its ``method``; a ``method`` given too
+    must be the recipe's (a recipe's settings are tuned for its method), else a ConfigError.
+    ``None``: the engine defaults. Only a recipe's training settings are used (its teacher,
+    student and dataset keys are not: the models are the ones given here); the run prints
+    which recipe it started from, and the summary's config (and ``config.yaml``) records it
+    as ``base_recipe``.
 
     ``settings`` are run keys (``epochs``, ``rounds``, ``batch_size``, ``device``...)
     or the method's own keys (``tau``, ``curriculum``...); they win over the recipe.
@@ -136,7 +135,7 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
     holds the average).
 
     On a CPU, a recipe's ``batch_size`` and ``batched_g`` that would need more memory than
-    the machine has are scaled down, with one line (:mod:`dfkd.memory`); yours (and with
+    the machine has are scaled down, with one line (:mod:`dfkd.run.sizing`); yours (and with
     ``recipe=None`` the engine's) are never changed, only warned about.
     ``student.pt`` records what rebuilds the student, so that ``dfkd evaluate`` and ``dfkd
     export`` need no flags: ``timm:NAME`` for a timm model, else its class as
@@ -230,7 +229,7 @@ def _start_settings(method: str | None, recipe: str | os.PathLike | None,
                     teacher: nn.Module | None = None) -> tuple[dict[str, Any], str | None]:
     """The raw configuration of a new API run (the recipe, then ``settings``), and the line
     that names the recipe (after the one naming the method chosen for a teacher without
-    BatchNorm, when no method was given: :mod:`dfkd.methods.choice`)."""
+    BatchNorm, when no method was given: :func:`dfkd.recipes.bn_free_default`)."""
     if str(recipe) == "auto" and settings.get("base_recipe") is not None:
         # base_recipe=NAME (as --set base_recipe= in the CLI) is recipe=NAME: its method.
         settings = dict(settings)
@@ -242,7 +241,7 @@ def _start_settings(method: str | None, recipe: str | os.PathLike | None,
         raw = _split_settings(method or RunConfig.method, settings)
         chosen = None
         if method is None and teacher is not None:
-            raw, chosen = bn_free_default(teacher, {k: v for k, v in raw.items()
+            raw, chosen = recipes.bn_free_default(teacher, {k: v for k, v in raw.items()
                                                     if k != "method"})
         raw, line = recipes.with_base_recipe(raw, image_shape, RunConfig.method)
         return raw, "\n".join(t for t in (chosen, line) if t)
@@ -284,7 +283,7 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
     lines: list[str | None] = []
     if base_recipe and not resume:
         # No method named and a teacher without BatchNorm: the method measured for it.
-        raw, chosen = bn_free_default(teacher, raw)
+        raw, chosen = recipes.bn_free_default(teacher, raw)
         raw, line = recipes.with_base_recipe(raw, tuple(info.image_shape), RunConfig.method)
         lines += [chosen, line]
         cfg = load_config(raw)   # with the recipe under them

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from dfkd.errors import ConfigError
+from dfkd.frozen_teacher import user_model
 from dfkd.hooks import FeatureHook, ForwardHooks, eval_forward
 from dfkd.losses import attention_transfer
 from dfkd.registry import did_you_mean
-from dfkd.teacher_wrap import user_model
 
 
 def check_layer_pairs(teacher: list[str] | None, student: list[str] | None,

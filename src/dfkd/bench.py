@@ -52,7 +52,7 @@ from dfkd.recipes import family_recipe, resolve_named
 from dfkd.report import PlotUnavailable, dumps_strict, format_table, read_metrics
 from dfkd.report import plot_curves as draw_curves
 from dfkd.run.signals import Interrupted
-from dfkd.teacher import SupervisedSettings, normalizer, train_supervised
+from dfkd.supervised import SupervisedSettings, normalizer, train_supervised
 from dfkd.trackers import SETTINGS as TRACKER_SETTINGS
 
 REFERENCES = ("scratch", "kd_with_data")

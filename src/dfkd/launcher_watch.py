@@ -2,10 +2,10 @@
 
 torchrun's workers outlive a SIGKILLed launcher and would go on writing the run folder,
 or wait for its dead rendezvous store. Under torchrun (``TORCHELASTIC_RUN_ID`` is set)
-each worker asks Linux for SIGTERM when its parent dies. The engine's SIGTERM handler
+each worker asks Linux for SIGTERM when its parent dies. The trainer's SIGTERM handler
 then finishes the round, checkpoints atomically (every rank gets the signal, so the
 collectives still meet) and exits, and ``--resume`` continues exactly. Before the
-engine runs, SIGTERM's default action simply ends the process.
+trainer runs, SIGTERM's default action simply ends the process.
 
 This module is imported by ``dfkd/__init__.py`` before anything heavy, so the window in
 which a launcher can die unnoticed is the interpreter's start-up; a worker whose parent

@@ -106,7 +106,7 @@ def is_vstar_key(key: str) -> bool:
 
 
 def is_generator_term(key: str) -> bool:
-    """The engine's own rule for generator-side terms (averaged over g_steps)."""
+    """The trainer's own rule for generator-side terms (averaged over g_steps)."""
     return key.startswith(("loss_g", "g_"))
 
 

@@ -34,7 +34,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def handle(args) -> int:
-    from dfkd.teacher import evaluate_checkpoint
+    from dfkd.supervised import evaluate_checkpoint
 
     require_rebuild_flags(model_path(args), args, needs_data=True)
     result = evaluate_checkpoint(model_path(args), dataset=args.dataset,

@@ -62,7 +62,7 @@ def place_sets(args) -> list[str]:
 
 
 def progress(args) -> bool | None:
-    """None lets the engine decide: a bar on a terminal, one line per epoch otherwise."""
+    """None lets the trainer decide: a bar on a terminal, one line per epoch otherwise."""
     return False if args.no_progress else None
 
 

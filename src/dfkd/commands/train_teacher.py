@@ -38,7 +38,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def handle(args) -> int:
-    from dfkd.teacher import SupervisedSettings, train_supervised
+    from dfkd.supervised import SupervisedSettings, train_supervised
 
     settings = SupervisedSettings(
         dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,

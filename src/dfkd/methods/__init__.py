@@ -1,7 +1,7 @@
 """DFKD methods, one file each, found by name.
 
 A method improves its sample source (``generator_step``) and turns a batch of
-samples into the student's loss (``student_loss``); the engine owns the loop,
+samples into the student's loss (``student_loss``); the trainer owns the loop,
 optimiser schedules, evaluation, checkpoints and logs. What a method is (its name, paper,
 code, docs page, needs and official recipes) is declared on its class
 (:class:`~dfkd.methods.base.Method`). Every module of this package is imported below, so a

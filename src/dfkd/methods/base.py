@@ -1,4 +1,4 @@
-"""The method interface: what a method declares about itself, what the engine hands it,
+"""The method interface: what a method declares about itself, what the trainer hands it,
 and the two families' shared machinery (one generator for the run, or a sample bank)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dfkd.losses import kd_kl
 
 
 def warn(line: str) -> None:
-    """One warning for the user, on rank 0's stderr, as the engine's own look
+    """One warning for the user, on rank 0's stderr, as the trainer's own look
     (``dfkd: warning: ...``): for a part of a method that cannot run and is skipped."""
     if distributed.current().is_main:
         print(f"dfkd: warning: {line}", file=sys.stderr, flush=True)
@@ -58,7 +58,7 @@ class OfficialRecipes:
 
 @dataclass
 class MethodContext:
-    """What the engine hands a method: frozen teacher, student, data geometry, device."""
+    """What the trainer hands a method: frozen teacher, student, data geometry, device."""
 
     teacher: nn.Module
     student: nn.Module           # for student steps (DDP-wrapped when distributed)
@@ -154,7 +154,7 @@ class Method:
 
     @property
     def warmup_epochs(self) -> int:
-        """Epochs at the start of a run in which only the sample source learns: the engine
+        """Epochs at the start of a run in which only the sample source learns: the trainer
         runs no student step and holds the student's LR schedule (Fast's warm-up)."""
         return 0
 
@@ -231,7 +231,7 @@ class GeneratorMethod(Method):
         forward on ``steps x batch_size`` latent codes. G is in eval mode, so each sample
         depends on its own z only: the batches are distributed as ``steps`` separate
         forwards would make them (they use the random stream differently, so they are not
-        the same numbers). The engine queues a round's batches before its student steps,
+        the same numbers). The trainer queues a round's batches before its student steps,
         and every student step uses one, so the queue is empty at every checkpoint."""
         b = self.ctx.batch_size
         self._queued = list(self._eval_forward(self.sample_z(steps * b)).split(b))
@@ -295,7 +295,7 @@ class GeneratorMethod(Method):
         return self._eval_forward(z.to(self.ctx.device)).cpu()
 
     def state_dict(self) -> dict[str, Any]:
-        if self._queued:  # the engine checkpoints between rounds only
+        if self._queued:  # the trainer checkpoints between rounds only
             raise RuntimeError(f"checkpoint asked for with {len(self._queued)} queued batches "
                                "left (batched_g); checkpoint between rounds")
         return {"generator": self.generator.state_dict(), "opt_g": self.opt_g.state_dict()}

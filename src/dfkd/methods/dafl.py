@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from dfkd.errors import DfkdError
+from dfkd.frozen_teacher import user_model
 from dfkd.hooks import ForwardHooks
 from dfkd.losses import activation_l1, entropy_of_mean, kd_kl, onehot_ce
 from dfkd.methods import register_method
 from dfkd.methods.base import GeneratorMethod, OfficialRecipes, Published
 from dfkd.ranges import ranged
-from dfkd.teacher_wrap import user_model
 
 FeatureFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

@@ -9,11 +9,11 @@ from torch import nn
 
 from dfkd.config import RunConfig
 from dfkd.errors import DfkdError
+from dfkd.frozen_teacher import FrozenTeacher, GraphedForward
 from dfkd.hooks import batchnorm_layers
 from dfkd.methods import Method, MethodContext, bn_free_methods, get_method
 from dfkd.run.device import Placement
 from dfkd.run.spec import ImageSpec
-from dfkd.teacher_wrap import FrozenTeacher, GraphedForward
 
 
 def build_method(cfg: RunConfig, spec: ImageSpec, place: Placement, teacher: FrozenTeacher,

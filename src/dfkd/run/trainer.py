@@ -19,6 +19,7 @@ from dfkd import distributed, runlock
 from dfkd.checkpoint import CHECKPOINT, BackgroundWriter, cpu_snapshot, safe_load
 from dfkd.config import RunConfig
 from dfkd.errors import DfkdError
+from dfkd.frozen_teacher import FrozenTeacher
 from dfkd.run.callbacks import Callback, standard_callbacks
 from dfkd.run.callbacks.metrics import summarize_run
 from dfkd.run.context import build_method
@@ -27,7 +28,6 @@ from dfkd.run.seeding import rng_state, seed_everything, set_rng_state
 from dfkd.run.signals import StopFlag, interrupted
 from dfkd.run.spec import EvalData, ImageSpec
 from dfkd.run.student import StudentOptimiser
-from dfkd.teacher_wrap import FrozenTeacher
 from dfkd.trackers import check_trackers
 from dfkd.trackers.hub import Tracking
 

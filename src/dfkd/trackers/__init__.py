@@ -3,7 +3,7 @@
 Each tracker is one file with one :class:`~dfkd.trackers.base.Tracker` subclass,
 registered by name with :func:`register_tracker`; every module of this package is
 imported below, so a new tracker is a new file. :mod:`dfkd.trackers.hub` runs them for the
-engine.
+trainer.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Running a run's trackers without ever stopping or slowing it.
 
-The engine hands over each metrics.jsonl row once its checkpoint is on disk
+The trainer hands over each metrics.jsonl row once its checkpoint is on disk
 (:meth:`Tracking.saved`); one background thread passes it to every tracker. A tracker
 that raises (server down, disk full) is switched off with one warning; its epochs stay in
 metrics.jsonl. A run's end waits for the trackers at most :data:`FINISH_TIMEOUT` seconds.
@@ -77,7 +77,7 @@ class Tracking:
             self.name = name
         self.tags.update({k: str(v) for k, v in (tags or {}).items()})
 
-    # ------------------------------------------------------------ engine side
+    # ------------------------------------------------------------ trainer side
     @contextlib.contextmanager
     def session(self, trainer: Any) -> Iterator[None]:
         """Around ``Trainer.fit``: start the trackers (once per run, so a tune's epoch-by-
@@ -92,7 +92,7 @@ class Tracking:
             yield
         except (KeyboardInterrupt, Exception) as exc:
             # dfkd.run.signals.Interrupted (a signal's checkpoint) carries an exit code; this
-            # module sits below the engine, so it does not import it.
+            # module sits below the trainer, so it does not import it.
             stopped = isinstance(exc, KeyboardInterrupt) or hasattr(exc, "exit_code")
             self.close("stopped" if stopped else "failed", timeout=30.0)
             raise

@@ -1,6 +1,6 @@
 """The run's health: a round whose student loss diverged or whose loss terms are not
 finite stops the run before it is checkpointed (the last good checkpoint stays); at each
-epoch's end the watch of :mod:`dfkd.advice` reads the data-free signal and warns, at most
+epoch's end the watch of :mod:`dfkd.health` reads the data-free signal and warns, at most
 once per run, when the run is not learning."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm import tqdm
 
-from dfkd.advice import RunWatch, has_normalisation, hints_for, student_divergence
 from dfkd.checkpoint import CHECKPOINT
 from dfkd.errors import DfkdError
+from dfkd.health import RunWatch, has_normalisation, hints_for, student_divergence
 from dfkd.methods import GeneratorMethod
 from dfkd.run.callbacks.base import Callback
 from dfkd.run.callbacks.probe import Probe
@@ -63,7 +63,7 @@ class HealthWatch(Callback):
         return first if first is not None else self._first_student_loss
 
     def _check_student_loss(self, trainer: Trainer, values: dict[str, float]) -> None:
-        """Stop a student that diverges (dfkd.advice.student_divergence)."""
+        """Stop a student that diverges (dfkd.health.student_divergence)."""
         steps = trainer.student_steps
         if "loss_s" not in values or not steps:
             return
@@ -86,7 +86,7 @@ class HealthWatch(Callback):
             raise NonFiniteLoss(line)
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        """The warning of dfkd.advice (at most one per run), on rank 0's stderr."""
+        """The warning of dfkd.health (at most one per run), on rank 0's stderr."""
         probe = self.probe.probe
         if probe is None:
             return

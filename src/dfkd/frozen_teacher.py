@@ -1,8 +1,8 @@
-"""The frozen teacher: a building block that the engine and the methods both use.
+"""The frozen teacher: a building block that the trainer and the methods both use.
 
-The engine wraps the user's teacher in :class:`FrozenTeacher`; methods that look
+The trainer wraps the user's teacher in :class:`FrozenTeacher`; methods that look
 inside the teacher (its layer names, its ``forward`` signature) unwrap it with
-:func:`user_model`. Keeping both here lets methods depend on neither the engine
+:func:`user_model`. Keeping both here lets methods depend on neither the trainer
 nor each other for it.
 """
 
