@@ -12,7 +12,7 @@ set -uo pipefail
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 CONFIG=${CONFIG:-configs/fashion_mnist/bench.yaml}
 SEEDS=${SEEDS:-"0 1"}
-METHODS=${METHODS:-"cmi deepinv dafl cudfkd fast dfad zskt dfq scratch kd_with_data"}
+METHODS=${METHODS:-all}   # all: every registered method, cudfkd_paper and the references
 DEADLINE=${DEADLINE:-430}
 OUT=${OUT:-runs/gpu_bench}
 DATA=${FMNIST_DIR:+--data-root $FMNIST_DIR}

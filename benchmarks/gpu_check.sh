@@ -17,7 +17,10 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 T=runs/gpu_teacher.pt
 timed teacher timeout 120 $DFKD train-teacher --device cuda --data-root "$DATA" \
     --model lenet5 --epochs 10 --seed 0 --out $T --no-progress 2>&1
-for m in ${METHODS:-cudfkd dafl dfad zskt dfq}; do
+# the generator methods: the quick ones (a bank method's epoch is minutes)
+GENERATOR_METHODS=$(python3 -c 'from dfkd.methods import GeneratorMethod, get_method, list_methods
+print(" ".join(m for m in list_methods() if issubclass(get_method(m), GeneratorMethod)))')
+for m in ${METHODS:-$GENERATOR_METHODS}; do
     timed "$m 1-epoch" timeout 120 $DFKD distill --device cuda --data-root "$DATA" \
         --config configs/fashion_mnist/${m}_lenet5.yaml --teacher $T --epochs 1 \
         --out runs/gpu_$m --overwrite --no-progress 2>&1

@@ -1,6 +1,6 @@
-"""A user's own models, outside dfkd's zoo, for tests/test_any_model.py: dfkd loads them by
-file spec (``tests/own_models.py:make_teacher``), as it loads any user's models. The same
-architectures as the any-model matrix's (benchmarks/own_pair_models.py)."""
+"""A user's own models, outside dfkd's zoo, for tests/test_any_model.py and the benchmarks
+(benchmarks/own_pair_models.py takes them from here): dfkd loads them by file spec
+(``tests/own_models.py:make_teacher``), as it loads any user's models."""
 
 from __future__ import annotations
 
@@ -19,6 +19,17 @@ def make_teacher(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
         *_block(32, 48), *_block(48, 48), nn.MaxPool2d(2),
         *_block(48, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(64, num_classes))
+
+
+def make_student(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """A small CNN of a different shape: strided convolutions, about 12K parameters."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 12, 5, stride=2, padding=2, bias=False), nn.BatchNorm2d(12),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(12, 24, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(24),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(24, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
 
 
 # Models without BatchNorm.
