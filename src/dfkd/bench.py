@@ -71,9 +71,7 @@ def all_rows(config: dict[str, Any]) -> list[str]:
     """``--methods all``: every registered method (in the docs' order, CuDFKD first, the row
     the others are compared with) when the config names a recipe ``family``, then the rows
     named in its ``recipes:``, then the references."""
-    family = config.get("family")
-    methods = [cls.name for cls in documented()
-               if family and family_recipe(family, cls.name) is not None]
+    methods = [cls.name for cls in documented() if _family_recipe(config, cls.name)]
     return list(dict.fromkeys([*methods, *(config.get("recipes") or {}), *REFERENCES]))
 
 

@@ -25,8 +25,10 @@ class Trackers(Callback):
 
     def on_checkpoint(self, trainer: Trainer,
                       state: dict[str, Any]) -> Callable[[], None] | None:
-        rows = new_rows(state["history"], self.rows_sent)
-        self.rows_sent = len(state["history"])
+        start, self.rows_sent = self.rows_sent, len(state["history"])
+        if not self.tracking:   # no tracker: nothing to hand over
+            return None
+        rows = new_rows(state["history"], start)
         return (lambda: self.tracking.saved(rows)) if rows else None
 
     def on_resume(self, trainer: Trainer) -> None:
