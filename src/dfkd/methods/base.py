@@ -71,6 +71,7 @@ class MethodContext:
     batch_size: int              # this process's share of the global batch
     epochs: int
     generator: GeneratorConfig
+    g_steps: int = 1             # the config's generator steps per round
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     channels_last: bool = False
     wrap: Callable[[nn.Module], nn.Module] = lambda module: module  # DDP when distributed
@@ -158,8 +159,13 @@ class Method:
         runs no student step and holds the student's LR schedule (Fast's warm-up)."""
         return 0
 
+    def generator_steps(self) -> int:
+        """Generator steps in this round: the config's ``g_steps`` (NAYER runs that many per
+        synthesis loop, and a round holds several loops)."""
+        return self.ctx.g_steps
+
     def start_synthesis(self) -> None:
-        """Called at the start of every round, before its ``g_steps`` generator steps."""
+        """Called at the start of every round, before its generator steps."""
 
     def end_synthesis(self) -> None:
         """Called after the round's generator steps, before its student steps."""

@@ -130,14 +130,15 @@ class Trainer:
         return summary
 
     def _round(self) -> None:
-        values = self._run_round()
+        g_steps = self.method.generator_steps()
+        values = self._run_round(g_steps)
         self._call("on_round_end", values)
         for name, value in values.items():   # per step
-            steps = self.cfg.g_steps if name.startswith(("loss_g", "g_")) else self.cfg.kd_steps
+            steps = g_steps if name.startswith(("loss_g", "g_")) else self.cfg.kd_steps
             self.sums[name] = self.sums.get(name, 0.0) + value / max(steps, 1)
         self.round += 1
 
-    def _run_round(self) -> dict[str, float]:
+    def _run_round(self, g_steps: int) -> dict[str, float]:
         """The round's steps; its loss terms, summed over the steps."""
         terms: dict[str, torch.Tensor] = {}
 
@@ -147,7 +148,7 @@ class Trainer:
 
         t0 = time.perf_counter()
         self.method.start_synthesis()
-        for _ in range(self.cfg.g_steps):
+        for _ in range(g_steps):
             add(self.method.generator_step())
         self.method.end_synthesis()
         synchronize(self.device)
