@@ -54,7 +54,7 @@ from dfkd.generators import Generator, default_generator_size
 from dfkd.hooks import BNStatsHook, MomentumBNHook, NoBNStats
 from dfkd.losses import masked_adversarial
 from dfkd.methods import register_method
-from dfkd.methods.base import BankMethod
+from dfkd.methods.base import BankMethod, OfficialRecipes, Published
 from dfkd.ranges import ranged
 
 FALLBACK_EMBEDDINGS = ("random", "onehot")
@@ -178,6 +178,18 @@ class Nayer(BankMethod):
     docs = "nayer.md"
     needs_bn = True
     reads_layers = "class embeddings (a file, or fixed codes)"
+    # NAYER-100 (scripts/nayer_100.sh: 120 epochs); NAYER-200/300 differ only in --epochs.
+    # The README publishes no table: its figure (nayer_result.jpg) plots accuracy against
+    # GPU hours on one pair, by its CMI/ADI/DFQ points C100 WRN-40-2 -> WRN-16-2.
+    official = (OfficialRecipes("nayer", "NAYER", column=10, acc1={
+        "c100_wrn40_2_wrn16_2": Published(
+            70.2, "tmtuan1307/NAYER README.md:L14",
+            "read off the README's figure (NAYER_100; NAYER_200 71.2, NAYER_300 71.7)"),
+    }, hours={
+        "c100_wrn40_2_wrn16_2": Published(
+            2.1, "tmtuan1307/NAYER README.md:L14",
+            "read off the README's figure (log scale; NAYER_200 4.1, NAYER_300 7.2)"),
+    }),)
 
     def __init__(self, ctx, settings: NayerSettings) -> None:
         super().__init__(ctx, settings)
