@@ -6,7 +6,9 @@ speed does not depend on the weights), one generator step and one student step a
 after a warm-up at ``--batch`` samples, and the full recipe's hours are projected as
 ``epochs x rounds x (g_steps x G step + kd_steps x student step)``, with the steps scaled
 linearly from ``--batch`` to the recipe's batch size (on a CPU the cost of a step is close
-to linear in its batch; on a GPU it is not, so time there at the recipe's batch). What the
+to linear in its batch; on a GPU it is not, so time there at the recipe's batch). A method's
+own schedule is counted epoch by epoch: its generator steps per round (NAYER's synthesis
+loops, more of them in its warm-up) and no student step in its warm-up epochs (Fast, NAYER). What the
 projection leaves out: evaluation, the probe, checkpoints, and CuDFKD's adversarial term,
 which adds a student forward to each generator step once its weight is above 0.
 
@@ -52,13 +54,19 @@ def cost(recipe: Path, batch: int | None, overrides: list[str]) -> dict[str, Any
     s_step = timed(lambda: student_step(trainer), 1, trainer.device)
     scale = full.batch_size / small.batch_size
     g_step, s_step = g_step * scale, s_step * scale
-    round_s = full.g_steps * g_step + full.kd_steps * s_step
+    g_total = kd_total = 0
+    for epoch in range(full.epochs):   # the method's schedule: its steps in each epoch
+        method.on_epoch_start(epoch)
+        g_total += full.rounds * method.generator_steps()
+        kd_total += full.rounds * full.kd_steps * (epoch >= method.warmup_epochs)
     return {"recipe": str(recipe), "teacher": arch, "student": full.student,
             "method": full.method, "recipe_batch": full.batch_size,
             "timed_batch": small.batch_size, "epochs": full.epochs, "rounds": full.rounds,
             "g_steps": full.g_steps, "kd_steps": full.kd_steps,
             "generator_step_s": g_step, "student_step_s": s_step,
-            "projected_hours": full.epochs * full.rounds * round_s / 3600,
+            "generator_steps": g_total, "student_steps": kd_total,
+            "synthesis_hours": g_total * g_step / 3600, "student_hours": kd_total * s_step / 3600,
+            "projected_hours": (g_total * g_step + kd_total * s_step) / 3600,
             **{k: v for k, v in describe(small, trainer.device).items() if k != "batch_size"}}
 
 

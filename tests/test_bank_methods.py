@@ -126,6 +126,8 @@ SHORT = {
     "cmi": {"rounds": 4, "g_steps": 30, "kd_steps": 25, "generator": {"lr": 0.01},
             "cmi": {"tau": 4.0}},
     "fast": {"rounds": 20, "g_steps": 3, "kd_steps": 5, "fast": {"tau": 4.0, "warmup": 0}},
+    "nayer": {"rounds": 4, "g_steps": 10, "kd_steps": 25,
+              "nayer": {"tau": 4.0, "warmup": 0, "loops": 1}},
 }
 
 
@@ -153,6 +155,8 @@ def test_resume_is_exact(fmnist_teacher, tmp_path, method):
            method: {"bank_size": 40}}  # 16 per round: the bank wraps around
     if method == "fast":  # the student learns from epoch 2; G_meta's l0 is reset in epoch 2
         raw["fast"].update(warmup=1, reset_l0_epoch=1)
+    if method == "nayer":  # the student learns from epoch 2; G is re-drawn in epochs 1, 2
+        raw["nayer"].update(warmup=1, warmup_loops=2, g_life=2)
     build_trainer(raw, tmp_path / "full", progress=False).fit()
     build_trainer(raw, tmp_path / "split", progress=False).fit(stop_after_epoch=2)
     resumed = build_trainer(raw, tmp_path / "split", resume=True, progress=False)
