@@ -8,9 +8,10 @@ after a warm-up at ``--batch`` samples, and the full recipe's hours are projecte
 linearly from ``--batch`` to the recipe's batch size (on a CPU the cost of a step is close
 to linear in its batch; on a GPU it is not, so time there at the recipe's batch). A method's
 own schedule is counted epoch by epoch: its generator steps per round (NAYER's synthesis
-loops, more of them in its warm-up) and no student step in its warm-up epochs (Fast, NAYER). What the
-projection leaves out: evaluation, the probe, checkpoints, and CuDFKD's adversarial term,
-which adds a student forward to each generator step once its weight is above 0.
+loops, more of them in its warm-up) and no student step in its warm-up epochs (Fast,
+NAYER). What the projection leaves out: evaluation, the probe, checkpoints, and CuDFKD's
+adversarial term, which adds a student forward to each generator step once its weight is
+above 0.
 
     OMP_NUM_THREADS=1 python benchmarks/cifar_costs.py --pair c10_resnet34_resnet18 \
         --set device=cpu --batch 16 --json-out results/cifar_costs_cpu.json

@@ -6,7 +6,8 @@
 # and the two strongest baselines (TOP: the two best
 # baselines by their tune study's best val Acc@1, never test: cmi 84.30 and fast 83.42 in
 # runs/tune_fmnist10, 8 trials of 10 epochs each), 3 for the rest (REST: every other row
-# unless set) and the references.
+# unless set) and the references. NEW (nayer, adadfkd: the methods added after the tables were
+# first run) get 5 seeds with the clean teacher and 3 with the noisy ones.
 # A queue of JOBS runs at a time (cores/JOBS threads each). Finished runs are skipped and
 # interrupted ones resumed, so the same command continues the tables; a failed run stops
 # its bench, the others still run, and the script exits 1. To free the cores for a while,
@@ -23,12 +24,13 @@
 set -euo pipefail
 OUT=${OUT:-results/tables}; JOBS=${JOBS:-2}; DFKD=${DFKD:-dfkd}; PYTHON=${PYTHON:-python}
 TOP=${TOP:-cudfkd,cudfkd_paper,cmi,fast}
+NEW=${NEW:-nayer,adadfkd}
 "$PYTHON" -c 'import dfkd' 2>/dev/null || {  # before hours of benches, not after
     echo "PYTHON=$PYTHON cannot import dfkd (set PYTHON=.venv/bin/python)" >&2; exit 2; }
 # Every registered method's row, and the paper's CuDFKD beside dfkd's recipe.
 ROWS=$("$PYTHON" -c 'from dfkd.methods import list_methods; print(",".join(["cudfkd_paper", *list_methods()]))')
 if [ -z "${REST:-}" ]; then   # every row that is not in TOP, so none is left out
-    REST=$(tr , '\n' <<< "$ROWS" | grep -vxF -f <(tr , '\n' <<< "$TOP") | paste -sd ,) || true
+    REST=$(tr , '\n' <<< "$ROWS" | grep -vxF -f <(tr , '\n' <<< "$TOP,$NEW") | paste -sd ,) || true
 fi
 TEACHERS=${TEACHERS:-clean noise20 noise40}
 BENCH=(--config configs/fashion_mnist/bench.yaml --jobs "$JOBS" --no-progress)
@@ -43,12 +45,13 @@ for name in $TEACHERS; do
     esac
     [ -f "$teacher" ] || $DFKD train-teacher --model lenet5 --epochs 10 --seed 0 \
         --label-noise "$noise" --out "$teacher" --no-progress
-    $DFKD bench "${BENCH[@]}" --teacher "$teacher" --out "$OUT/$name" --methods "$TOP" \
+    if [ "$name" = clean ]; then five="$TOP,$NEW"; three=$REST; else five=$TOP; three="$REST,$NEW"; fi
+    $DFKD bench "${BENCH[@]}" --teacher "$teacher" --out "$OUT/$name" --methods "$five" \
         --seeds 0,1,2,3,4 || failed=1
     $DFKD bench "${BENCH[@]}" --teacher "$teacher" --out "$OUT/$name" \
-        --methods "$REST,scratch,kd_with_data" --seeds 0,1,2 || failed=1
+        --methods "$three,scratch,kd_with_data" --seeds 0,1,2 || failed=1
     $DFKD bench "${BENCH[@]}" --teacher "$teacher" --out "$OUT/$name" --report-only \
-        --methods "$TOP,$REST,scratch,kd_with_data" --seeds 0,1,2,3,4
+        --methods "$TOP,$NEW,$REST,scratch,kd_with_data" --seeds 0,1,2,3,4
 done
 # The paper's claims (accuracy, convergence, stability, robustness), paired over the seeds:
 # written to $OUT/claims.md once the three teachers' benches are there.

@@ -35,6 +35,8 @@ LABELS = {
     "cudfkd_paper": "CuDFKD, the paper's method",
     "cmi": "CMI",
     "fast": "Fast",
+    "nayer": "NAYER",
+    "adadfkd": "AdaDFKD",
     "deepinv": "DeepInversion/ADI",
     "dfq": "DFQ",
     "dafl": "DAFL",
@@ -51,6 +53,7 @@ COLOURS = {
     "cudfkd": "#d62728", "cudfkd_paper": "#ff7f0e", "cmi": "#1f77b4", "fast": "#2ca02c",
     "deepinv": "#9467bd", "dfq": "#8c564b", "dafl": "#e377c2", "zskt": "#7f7f7f",
     "dfad": "#bcbd22", "scratch": "#17becf", "kd_with_data": "#000000",
+    "nayer": "#393b79", "adadfkd": "#e6550d",
 }
 
 # Where the runs ran: not in the data (a run records its device, not the CPU model), so it
@@ -61,7 +64,8 @@ HARDWARE = (
     "models, an Intel Xeon and an AMD EPYC: the `cudfkd` and `cudfkd_paper` rows of all three "
     "teachers, and the `cmi`, `fast` and `dafl` rows of the 20% teacher, ran on the Intel Xeon; "
     "the other rows of the 20% and 40% teachers on the AMD EPYC; the clean teacher's other rows "
-    "on VMs of either model. The same run can end up to about 1.4 points apart on the two "
+    "on VMs of either model; the `nayer` and `adadfkd` rows of all three teachers (added "
+    "2026-12-07) on the AMD EPYC. The same run can end up to about 1.4 points apart on the two "
     "models, so a pair of rows from two machines carries that much machine noise, and seconds "
     "compare only roughly between rows."
 )
@@ -183,8 +187,39 @@ def claims_table(claims: dict) -> list[str]:
     return lines
 
 
+def advice(tables: Path) -> str:
+    """One sentence from the clean teacher's runs: the most accurate method, the methods
+    level with it (paired 95% interval of the final Acc@1 holding 0), and the cheapest of
+    those in training seconds."""
+    from dfkd.bench import compare, seed_values
+
+    seeds = list(range(10))
+    rows = {row["method"]: row for row in read_json(tables / "clean" / "results.json")["methods"]}
+    names = [m for m in DATA_FREE if m in rows]
+    accs = {m: seed_values(tables / "clean" / m, seeds, "final_acc1") for m in names}
+    best = max(names, key=lambda m: rows[m]["final_acc1"])
+    level = [m for m in names if m == best or
+             compare(best, m, accs[best], accs[m])["verdict"] == "undecided"]
+
+    def seconds(m: str) -> float:
+        return rows[m]["synthesis_seconds"] + rows[m]["student_seconds"]
+
+    cheapest = min(level, key=seconds)
+    others = [LABELS[m] for m in level if m != best]
+    text = (f"For accuracy, {LABELS[best]} ({rows[best]['final_acc1']:.2f}% with the clean "
+            "teacher)")
+    text += (f", level within the paired 95% intervals with {', '.join(others)}" if others
+             else ", ahead of every other method on the paired 95% intervals")
+    if cheapest == best:
+        return text + f"; for time, the same: it trains in {seconds(best):.0f} s."
+    return (text + f"; for time, {LABELS[cheapest]}, the cheapest of those: "
+            f"{seconds(cheapest):.0f} s of training against {seconds(best):.0f} s.")
+
+
 def render_page(tables: Path) -> str:
     claims = read_claims(tables / "claims.md")
+    comparisons = sum(len(claims[first]["comparisons"]) for first in claims)
+    baselines = len({r[2] for r in claims["cudfkd"]["comparisons"]})
     out = [
         "# Results",
         "",
@@ -192,8 +227,9 @@ def render_page(tables: Path) -> str:
         "do not edit by hand. -->",
         "",
         "Every data-free method of dfkd on one pair, Fashion-MNIST, a LeNet-5 teacher and a "
-        "LeNet-5-half student (about 16K parameters), at one budget: 10 epochs of 100 rounds, "
-        "800 student steps of 64 synthetic images per epoch. Each method runs its recipe from "
+        "LeNet-5-half student (about 16K parameters), at one budget: 10 epochs of 800 student "
+        "steps of 64 synthetic images (each recipe's rounds x student steps per round is 800; "
+        "its generator steps per round are its own). Each method runs its recipe from "
         "`configs/fashion_mnist/`, every one tuned on the **val** split with the same 8 trials "
         "of 10 epochs (`dfkd tune`). The figures are the **final** epoch's student, measured "
         "on the test set, which chose nothing. Two CuDFKD rows: `cudfkd_paper` is the paper's "
@@ -215,6 +251,8 @@ def render_page(tables: Path) -> str:
         "",
         "**Hardware.** " + HARDWARE,
         "",
+        "**Which method on this pair.** " + advice(tables),
+        "",
     ]
     for teacher, title in TEACHERS:
         aggregate = read_json(tables / teacher / "results.json")
@@ -228,11 +266,11 @@ def render_page(tables: Path) -> str:
         "Each claim is a **paired** comparison, CuDFKD minus one baseline on the same seeds "
         "and teacher, with the 95% t-interval of the mean difference: *supported* when the "
         "interval says CuDFKD is better, *not supported* when it says the baseline is better, "
-        "*undecided* when it holds 0. Against all seven baselines a claim is supported only "
-        "if every comparison supports it, and not supported as soon as one goes the other "
-        "way. Lower is better for seconds, epochs, variance and accuracy lost. Each "
-        "comparison is at 95%, not corrected for the seven baselines. All 112 comparisons: "
-        "`results/tables/claims.md`.",
+        f"*undecided* when it holds 0. Against all {baselines} baselines a claim is supported "
+        "only if every comparison supports it, and not supported as soon as one goes the "
+        "other way. Lower is better for seconds, epochs, variance and accuracy lost. Each "
+        f"comparison is at 95%, not corrected for the {baselines} baselines. All "
+        f"{comparisons} comparisons: `results/tables/claims.md`.",
         "",
     ]
     out += claims_table(claims)

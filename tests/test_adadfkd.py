@@ -185,7 +185,7 @@ def test_the_terms_equal_the_official_code(monkeypatch):
     theirs = utils.MoCo(dim=6, K=16, T=0.07)
     ours = NegativeQueue(16, 6, torch.device("cpu"))
     ours.rows = theirs.queue.T.clone()
-    for step, hard in enumerate((0.0, 0.1, 0.2)):
+    for hard in (0.0, 0.1, 0.2):
         f_t, f_s = torch.randn(8, 6), torch.randn(8, 6)
         expected = theirs(f_t, f_s, hard_factor=hard, length=0.8)
         got = ours.loss(f_t, f_s, hard, 0.8, 0.07)

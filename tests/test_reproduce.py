@@ -22,7 +22,9 @@ SMOKE = ["epochs=1", "rounds=1", "g_steps=1", "kd_steps=1", "batch_size=4",
          # random teachers score at chance: this smoke test distils them anyway
          "check_teacher=false",
          # bank methods: learn from the first epoch, and keep a tiny bank
-         "fast.warmup=0", "cmi.bank_size=8", "deepinv.bank_size=8", "fast.bank_size=8"]
+         "fast.warmup=0", "cmi.bank_size=8", "deepinv.bank_size=8", "fast.bank_size=8",
+         "nayer.warmup=0", "nayer.synthesis_batch=4", "nayer.bank_size=8",
+         "adadfkd.negatives=8"]
 SMOKE_PAIRS = ("c10_resnet34_resnet18", "c100_wrn40_2_wrn16_2")
 
 
@@ -72,7 +74,7 @@ def test_every_method_runs_one_round_and_the_table_renders(zoo, tmp_path, capsys
     header = next(line for line in table.splitlines() if line.startswith("| pair"))
     cells = [c.strip() for c in header.strip("|").split("|")]
     assert cells[:8] == ["pair", "teacher", "CuDFKD", "DAFL", "ZSKT", "ADI", "DFQ", "CMI"]
-    assert {"DFAD", "Fast-2", "Fast-5", "Fast-10"} <= set(cells)
+    assert {"DFAD", "Fast-2", "Fast-5", "Fast-10", "NAYER", "AdaDFKD"} <= set(cells)
     assert "C10 R34->R18" in table and "C100 WRN40-2->WRN16-2" in table
     assert "precision fp32" in table and "NOT the full recipes" in table
     # Published numbers sit beside the measured ones (SPEC: CuDFKD 95.28 on C10 R34->R18).

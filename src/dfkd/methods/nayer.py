@@ -90,8 +90,9 @@ class NayerSettings:
                 f"nayer.embeddings must be a {'/'.join(EMBEDDING_FILES)} file of one row per "
                 f"class, or one of {', '.join(FALLBACK_EMBEDDINGS)}; got '{self.embeddings}'")
         if not path.is_file():
-            raise ConfigError(f"nayer.embeddings: no file {path}; give a {'/'.join(EMBEDDING_FILES)} "
-                              "file of one row per class, or 'random' (docs/methods/nayer.md)")
+            raise ConfigError(f"nayer.embeddings: no file {path}; give a "
+                              f"{'/'.join(EMBEDDING_FILES)} file of one row per class, or "
+                              "'random' (docs/methods/nayer.md)")
 
 
 def load_embeddings(spec: str, num_classes: int, dim: int) -> torch.Tensor:

@@ -30,7 +30,8 @@ def build_method(cfg: RunConfig, spec: ImageSpec, place: Placement, teacher: Fro
         teacher=teacher, student=place.wrap(student), student_raw=student,
         num_classes=spec.num_classes, image_shape=tuple(spec.image_shape), mean=mean, std=std,
         device=place.device, batch_size=cfg.batch_size // place.dist.world_size,
-        epochs=cfg.epochs, g_steps=cfg.g_steps, generator=cfg.generator, wrap=place.wrap, autocast=place.autocast,
+        epochs=cfg.epochs, g_steps=cfg.g_steps, generator=cfg.generator, wrap=place.wrap,
+        autocast=place.autocast,
         channels_last=place.channels_last,
         # CUDA only; on CPU the teacher runs as usual (documented, like amp).
         teacher_infer=GraphedForward(teacher) if place.cuda and cfg.teacher_graph else None)
