@@ -87,9 +87,12 @@ def test_features_are_the_classifier_input_and_widths_are_fitted():
         classifier_layer(nn.Sequential(nn.Conv2d(1, 2, 3)), "student")
 
 
-def test_cudfkd_extras_it_cannot_honour_are_refused(fmnist_teacher, tmp_path):
-    with pytest.raises(ConfigError, match="at_weight and class_balance"):
-        ada_trainer(fmnist_teacher, tmp_path, at_weight=1.0)
+def test_settings_are_checked():
+    from dfkd.config import load_config
+    with pytest.raises(ConfigError, match="adadfkd.begin/end"):
+        load_config({"method": "adadfkd", "adadfkd": {"begin": 0.8, "end": 0.2}})
+    with pytest.raises(ConfigError, match="adadfkd.length"):
+        load_config({"method": "adadfkd", "adadfkd": {"length": 0.0}})
 
 
 # ------------------------------------------------------------------ one step of each

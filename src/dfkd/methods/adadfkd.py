@@ -3,10 +3,10 @@
 ``datafree/utils/_utils.py`` (``MoCo``, ``difficulty_mining``), ``datafree_kd.py`` and
 ``scripts/adadfkd/``).
 
-Everything of :mod:`dfkd.methods.cudfkd` (one generator for the run, the class-balance,
+CuDFKD's algorithm as the AdaDFKD code runs it (one generator for the run, the class-balance,
 confidence and BN terms, the adversarial ramp, the student's self-paced weight with a linear
-pace), plus two terms on the classifier's input features (the input of the last Linear
-layer: f_T of the teacher, f_S of the student):
+pace, from :mod:`dfkd.curriculum`), plus two terms on the classifier's input features (the
+input of the last Linear layer: f_T of the teacher, f_S of the student):
 
 Generator step:
     L_G = w_ent H(p_bar) + w_oh CE(t, argmax t) + w_bn L_bn + w_adv(e) L_adv + w_hard L_NCE
@@ -38,24 +38,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfkd import curriculum as cur
 from dfkd import distributed
 from dfkd.errors import ConfigError
-from dfkd.losses import entropy_of_mean, kd_kl
+from dfkd.losses import entropy_of_mean, kd_kl, kd_l1, onehot_ce
 from dfkd.methods import register_method
-from dfkd.methods.base import OfficialRecipes, Published
-from dfkd.methods.cudfkd import CuDFKD, CuDFKDSettings
+from dfkd.methods.base import GeneratorMethod, OfficialRecipes, Published
 from dfkd.ranges import ranged
 
 README = "ljrprocc/DFKD README.md"
 
 
 @dataclass
-class AdaDFKDSettings(CuDFKDSettings):
-    # CuDFKD's settings, with the defaults of the AdaDFKD C10 R34->R18 script
-    kd_loss: Literal["l1", "kl"] = "kl"
+class AdaDFKDSettings:
+    # CuDFKD's terms and schedule, with the defaults of the AdaDFKD C10 R34->R18 script
+    tau: float = ranged(20.0, gt=0)   # temperature of H(p_bar) and of the KL KD loss (--T)
+    w_ent: float = -20.0       # negative: generation maximises class balance
+    w_oh: float = 1.0
+    w_bn: float = 1.0          # BatchNorm statistics term (0: off; a teacher without BN)
     w_adv0: float = 1.0
-    grad_adv: float = 0.0
-    lambda_0: float = 2.2
+    grad_adv: float = 0.0      # added to w_adv after each epoch e, E*begin < e < E*end
+    begin: float = ranged(0.25, ge=0, le=1)
+    end: float = ranged(0.75, ge=0, le=1)
+    adv_tau: float = ranged(3.0, gt=0)   # temperature of the (unmasked) adversarial KL
+    lambda_0: float = 2.2      # pace: lambda_k = lambda_0 + pace * k (student steps k)
+    pace: float = 1e-4
+    kd_loss: Literal["l1", "kl"] = "kl"
+    curriculum: Literal["none", "hard", "soft", "log"] = "log"
+    # batch: one weight for the batch-mean loss (official code); sample: one per sample
+    weighting: Literal["batch", "sample"] = "batch"
     w_hard: float = ranged(0.1, ge=0)     # the generator's L_NCE (0: off; --hard)
     length: float = ranged(0.9, gt=0, le=1)  # the share of the queue each row keeps
     negatives: int = ranged(4096, ge=1)   # the queue's keys (--N_neg)
@@ -63,10 +74,11 @@ class AdaDFKDSettings(CuDFKDSettings):
     s_nce: float = ranged(0.1, ge=0)      # the student's InfoNCE (0: off)
 
     def validate(self) -> None:
-        super().validate()
-        if self.at_weight or self.class_balance:
-            raise ConfigError("adadfkd has its own feature term in the student's loss; "
-                              "cudfkd's at_weight and class_balance are not available here")
+        if self.begin > self.end:
+            raise ConfigError(f"adadfkd.begin/end must satisfy 0 <= begin <= end <= 1, got "
+                              f"{self.begin}/{self.end}")
+        if self.curriculum != "none" and self.lambda_0 <= 0:
+            raise ConfigError(f"adadfkd.lambda_0 must be > 0, got {self.lambda_0}")
 
 
 def classifier_layer(model: nn.Module, role: str) -> nn.Linear:
@@ -153,7 +165,7 @@ class NegativeQueue:
 
 
 @register_method
-class AdaDFKD(CuDFKD):
+class AdaDFKD(GeneratorMethod):
     name = "adadfkd"
     Settings = AdaDFKDSettings
     title = "AdaDFKD"
@@ -162,8 +174,8 @@ class AdaDFKD(CuDFKD):
              "([doi:10.1016/j.neunet.2024.106386](https://doi.org/10.1016/j.neunet.2024.106386))")
     code = "[ljrprocc/DFKD](https://github.com/ljrprocc/DFKD)"
     docs = "adadfkd.md"
+    needs_bn = True
     reads_layers = "the input of its last Linear layer (teacher and student)"
-    hooked_teacher = True
     official = (OfficialRecipes("adadfkd", "AdaDFKD", column=11, acc1={
         "c10_resnet34_resnet18": Published(95.32, f"{README}:L32"),
         "c10_wrn40_2_wrn16_1": Published(90.05, f"{README}:L32"),
@@ -175,13 +187,22 @@ class AdaDFKD(CuDFKD):
     def __init__(self, ctx, settings: AdaDFKDSettings) -> None:
         super().__init__(ctx, settings)
         s = settings
-        self.uses_features = s.w_hard > 0 or s.s_nce > 0
-        if self.uses_features:
+        self.pace = cur.Pace(s.lambda_0, s.pace)
+        self.ramp = cur.AdversarialRamp(s.w_adv0, s.grad_adv, s.begin, s.end, ctx.epochs)
+        self.student_steps = 0   # k in lambda_k
+        self.queue = None
+        if s.w_hard > 0 or s.s_nce > 0:
             self.f_teacher = ClassifierInputs(ctx.teacher, "teacher")
             self.f_student = ClassifierInputs(ctx.student_raw, "student")
-            self.width = classifier_layer(ctx.teacher, "teacher").in_features
-        self.queue = NegativeQueue(s.negatives, self.width, ctx.device) if s.w_hard > 0 \
-            else None
+            if s.w_hard > 0:
+                width = classifier_layer(ctx.teacher, "teacher").in_features
+                self.queue = NegativeQueue(s.negatives, width, ctx.device)
+
+    @property
+    def adv_weight(self) -> float:
+        # The ablation stops the ramp but keeps the constant term (official code).
+        s = self.settings
+        return s.w_adv0 if s.curriculum == "none" else self.ramp(self.epoch)
 
     @property
     def hard(self) -> float:
@@ -192,8 +213,8 @@ class AdaDFKD(CuDFKD):
         s = self.settings
         adv_weight = self.adv_weight
         x, t, bn = self.teacher_with_bn()
-        ent = entropy_of_mean(t, s.tau if s.ent_tau is None else s.ent_tau)
-        oh = self.confidence(t)
+        ent = entropy_of_mean(t, s.tau)
+        oh = onehot_ce(t)
         loss = s.w_ent * ent + s.w_oh * oh + s.w_bn * bn
         terms = {"g_entropy": ent.detach(), "g_onehot": oh.detach(), "g_bn": bn.detach()}
         if adv_weight > 0 or self.queue is not None:
@@ -211,27 +232,38 @@ class AdaDFKD(CuDFKD):
         self.update_generator(loss)
         return {"loss_g": loss.detach(), **terms}
 
-    def student_term(self, st: torch.Tensor, t: torch.Tensor, per_sample: bool
-                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        kd, logs = super().student_term(st, t, per_sample)
-        if self.settings.s_nce > 0:
+    def student_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        s = self.settings
+        st, t = self.student_teacher_logits(hooked=True)   # the teacher's hooks run
+        per_sample = s.weighting == "sample"
+        kd = kd_l1(st, t, per_sample) if s.kd_loss == "l1" else kd_kl(st, t, s.tau, per_sample)
+        logs = {"kd": kd.detach().mean()}
+        term = kd
+        if s.s_nce > 0:
             f_t = self.f_teacher.take()
             nce = info_nce_pairs(f_t, fit_width(self.f_student.take(), f_t.shape[1]),
-                                 self.settings.nce_tau)
-            kd = kd + self.settings.s_nce * nce
+                                 s.nce_tau)
+            term = kd + s.s_nce * nce
             logs["s_nce"] = nce.detach()
-        return kd, logs
+        weight = torch.ones_like(term) if s.curriculum == "none" else \
+            cur.v_star(term.detach(), self.pace(self.student_steps), s.curriculum)
+        loss = (weight * term).mean()
+        self.student_steps += 1
+        return loss, {"loss_s": loss.detach(), **logs, "sp_weight": weight.mean(),
+                      "sp_below_half": (weight < 0.5).float().mean()}
 
     def status(self) -> dict[str, float]:
-        return {**super().status(), "hard": self.hard}
+        return {"lambda": self.pace(self.student_steps), "adv_weight": self.adv_weight,
+                "hard": self.hard}
 
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
+        state = {**super().state_dict(), "student_steps": self.student_steps}
         if self.queue is not None:
             state["queue"] = self.queue.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        self.student_steps = int(state["student_steps"])
         if self.queue is not None:
             self.queue.load_state_dict(state["queue"])

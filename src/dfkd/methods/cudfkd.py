@@ -191,8 +191,6 @@ class CuDFKD(GeneratorMethod):
     docs = "cudfkd.md"
     needs_bn = True
     reads_layers = "its stage ends, with `at_weight` (attention transfer)"
-    # The student step's teacher forward runs the module itself (its hooks), not its graph.
-    hooked_teacher = False
     # Hours: the CuDFKD README's, on one RTX 3090 Ti.
     official = (OfficialRecipes(
         "cudfkd", "CuDFKD", column=0,
@@ -346,25 +344,21 @@ class CuDFKD(GeneratorMethod):
         # Once at_until has taken the weight to 0, the term is skipped (and the teacher's
         # CUDA graph serves again): the loss is the same.
         attend = self.attention is not None and self.at_weight > 0
-        st, t = self.student_teacher_logits(hooked=True) if attend or self.hooked_teacher \
-            else self.student_teacher_logits()
-        kd, logs = self.student_term(st, t, s.weighting == "sample")
+        st, t = self.student_teacher_logits(hooked=True) if attend else \
+            self.student_teacher_logits()
+        per_sample = s.weighting == "sample"
+        kd = s.kd(st, t, per_sample)
         weight = self.self_paced_weight(kd)
         balance = 1.0 if self.class_share is None else self.class_weight(t.argmax(1))
         loss = (weight * balance * kd).mean()
-        logs.update(sp_weight=weight.mean(), sp_below_half=(weight < 0.5).float().mean())
+        logs = {"kd": kd.detach().mean(), "sp_weight": weight.mean(),
+                "sp_below_half": (weight < 0.5).float().mean()}
         if attend:
             at = self.attention.loss()
             loss = loss + self.at_weight * at
             logs["at"] = at.detach()
         self.student_steps += 1
         return loss, {"loss_s": loss.detach(), **logs}
-
-    def student_term(self, st: torch.Tensor, t: torch.Tensor, per_sample: bool
-                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss the self-paced weight applies to (KD of S's logits to T's), and its logs."""
-        kd = self.settings.kd(st, t, per_sample)
-        return kd, {"kd": kd.detach().mean()}
 
     def class_weight(self, labels: torch.Tensor) -> torch.Tensor:
         """(1/K) / share of each sample's class, after the shares take in this batch (the
