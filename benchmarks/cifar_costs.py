@@ -41,8 +41,12 @@ def cost(recipe: Path, batch: int | None, overrides: list[str]) -> dict[str, Any
     overrides = [*overrides, "batched_g=false"]
     raw = read_yaml(recipe)
     full = load_config(merge(raw, parse_overrides(overrides)))
+    # A method with a synthesis batch of its own (NAYER) synthesises at the same share of it.
+    synth = getattr(full.method_settings, "synthesis_batch", 0)
+    small_synth = max(1, round(synth * batch / full.batch_size)) if synth and batch else synth
+    extra = [f"{full.method}.synthesis_batch={small_synth}"] if synth and batch else []
     small = full if batch is None else load_config(
-        merge(raw, parse_overrides([*overrides, f"batch_size={batch}"])))
+        merge(raw, parse_overrides([*overrides, f"batch_size={batch}", *extra])))
     arch, teacher, student, spec = random_models(small)
     trainer = Trainer(small, teacher, student, spec, None, None, progress=False)
     method = trainer.method
@@ -54,7 +58,7 @@ def cost(recipe: Path, batch: int | None, overrides: list[str]) -> dict[str, Any
 
     s_step = timed(lambda: student_step(trainer), 1, trainer.device)
     scale = full.batch_size / small.batch_size
-    g_step, s_step = g_step * scale, s_step * scale
+    g_step, s_step = g_step * (synth / small_synth if synth else scale), s_step * scale
     g_total = kd_total = 0
     for epoch in range(full.epochs):   # the method's schedule: its steps in each epoch
         method.on_epoch_start(epoch)

@@ -101,9 +101,21 @@ def changed_values(study: Path) -> str:
     search = yaml.safe_load((study / "best.yaml").read_text()).get("search") or {}
     _, first, best = read_trials(study)
     items = []
+    def shown(value: str) -> str:   # a number to 3 digits; a choice (a string) as it is
+        try:
+            return f"{float(value):.3g}"
+        except ValueError:
+            return value
+
+    def differs(a: str, b: str) -> bool:
+        try:
+            return float(a) != float(b)
+        except ValueError:
+            return a != b
+
     for key in search:
-        if float(first[key]) != float(best[key]):
-            items.append(f"{key} {float(first[key]):.3g} -> {float(best[key]):.3g}")
+        if differs(first[key], best[key]):
+            items.append(f"{key} {shown(first[key])} -> {shown(best[key])}")
     return ", ".join(items) or "none (the recipe's own values were best)"
 
 

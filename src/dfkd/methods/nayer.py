@@ -64,7 +64,7 @@ EMBEDDING_FILES = (".pt", ".pth", ".npy")
 @dataclass
 class NayerSettings:
     # One row per class: a .pt/.npy file (classes x dim), or a fallback code: random, onehot.
-    embeddings: str = "random"
+    embeddings: str = "onehot"
     embedding_dim: int = ranged(512, ge=1)   # length of the fallback codes (CLIP's 512)
     w_bn: float = 10.0       # BatchNorm statistics term (0: off, e.g. no BN)
     w_ce: float = 0.5        # CE to the target classes (the official --oh)
@@ -208,6 +208,7 @@ class Nayer(BankMethod):
             self.generator.to(memory_format=torch.channels_last)
         self.generator_fn = self.generator   # what the steps call (compiled under compile)
         self.reinit_epoch = -1
+        self.best_images: torch.Tensor | None = None
 
     def make_bn_hook(self) -> BNStatsHook | NoBNStats:
         if not self.uses_bn(self.settings):
@@ -253,6 +254,10 @@ class Nayer(BankMethod):
         if self.settings.bn_mmt > 0:
             self.bn_hook.update()
         self.opt_g = self.best_images = self.best_loss = None
+
+    def end_synthesis(self) -> None:
+        if self.best_images is not None:   # a loop cut short (a caller's own step count)
+            self._end_loop()
 
     def adversarial_student(self, x: torch.Tensor) -> torch.Tensor:
         """S's logits for L_adv, no gradient to S: eval mode in the round's first loop,
