@@ -287,3 +287,11 @@ def test_the_generator_and_the_terms_equal_the_official_code():
     ys = F.one_hot(targets[:5].clamp(max=4), 5).float()
     theirs_ce = torch.mean(torch.sum(-ys * t_out[:5].log_softmax(dim=-1), dim=-1))
     torch.testing.assert_close(F.cross_entropy(t_out[:5], targets[:5].clamp(max=4)), theirs_ce)
+
+
+def test_a_warmup_as_long_as_the_run_is_one_warning(fmnist_teacher, tmp_path, capsys):
+    nayer_trainer(fmnist_teacher, tmp_path, warmup=3)
+    err = capsys.readouterr().err
+    assert "nayer.warmup is 3 epochs and the run has 3: the student never trains" in err
+    nayer_trainer(fmnist_teacher, tmp_path / "b", warmup=2)
+    assert "never trains" not in capsys.readouterr().err

@@ -12,6 +12,7 @@ from dfkd.errors import DfkdError
 from dfkd.frozen_teacher import FrozenTeacher, GraphedForward
 from dfkd.hooks import batchnorm_layers
 from dfkd.methods import Method, MethodContext, bn_free_methods, get_method
+from dfkd.methods.base import warn
 from dfkd.run.device import Placement
 from dfkd.run.spec import ImageSpec
 
@@ -36,6 +37,9 @@ def build_method(cfg: RunConfig, spec: ImageSpec, place: Placement, teacher: Fro
         # CUDA only; on CPU the teacher runs as usual (documented, like amp).
         teacher_infer=GraphedForward(teacher) if place.cuda and cfg.teacher_graph else None)
     method = method_cls(ctx, cfg.method_settings)
+    if method.warmup_epochs >= cfg.epochs:
+        warn(f"{cfg.method}.warmup is {method.warmup_epochs} epochs and the run has "
+             f"{cfg.epochs}: the student never trains; set {cfg.method}.warmup below epochs")
     if cfg.compile:   # wrappers that share the parameters of the plain modules
         ctx.student = torch.compile(ctx.student)
         method.compile_modules(torch.compile)
