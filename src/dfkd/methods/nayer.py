@@ -29,8 +29,8 @@ As in the official code, the student is in eval mode for the adversarial term in
 first loop and in train mode in the later ones (``student.train()`` sits inside the loop
 there): its BatchNorm layers then use the batch's statistics and update their running ones.
 
-Without an embedding file (``embeddings: random`` or ``onehot``) the class codes are fixed
-N(0, 1) vectors (seed 0) or one-hot rows, ``embedding_dim`` numbers long.
+Without an embedding file (``embeddings: onehot``, the default, or ``random``) the class codes
+are one-hot rows or fixed N(0, 1) vectors (seed 0), ``embedding_dim`` numbers long.
 Under torchrun each rank trains its own generator on its share of the synthesis batch, as
 CMI does; the checkpoint holds every rank's.
 """
@@ -247,7 +247,7 @@ class Nayer(BankMethod):
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=ctx.generator.lr,
                                       betas=ctx.generator.betas)
         self.best_loss = torch.full((), float("inf"), device=ctx.device)
-        self.best_images: torch.Tensor | None = None
+        self.best_images = None
 
     def _end_loop(self) -> None:
         self.bank.add(self.best_images.float())
