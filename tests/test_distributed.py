@@ -68,6 +68,31 @@ def test_bank_methods_share_one_bank_over_two_processes(fmnist_teacher, tmp_path
     assert metrics_rows(split) == metrics_rows(full)
 
 
+@pytest.mark.parametrize("method, settings", [
+    ("nayer", ["nayer.warmup=1", "nayer.warmup_loops=2", "nayer.loops=1",
+               "nayer.synthesis_batch=32", "nayer.g_life=1", "nayer.bank_size=80"]),
+    ("adadfkd", ["adadfkd.negatives=48", "adadfkd.begin=0", "adadfkd.end=1"]),
+])
+def test_the_newer_methods_resume_exactly_over_two_processes(fmnist_teacher, tmp_path,
+                                                             method, settings):
+    """NAYER's per-rank generators and AdaDFKD's common queue are in the checkpoint: a run
+    stopped after epoch 1 and resumed on two processes ends as the straight run."""
+    run = [*RUN, "--method", method, "--set", "g_steps=2",
+           *[x for kv in settings for x in ("--set", kv)]]
+    full, split = tmp_path / "full", tmp_path / "split"
+    result = torchrun("--teacher", str(fmnist_teacher), "--out", str(full), *run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(full / "checkpoint.pt", weights_only=True)["method"]
+    if method == "nayer":
+        assert len(state["generators"]) == 2
+    first = torchrun("--teacher", str(fmnist_teacher), "--out", str(split), *run,
+                     "--stop-after-epoch", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = torchrun("--resume", str(split), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert metrics_rows(split) == metrics_rows(full)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
