@@ -138,8 +138,11 @@ class Trainer:
             self.sums[name] = self.sums.get(name, 0.0) + value / max(steps, 1)
         self.round += 1
 
-    def _run_round(self, g_steps: int) -> dict[str, float]:
-        """The round's steps; its loss terms, summed over the steps."""
+    def _run_round(self, g_steps: int | None = None) -> dict[str, float]:
+        """The round's steps (``g_steps``: the method's generator steps for the round); its
+        loss terms, summed over the steps."""
+        if g_steps is None:
+            g_steps = self.method.generator_steps()
         terms: dict[str, torch.Tensor] = {}
 
         def add(logs: dict[str, torch.Tensor]) -> None:
