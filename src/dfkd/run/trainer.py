@@ -130,19 +130,18 @@ class Trainer:
         return summary
 
     def _round(self) -> None:
-        g_steps = self.method.generator_steps()
-        values = self._run_round(g_steps)
+        values = self._run_round()
         self._call("on_round_end", values)
+        g_steps = self.method.generator_steps()
         for name, value in values.items():   # per step
             steps = g_steps if name.startswith(("loss_g", "g_")) else self.cfg.kd_steps
             self.sums[name] = self.sums.get(name, 0.0) + value / max(steps, 1)
         self.round += 1
 
-    def _run_round(self, g_steps: int | None = None) -> dict[str, float]:
-        """The round's steps (``g_steps``: the method's generator steps for the round); its
-        loss terms, summed over the steps."""
-        if g_steps is None:
-            g_steps = self.method.generator_steps()
+    def _run_round(self) -> dict[str, float]:
+        """The round's steps (as many generator steps as the method asks for this round);
+        its loss terms, summed over the steps."""
+        g_steps = self.method.generator_steps()
         terms: dict[str, torch.Tensor] = {}
 
         def add(logs: dict[str, torch.Tensor]) -> None:
