@@ -148,7 +148,8 @@ def test_short_run_learns(fmnist_teacher, tmp_path, method):
 @pytest.mark.parametrize("method", BANK_METHODS)
 def test_resume_is_exact(fmnist_teacher, tmp_path, method):
     """Banks (and CMI's head and feature bank, Fast's meta generator, BN running
-    averages and its one-time l0 reset) are in the checkpoint: a run stopped after
+    averages and its one-time l0 reset, NAYER's generator across its re-draws) are in
+    the checkpoint: a run stopped after
     epoch 2 and resumed matches an uninterrupted one."""
     raw = {"epochs": 3, "rounds": 2, "g_steps": 2, "kd_steps": 2, "batch_size": 16,
            "sample_grid": 4, "method": method, "teacher": str(fmnist_teacher),

@@ -48,6 +48,21 @@ def test_two_process_run_completes_and_resumes_exactly(fmnist_teacher, tmp_path)
     assert metrics_rows(split) == metrics_rows(full)
 
 
+def straight_and_resumed(teacher, tmp_path, run: list[str]):
+    """The run straight, and stopped after epoch 1 then resumed: both end with the same
+    metrics. The straight run's folder."""
+    full, split = tmp_path / "full", tmp_path / "split"
+    result = torchrun("--teacher", str(teacher), "--out", str(full), *run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = torchrun("--teacher", str(teacher), "--out", str(split), *run,
+                     "--stop-after-epoch", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = torchrun("--resume", str(split), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert metrics_rows(split) == metrics_rows(full)
+    return full
+
+
 @pytest.mark.parametrize("method", ["cmi", "fast"])
 def test_bank_methods_share_one_bank_over_two_processes(fmnist_teacher, tmp_path, method):
     """Every rank adds all ranks' samples, so rank 0's checkpoint holds the common bank
@@ -55,17 +70,9 @@ def test_bank_methods_share_one_bank_over_two_processes(fmnist_teacher, tmp_path
     run = [*RUN, "--method", method, "--set", "g_steps=2", "--set", f"{method}.bank_size=80"]
     if method == "fast":  # a warm-up epoch, then the student learns and G_meta's layer resets
         run += ["--set", "fast.warmup=1", "--set", "fast.reset_l0_epoch=1"]
-    full, split = tmp_path / "full", tmp_path / "split"
-    result = torchrun("--teacher", str(fmnist_teacher), "--out", str(full), *run)
-    assert result.returncode == 0, result.stderr[-3000:]
+    full = straight_and_resumed(fmnist_teacher, tmp_path, run)
     bank = torch.load(full / "checkpoint.pt", weights_only=True)["method"]["bank"]
     assert bank["count"] == 80  # 6 rounds x 32 samples, wrapped at 80
-    first = torchrun("--teacher", str(fmnist_teacher), "--out", str(split), *run,
-                     "--stop-after-epoch", "1")
-    assert first.returncode == 0, first.stderr[-3000:]
-    resumed = torchrun("--resume", str(split), "--no-progress")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert metrics_rows(split) == metrics_rows(full)
 
 
 @pytest.mark.parametrize("method, settings", [
@@ -79,18 +86,10 @@ def test_the_newer_methods_resume_exactly_over_two_processes(fmnist_teacher, tmp
     stopped after epoch 1 and resumed on two processes ends as the straight run."""
     run = [*RUN, "--method", method, "--set", "g_steps=2",
            *[x for kv in settings for x in ("--set", kv)]]
-    full, split = tmp_path / "full", tmp_path / "split"
-    result = torchrun("--teacher", str(fmnist_teacher), "--out", str(full), *run)
-    assert result.returncode == 0, result.stderr[-3000:]
-    state = torch.load(full / "checkpoint.pt", weights_only=True)["method"]
+    full = straight_and_resumed(fmnist_teacher, tmp_path, run)
     if method == "nayer":
+        state = torch.load(full / "checkpoint.pt", weights_only=True)["method"]
         assert len(state["generators"]) == 2
-    first = torchrun("--teacher", str(fmnist_teacher), "--out", str(split), *run,
-                     "--stop-after-epoch", "1")
-    assert first.returncode == 0, first.stderr[-3000:]
-    resumed = torchrun("--resume", str(split), "--no-progress")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert metrics_rows(split) == metrics_rows(full)
 
 
 def _free_port() -> int:

@@ -159,18 +159,6 @@ def test_the_adversarial_student_is_in_eval_mode_in_the_first_loop_only(fmnist_t
     assert all(p.requires_grad for p in student.parameters())
 
 
-def test_a_short_run_resumes_exactly_with_its_generator(fmnist_teacher, tmp_path):
-    from conftest import metrics_rows
-    raw = {"epochs": 3, "rounds": 1, "g_steps": 2, "kd_steps": 3, "batch_size": 16,
-           "sample_grid": 0, "method": "nayer", "teacher": str(fmnist_teacher),
-           "nayer": {"warmup": 1, "warmup_loops": 2, "g_life": 2, "bank_size": 40}}
-    build_trainer(raw, tmp_path / "full", progress=False).fit()
-    build_trainer(raw, tmp_path / "split", progress=False).fit(stop_after_epoch=2)
-    resumed = build_trainer(raw, tmp_path / "split", resume=True, progress=False)
-    resumed.fit()
-    assert metrics_rows(tmp_path / "split") == metrics_rows(tmp_path / "full")
-
-
 # ------------------------------------------------------------------ class embeddings
 def test_embedding_files_and_fallbacks(tmp_path):
     rows = torch.randn(10, 6)

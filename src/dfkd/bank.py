@@ -1,4 +1,5 @@
-"""A sample bank: rows of one shape (images, features) kept on one device for later draws.
+"""A sample bank: rows of one shape (images, features) kept on one device for later draws,
+and :class:`LowestLoss`, which picks the batch of a round that goes into a bank.
 
 The bank methods put each round's batch in one and train the student on draws from it;
 CMI keeps its features in another; CuDFKD's ``replay`` pool is one. Rows are float
@@ -15,6 +16,27 @@ import torch
 
 from dfkd import distributed
 from dfkd.errors import ConfigError
+
+
+class LowestLoss:
+    """The tensors of the step with the lowest loss so far, kept on the device: one
+    ``torch.where`` per step, no host sync. ``start``: what is kept until a step beats it
+    (a copy of the round's initial inputs); without it the first step's tensors are kept
+    whatever their loss, so a round whose every loss is NaN still has a batch."""
+
+    def __init__(self, device: torch.device | str,
+                 start: tuple[torch.Tensor, ...] | None = None) -> None:
+        self.loss = torch.full((), float("inf"), device=device)
+        self.kept = start
+
+    def offer(self, loss: torch.Tensor, *tensors: torch.Tensor) -> None:
+        """Keep ``tensors`` (detached) if ``loss`` is below the lowest so far."""
+        loss = loss.detach()
+        better = loss < self.loss
+        self.loss = torch.where(better, loss, self.loss)
+        tensors = tuple(t.detach() for t in tensors)
+        self.kept = tensors if self.kept is None else \
+            tuple(torch.where(better, t, k) for t, k in zip(tensors, self.kept))
 
 
 class SampleBank:

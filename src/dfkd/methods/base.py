@@ -178,11 +178,13 @@ class Method:
         """The student's loss on a fresh batch, and named detached terms to log."""
         raise NotImplementedError
 
-    def frozen_student(self, x: torch.Tensor) -> torch.Tensor:
+    def frozen_student(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
         """S's logits inside a generator step: the bare module (no DDP sync), eval mode,
-        and no gradient to S's weights, so only the sample source (G or the inputs) learns."""
+        and no gradient to S's weights, so only the sample source (G or the inputs) learns.
+        ``train``: train mode instead, so S's BatchNorm layers use the batch's statistics
+        and update their running ones (NAYER's official code, after a round's first loop)."""
         student = self.ctx.student_raw
-        student.eval().requires_grad_(False)
+        student.train(train).requires_grad_(False)
         try:
             with self.ctx.autocast():
                 return student(x)

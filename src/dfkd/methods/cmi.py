@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfkd.augment import random_crop_flip
-from dfkd.bank import SampleBank
+from dfkd.bank import LowestLoss, SampleBank
 from dfkd.errors import ConfigError
 from dfkd.hooks import ForwardHooks, batchnorm_layers
 from dfkd.losses import masked_adversarial
@@ -240,8 +240,7 @@ class CMI(BankMethod):
         self.targets = torch.randint(0, ctx.num_classes, (ctx.batch_size,), device=ctx.device)
         self.opt_g = torch.optim.Adam([*self.generator.parameters(), self.z],
                                       lr=ctx.generator.lr, betas=(0.5, 0.999))
-        self.best_loss = torch.full((), float("inf"), device=ctx.device)
-        self.best_images = self.best_features = None
+        self.best = LowestLoss(ctx.device)
 
     def generator_step(self) -> dict[str, torch.Tensor]:
         s, ctx = self.settings, self.ctx
@@ -268,14 +267,7 @@ class CMI(BankMethod):
             adv = masked_adversarial(self.frozen_student(x_global), t, s.adv_tau)
             loss = loss + s.w_adv * adv
             terms["g_adv"] = adv.detach()
-        better = loss.detach() < self.best_loss
-        self.best_loss = torch.where(better, loss.detach(), self.best_loss)
-        features = torch.cat([f_local, f_global], 1).detach()
-        if self.best_images is None:
-            self.best_images, self.best_features = images.detach(), features
-        else:
-            self.best_images = torch.where(better, images.detach(), self.best_images)
-            self.best_features = torch.where(better, features, self.best_features)
+        self.best.offer(loss, images, torch.cat([f_local, f_global], 1))
         self.opt_g.zero_grad(set_to_none=True)
         self.opt_head.zero_grad(set_to_none=True)
         loss.backward()
@@ -284,9 +276,10 @@ class CMI(BankMethod):
         return {"loss_g": loss.detach(), **terms}
 
     def end_synthesis(self) -> None:
-        self.bank.add(self.best_images.float())
-        self.feature_bank.add(self.best_features)
-        self.z = self.opt_g = self.best_images = self.best_features = None
+        images, features = self.best.kept
+        self.bank.add(images.float())
+        self.feature_bank.add(features)
+        self.z = self.opt_g = self.best = None
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "feature_bank": self.feature_bank.state_dict(),

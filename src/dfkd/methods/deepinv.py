@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dfkd.bank import LowestLoss
 from dfkd.losses import js_divergence, total_variation
 from dfkd.methods import register_method
 from dfkd.methods.base import BankMethod, OfficialRecipes, Published
@@ -100,8 +101,7 @@ class DeepInversion(BankMethod):
                                   requires_grad=True)
         self.targets = torch.randint(0, ctx.num_classes, (ctx.batch_size,), device=ctx.device)
         self.opt_x = torch.optim.Adam([self.inputs], lr=self.settings.lr, betas=(0.5, 0.99))
-        self.best_loss = torch.full((), float("inf"), device=ctx.device)
-        self.best_inputs = self.inputs.detach().clone()
+        self.best = LowestLoss(ctx.device, (self.inputs.detach().clone(),))
 
     def generator_step(self) -> dict[str, torch.Tensor]:
         s, ctx = self.settings, self.ctx
@@ -120,10 +120,7 @@ class DeepInversion(BankMethod):
             comp = competition(self.frozen_student(x), t, s.adv_tau)
             loss = loss + s.w_adv * comp
             terms["g_adv"] = comp.detach()
-        # The lowest-loss batch of the round, kept on the device (no host sync per step).
-        better = loss.detach() < self.best_loss
-        self.best_loss = torch.where(better, loss.detach(), self.best_loss)
-        self.best_inputs = torch.where(better, self.inputs.detach(), self.best_inputs)
+        self.best.offer(loss, self.inputs)   # the round's lowest-loss batch
         self.opt_x.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_x.step()
@@ -133,6 +130,6 @@ class DeepInversion(BankMethod):
         return {"loss_g": loss.detach(), **terms}
 
     def end_synthesis(self) -> None:
-        best = self.best_inputs * self.ctx.std + self.ctx.mean
+        best = self.best.kept[0] * self.ctx.std + self.ctx.mean
         self.bank.add(best.clamp(0, 1))
-        self.inputs = self.opt_x = self.best_inputs = None
+        self.inputs = self.opt_x = self.best = None

@@ -46,6 +46,7 @@ from torch import nn
 
 from dfkd import distributed
 from dfkd.augment import random_crop_flip
+from dfkd.bank import LowestLoss
 from dfkd.hooks import BNStatsHook, MomentumBNHook, NoBNStats
 from dfkd.losses import masked_adversarial
 from dfkd.methods import register_method
@@ -172,8 +173,7 @@ class Fast(BankMethod):
         self.meta_grads = [torch.zeros_like(p) for p in self.meta.parameters()] \
             if s.meta == "fomaml" else None
         self.steps = 0
-        self.best_loss = torch.full((), float("inf"), device=ctx.device)
-        self.best_images: torch.Tensor | None = None
+        self.best = LowestLoss(ctx.device)
 
     def generator_step(self) -> dict[str, torch.Tensor]:
         s, ctx = self.settings, self.ctx
@@ -190,11 +190,7 @@ class Fast(BankMethod):
             adv = masked_adversarial(self.frozen_student(x), t, s.adv_tau)
             loss = loss + s.w_adv * adv
             terms["g_adv"] = adv.detach()
-        # The lowest-loss batch of the round, kept on the device (no host sync per step).
-        better = loss.detach() < self.best_loss
-        self.best_loss = torch.where(better, loss.detach(), self.best_loss)
-        self.best_images = images.detach() if self.best_images is None else \
-            torch.where(better, images.detach(), self.best_images)
+        self.best.offer(loss, images)   # the round's lowest-loss batch
         self.opt_fast.zero_grad(set_to_none=True)
         loss.backward()
         if self.meta_grads is not None:  # first-order MAML: G_fast's gradient at this step
@@ -207,7 +203,7 @@ class Fast(BankMethod):
 
     def end_synthesis(self) -> None:
         s = self.settings
-        self.bank.add(self.best_images.float())
+        self.bank.add(self.best.kept[0].float())
         if s.bn_mmt > 0:
             self.bn_hook.update()
         if self.meta_grads is not None:
@@ -224,7 +220,7 @@ class Fast(BankMethod):
         for group in self.opt_meta.param_groups:
             group["lr"] = s.meta_lr or self.ctx.generator.lr * self.steps
         self.opt_meta.step()
-        self.z = self.opt_fast = self.best_images = self.best_loss = self.meta_grads = None
+        self.z = self.opt_fast = self.best = self.meta_grads = None
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "meta": self.meta.state_dict(),

@@ -49,6 +49,7 @@ from torch import nn
 
 from dfkd import distributed
 from dfkd.augment import random_crop_flip
+from dfkd.bank import LowestLoss
 from dfkd.errors import ConfigError
 from dfkd.generators import Generator, default_generator_size
 from dfkd.hooks import BNStatsHook, MomentumBNHook, NoBNStats
@@ -208,7 +209,7 @@ class Nayer(BankMethod):
             self.generator.to(memory_format=torch.channels_last)
         self.generator_fn = self.generator   # what the steps call (compiled under compile)
         self.reinit_epoch = -1
-        self.best_images: torch.Tensor | None = None
+        self.best: LowestLoss | None = None   # the synthesis loop's lowest-loss batch
 
     def make_bn_hook(self) -> BNStatsHook | NoBNStats:
         if not self.uses_bn(self.settings):
@@ -246,31 +247,17 @@ class Nayer(BankMethod):
         self.targets = balanced_targets(self.synthesis_batch, ctx.num_classes).to(ctx.device)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=ctx.generator.lr,
                                       betas=ctx.generator.betas)
-        self.best_loss = torch.full((), float("inf"), device=ctx.device)
-        self.best_images = None
+        self.best = LowestLoss(ctx.device)
 
     def _end_loop(self) -> None:
-        self.bank.add(self.best_images.float())
+        self.bank.add(self.best.kept[0].float())
         if self.settings.bn_mmt > 0:
             self.bn_hook.update()
-        self.opt_g = self.best_images = self.best_loss = None
+        self.opt_g = self.best = None
 
     def end_synthesis(self) -> None:
-        if self.best_images is not None:   # a loop cut short (a caller's own step count)
+        if self.best is not None:   # a loop cut short (a caller's own step count)
             self._end_loop()
-
-    def adversarial_student(self, x: torch.Tensor) -> torch.Tensor:
-        """S's logits for L_adv, no gradient to S: eval mode in the round's first loop,
-        train mode after it (the official code's student.train() inside its loop)."""
-        if self.step < self.ctx.g_steps:
-            return self.frozen_student(x)
-        student = self.ctx.student_raw
-        student.train().requires_grad_(False)
-        try:
-            with self.ctx.autocast():
-                return student(x)
-        finally:
-            student.requires_grad_(True)
 
     def generator_step(self) -> dict[str, torch.Tensor]:
         s, ctx = self.settings, self.ctx
@@ -286,14 +273,13 @@ class Nayer(BankMethod):
         loss = s.w_bn * bn + s.w_ce * ce
         terms = {"g_bn": bn.detach(), "g_ce": ce.detach()}
         if s.w_adv > 0 and not self.in_warmup():
-            adv = masked_adversarial(self.adversarial_student(x), t, s.adv_tau)
+            # S in eval mode in the round's first loop, in train mode after it (the
+            # official code's student.train() sits inside its loop)
+            st = self.frozen_student(x, train=self.step >= ctx.g_steps)
+            adv = masked_adversarial(st, t, s.adv_tau)
             loss = loss + s.w_adv * adv
             terms["g_adv"] = adv.detach()
-        # The loop's lowest-loss batch (before this step's update), kept on the device.
-        better = loss.detach() < self.best_loss
-        self.best_loss = torch.where(better, loss.detach(), self.best_loss)
-        self.best_images = images.detach() if self.best_images is None else \
-            torch.where(better, images.detach(), self.best_images)
+        self.best.offer(loss, images)   # the loop's lowest-loss batch, before the update
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
