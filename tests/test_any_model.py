@@ -333,10 +333,11 @@ def test_bn_free_default_only_when_nothing_names_a_method():
         assert bn_free_default(gn, {"base_recipe": none})[0]["method"] == BN_FREE_METHOD
 
 
-@pytest.mark.parametrize("method", ["nayer", "adadfkd"])
+@pytest.mark.parametrize("method", ["nayer", "adadfkd", "spaceshipnet"])
 def test_the_newer_methods_run_on_an_own_pair_with_the_recipes_values(tmp_path, method):
-    """NAYER and AdaDFKD on a user's teacher and student: the family recipe's values (NAYER's
-    warm-up epoch, then one epoch of student steps), nothing method-specific from the user."""
+    """NAYER, AdaDFKD and SpaceshipNet on a user's teacher and student: the family recipe's
+    values (NAYER's warm-up epoch, then one epoch of student steps), nothing
+    method-specific from the user."""
     student = own("make_student")
     before = {k: v.clone() for k, v in student.state_dict().items()}
     summary, _ = distill(own("make_teacher"), student, tmp_path, method=method,

@@ -24,7 +24,7 @@ SMOKE = ["epochs=1", "rounds=1", "g_steps=1", "kd_steps=1", "batch_size=4",
          # bank methods: learn from the first epoch, and keep a tiny bank
          "fast.warmup=0", "cmi.bank_size=8", "deepinv.bank_size=8", "fast.bank_size=8",
          "nayer.warmup=0", "nayer.synthesis_batch=4", "nayer.bank_size=8",
-         "adadfkd.negatives=8"]
+         "adadfkd.negatives=8", "spaceshipnet.bank_size=8"]
 SMOKE_PAIRS = ("c10_resnet34_resnet18", "c100_wrn40_2_wrn16_2")
 
 

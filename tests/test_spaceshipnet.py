@@ -220,6 +220,28 @@ def test_student_batches_come_from_one_level_exchanged_as_often_as_asked(fmnist_
     torch.testing.assert_close(x, expected)
 
 
+def test_student_batches_are_rendered_then_cropped_and_flipped(fmnist_teacher, tmp_path,
+                                                               monkeypatch):
+    import dfkd.methods.spaceshipnet as module
+    method = fmnist_trainer(fmnist_teacher, tmp_path).method
+    method.start_synthesis()
+    method.generator_step()
+    method.end_synthesis()
+    calls, original = [], module.random_crop_flip
+
+    def spy(images, padding, flip=True):
+        out = original(images, padding, flip)
+        calls.append((images, padding, flip, out))
+        return out
+
+    monkeypatch.setattr(module, "random_crop_flip", spy)
+    x = method.student_batch()
+    (images, padding, flip, out), = calls
+    assert (padding, flip) == (4, True) and images.shape == (8, 1, 32, 32)
+    assert 0 <= images.min() and images.max() <= 1   # G's sigmoid output
+    torch.testing.assert_close(x, method.ctx.normalize(out))
+
+
 def test_a_model_without_a_class_activation_map_gets_one_warning(fmnist_teacher, tmp_path,
                                                                  capsys):
     """LeNet-5's classifier is an MLP on a 1x1 map: with w_cam > 0 the term is skipped, said
