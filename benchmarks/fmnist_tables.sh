@@ -6,8 +6,8 @@
 # and the two strongest baselines (TOP: the two best
 # baselines by their tune study's best val Acc@1, never test: cmi 84.30 and fast 83.42 in
 # runs/tune_fmnist10, 8 trials of 10 epochs each), 3 for the rest (REST: every other row
-# unless set) and the references. NEW (nayer, adadfkd: the methods added after the tables were
-# first run) get 5 seeds with the clean teacher and 3 with the noisy ones.
+# unless set) and the references. NEW (nayer, adadfkd, spaceshipnet: the methods added after
+# the tables were first run) get 5 seeds with the clean teacher and 3 with the noisy ones.
 # A queue of JOBS runs at a time (cores/JOBS threads each). Finished runs are skipped and
 # interrupted ones resumed, so the same command continues the tables; a failed run stops
 # its bench, the others still run, and the script exits 1. To free the cores for a while,
@@ -24,7 +24,7 @@
 set -euo pipefail
 OUT=${OUT:-results/tables}; JOBS=${JOBS:-2}; DFKD=${DFKD:-dfkd}; PYTHON=${PYTHON:-python}
 TOP=${TOP:-cudfkd,cudfkd_paper,cmi,fast}
-NEW=${NEW:-nayer,adadfkd}
+NEW=${NEW:-nayer,adadfkd,spaceshipnet}
 "$PYTHON" -c 'import dfkd' 2>/dev/null || {  # before hours of benches, not after
     echo "PYTHON=$PYTHON cannot import dfkd (set PYTHON=.venv/bin/python)" >&2; exit 2; }
 # Every registered method's row, and the paper's CuDFKD beside dfkd's recipe.
