@@ -85,3 +85,21 @@ def test_site_builds_strictly(tmp_path):
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "site" / "api" / "index.html").read_text().count("dfkd.distill") > 0
+
+
+def test_paper_titles_are_quoted_as_the_methods_declare_them():
+    """Each method's paper title is written once, on its class (``paper``); where a page
+    names it in italics, the words are the same (a misquoted title fails)."""
+    from dfkd.methods import get_method, list_methods
+    titles = {name: re.search(r"\*(.+?)\*", get_method(name).paper).group(1)
+              for name in list_methods()}
+    quoted = []
+    for path in (ROOT / "README.md", *sorted(DOCS.rglob("*.md"))):
+        text = " ".join(path.read_text().split())   # titles may wrap across lines
+        quoted += [(path, m) for m in re.findall(r"\*([^*]{25,}?)\*", text)]
+    for name, title in titles.items():
+        head = " ".join(title.split()[:3])   # the pages that quote this paper's title
+        for path, text in quoted:
+            if text.startswith(head):
+                assert text == title, f"{path.relative_to(ROOT)} quotes {name}'s paper as " \
+                                      f"'{text}', its class as '{title}'"

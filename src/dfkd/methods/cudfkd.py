@@ -184,7 +184,7 @@ class CuDFKD(GeneratorMethod):
     name = "cudfkd"
     Settings = CuDFKDSettings
     title = "CuDFKD"
-    paper = ("Li et al., *Dynamic data-free knowledge distillation by an easy-to-hard learning "
+    paper = ("Li et al., *Dynamic data-free knowledge distillation by easy-to-hard learning "
              "strategy*, Information Sciences 2023 "
              "([arXiv:2208.13648](https://arxiv.org/abs/2208.13648))")
     code = "[ljrprocc/DataFree](https://github.com/ljrprocc/DataFree)"
