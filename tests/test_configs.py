@@ -47,3 +47,14 @@ def test_a_resolved_config_is_frozen():
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(section, key, 1)
     assert dataclasses.replace(cfg, epochs=4).epochs == 4 and cfg.epochs == 3
+
+
+def test_the_bench_configs_name_files_a_clean_clone_has():
+    """A bench config's ``base`` paths (its teacher) are in the repository, so the
+    documented ``dfkd bench --config ...`` runs from a clean clone."""
+    for path in sorted((ROOT / "configs").rglob("bench.yaml")):
+        base = read_yaml(path).get("base", {})
+        for key in ("teacher",):
+            if key in base:
+                assert (ROOT / base[key]).is_file(), f"{path.relative_to(ROOT)}: base.{key} " \
+                                                     f"{base[key]} is not in the repository"
