@@ -103,3 +103,27 @@ def test_paper_titles_are_quoted_as_the_methods_declare_them():
             if text.startswith(head):
                 assert text == title, f"{path.relative_to(ROOT)} quotes {name}'s paper as " \
                                       f"'{text}', its class as '{title}'"
+
+
+def test_the_cudfkd_page_lists_every_cudfkd_recipe_with_its_values():
+    """The recipe table of docs/methods/cudfkd.md is the recipe files' values, one row per
+    CuDFKD recipe of CIFAR-10/100 and Tiny-ImageNet (a missing pair or a changed value fails)."""
+    import yaml
+    names = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tiny_imagenet": "Tiny-ImageNet"}
+
+    def cell(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    expected = []
+    for folder, title in names.items():
+        for path in sorted((ROOT / "configs" / folder).glob("cudfkd_*.yaml")):
+            raw = yaml.safe_load(path.read_text())
+            c = raw["cudfkd"]
+            expected.append(
+                f"| {title} {raw['teacher_model']} → {raw['student']} | {raw['batch_size']} | "
+                f"{raw['epochs']} | {cell(c['tau'])} | {cell(c['w_adv0'])} | "
+                f"{cell(c['grad_adv'])} | {cell(c['begin'])} / {cell(c['end'])} | "
+                f"{cell(c['lambda_0'])} | {cell(c['pace'])} | {c['kd_loss']} |")
+    page = (DOCS / "methods" / "cudfkd.md").read_text().splitlines()
+    table = [line for line in page if line.startswith(tuple(f"| {t} " for t in names.values()))]
+    assert table == expected
