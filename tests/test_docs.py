@@ -127,3 +127,15 @@ def test_the_cudfkd_page_lists_every_cudfkd_recipe_with_its_values():
     page = (DOCS / "methods" / "cudfkd.md").read_text().splitlines()
     table = [line for line in page if line.startswith(tuple(f"| {t} " for t in names.values()))]
     assert table == expected
+
+
+def test_the_api_page_shows_docstrings_without_sphinx_roles():
+    """mkdocstrings renders docstrings as Markdown: a Sphinx role (:func:`x`) would show as
+    literal text on the API page, so the objects it shows have none."""
+    import importlib
+    shown = re.findall(r"^::: ([\w.]+)", (DOCS / "api.md").read_text(), re.MULTILINE)
+    assert shown
+    for name in shown:
+        module, _, attr = name.rpartition(".")
+        doc = getattr(importlib.import_module(module), attr).__doc__ or ""
+        assert not re.search(r":\w+:`", doc), f"{name}'s docstring has a Sphinx role"

@@ -109,13 +109,13 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
     ``mean`` and ``std`` (per channel, in [0, 1] pixel units) are the input normalisation the
     teacher was trained with: the generator's images, the student and the evaluation are
     normalised with them, and student.pt records them (see
-    :mod:`dfkd.data.normalization`; the CIFAR model zoo's constants are its ``ZOO``).
+    ``dfkd.data.normalization``; the CIFAR model zoo's constants are its ``ZOO``).
 
     ``recipe`` is where the settings start from. ``"auto"`` (the default): the validated
     recipe of the nearest family by ``image_shape`` (grey images of 32 px or less: the
     Fashion-MNIST recipe; other images up to 48 px: CIFAR-10's; larger: Tiny-ImageNet's;
-    see :mod:`dfkd.recipes`), for ``method`` (default ``cudfkd``; for a teacher without
-    BatchNorm, ``dafl``, said in one line: :func:`dfkd.recipes.bn_free_default`). A path
+    see ``dfkd.recipes``), for ``method`` (default ``cudfkd``; for a teacher without
+    BatchNorm, ``dafl``, said in one line: ``dfkd.recipes.bn_free_default``). A path
     (or a name such as ``"configs/fashion_mnist/dafl_lenet5.yaml"``, or the setting
     ``base_recipe=`` as in the CLI): that recipe and its ``method``; a ``method`` given too
     must be the recipe's (a recipe's settings are tuned for its method), else a ConfigError.
@@ -129,18 +129,18 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
     ``test_data`` is an optional ``(images, labels)`` pair used only to measure the
     student: uint8 images are scaled and normalised with ``mean``/``std``, float images
     are taken as model inputs. With no test data, watch ``synthetic_agreement`` (see
-    :mod:`dfkd.probe`). ``resume=True`` continues the run in ``out_dir`` with the
+    ``dfkd.probe``). ``resume=True`` continues the run in ``out_dir`` with the
     configuration its checkpoint recorded (``settings`` given again win over it).
     Returns the run summary and the trained student (your module; with student_ema it
     holds the average).
 
     On a CPU, a recipe's ``batch_size`` and ``batched_g`` that would need more memory than
-    the machine has are scaled down, with one line (:mod:`dfkd.run.sizing`); yours (and with
+    the machine has are scaled down, with one line (``dfkd.run.sizing``); yours (and with
     ``recipe=None`` the engine's) are never changed, only warned about.
     ``student.pt`` records what rebuilds the student, so that ``dfkd evaluate`` and ``dfkd
     export`` need no flags: ``timm:NAME`` for a timm model, else its class as
     ``package.module:Class`` when that class, called with ``num_classes`` and
-    ``in_channels``, builds the same weights (see :func:`rebuild_spec`); and the dataset
+    ``in_channels``, builds the same weights (see ``rebuild_spec``); and the dataset
     named by the ``dataset=`` setting or the known one these classes, image shape, mean and
     std are.
     """
@@ -174,7 +174,7 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
 
 
 def rebuild_spec(model: nn.Module, num_classes: int, in_channels: int) -> str | None:
-    """The model spec that rebuilds ``model`` (:func:`dfkd.models.create_model`), which
+    """The model spec that rebuilds ``model`` (``dfkd.models.create_model``), which
     student.pt records so that evaluate and export need no flags: its class as
     ``package.module:Class`` (or ``file.py:Class`` for a file loaded as a spec), when that
     imports and, called with ``num_classes`` and ``in_channels`` as far as it takes them,
@@ -229,7 +229,7 @@ def _start_settings(method: str | None, recipe: str | os.PathLike | None,
                     teacher: nn.Module | None = None) -> tuple[dict[str, Any], str | None]:
     """The raw configuration of a new API run (the recipe, then ``settings``), and the line
     that names the recipe (after the one naming the method chosen for a teacher without
-    BatchNorm, when no method was given: :func:`dfkd.recipes.bn_free_default`)."""
+    BatchNorm, when no method was given: ``dfkd.recipes.bn_free_default``)."""
     if str(recipe) == "auto" and settings.get("base_recipe") is not None:
         # base_recipe=NAME (as --set base_recipe= in the CLI) is recipe=NAME: its method.
         settings = dict(settings)
@@ -260,7 +260,7 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
     run of the teacher checkpoint and dataset that ``raw`` names.
     ``state``: the checkpoint to resume from, if the caller has already read it.
     ``base_recipe``: ``raw`` holds only the user's settings (no recipe), so start them from
-    the recipe of the data's geometry (:mod:`dfkd.recipes`); not on a resume, which keeps
+    the recipe of the data's geometry (``dfkd.recipes``); not on a resume, which keeps
     what the run recorded."""
     cfg = load_config(raw)   # the user's settings first: a mistake fails before any work
     if not cfg.teacher:

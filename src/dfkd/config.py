@@ -37,7 +37,7 @@ class StudentOptimConfig:
 class RunConfig:
     """One run's resolved settings: the top-level keys, then the sections of the student's
     optimiser, the generator and the run's method (dotted keys in ``--set``). Build it with
-    :func:`load_config`, which validates; ``config.yaml`` of a run folder is its dump.
+    ``load_config``, which validates; ``config.yaml`` of a run folder is its dump.
     Frozen, as its sections are: nothing changes a run's settings once they are resolved."""
 
     method: str = "cudfkd"
@@ -173,7 +173,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Instantiate dataclass ``cls`` from ``data`` with full key, type and range checks
-    (the ranges its fields declare: :mod:`dfkd.ranges`), then its ``validate()``."""
+    (the ranges its fields declare: ``dfkd.ranges``), then its ``validate()``."""
     if not isinstance(data, dict):
         raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -267,7 +267,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(raw: dict[str, Any]) -> RunConfig:
-    """Validate a raw dict (recipe merged with overrides) into a :class:`RunConfig`, frozen:
+    """Validate a raw dict (recipe merged with overrides) into a ``RunConfig``, frozen:
     a run's settings change only as a new config (``dataclasses.replace``), never in place."""
     raw = dict(raw)
     raw.pop("search", None)  # dfkd tune's search space (see tune.py); a run ignores it

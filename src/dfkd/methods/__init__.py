@@ -4,8 +4,8 @@ A method improves its sample source (``generator_step``) and turns a batch of
 samples into the student's loss (``student_loss``); the trainer owns the loop,
 optimiser schedules, evaluation, checkpoints and logs. What a method is (its name, paper,
 code, docs page, needs and official recipes) is declared on its class
-(:class:`~dfkd.methods.base.Method`). Every module of this package is imported below, so a
-new method is a new file with a class decorated with :func:`register_method`.
+(``Method``). Every module of this package is imported below, so a
+new method is a new file with a class decorated with ``register_method``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _DECLARED = ("name", "Settings", "title", "paper", "code", "docs")
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Register a :class:`~dfkd.methods.base.Method` subclass under its ``name``."""
+    """Register a ``Method`` subclass under its ``name``."""
     missing = [key for key in _DECLARED if not hasattr(cls, key)]
     if missing:
         raise TypeError(f"method class {cls.__name__} does not declare {', '.join(missing)}")
@@ -36,7 +36,7 @@ def list_methods() -> list[str]:
 
 def get_method(name: str) -> type[Method]:
     """The method class registered as ``name``; an unknown name is a one-line
-    :class:`~dfkd.errors.ConfigError` with a "did you mean"."""
+    ``ConfigError`` with a "did you mean"."""
     return _METHODS.get(name)
 
 
