@@ -13,7 +13,7 @@ from cifar_files import random_cifar
 from dfkd.commands import main
 from dfkd.methods import get_method, list_methods
 from dfkd.models import create_model
-from dfkd.reproduce import PAIRS, label, official_rows, recipe_rows
+from dfkd.reproduce import PAIRS, label, official_rows, published_hours, recipe_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -86,8 +86,28 @@ def test_every_method_runs_one_round_and_the_table_renders(zoo, tmp_path, capsys
         {(key, row) for key in SMOKE_PAIRS for row in recipe_rows(PAIRS[key])}
     # Repeating the command runs nothing again: every run is done.
     assert main([*_smoke_args(data, teachers, out), "--dry-run"]) == 0
-    states = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    printed = capsys.readouterr().out
+    states = [line.split()[0] for line in printed.splitlines() if " seed " in line]
     assert states and set(states) == {"done"}
+    assert "nothing to run: every run is done" in printed
+
+
+def test_the_dry_run_adds_up_the_published_hours_of_the_runs_to_do(zoo, tmp_path, capsys):
+    data, teachers = zoo
+    out = tmp_path / "plan"
+    assert main(["reproduce", "--teachers", str(teachers), "--out", str(out), "--dry-run",
+                 "--pairs", "c10_resnet34_resnet18", "--methods", "cudfkd,fast,nayer",
+                 "--seeds", "0,1"]) == 0
+    printed = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in printed.splitlines()
+            if line.startswith("  ") and " runs " in line}
+    pair = PAIRS["c10_resnet34_resnet18"]
+    cudfkd = 2 * published_hours(pair, "cudfkd")   # 5.48 h per run (CuDFKD's README)
+    fast = 2 * published_hours(pair, "fast")
+    assert f"{cudfkd:8.1f} h" in rows["cudfkd"] and f"{fast:8.1f} h" in rows["fast"]
+    assert "2 without a published figure" in rows["nayer"]   # NAYER publishes C100 only
+    assert f"{cudfkd + fast:8.1f} h (2 without a published figure)" in rows["total"]
+    assert "6 runs" in rows["total"]
 
 
 def test_missing_inputs_are_one_line(zoo, tmp_path, capsys):

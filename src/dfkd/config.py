@@ -28,9 +28,9 @@ from dfkd.registry import did_you_mean
 
 @dataclass(frozen=True)
 class StudentOptimConfig:
-    lr: float = ranged(0.1, ge=0)
-    momentum: float = ranged(0.9, ge=0, le=1)
-    weight_decay: float = ranged(1e-4, ge=0)
+    lr: float = ranged(0.1, ge=0)               # SGD learning rate (cosine to 0 over the epochs)
+    momentum: float = ranged(0.9, ge=0, le=1)   # SGD momentum
+    weight_decay: float = ranged(1e-4, ge=0)    # SGD weight decay
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class RunConfig:
     ``load_config``, which validates; ``config.yaml`` of a run folder is its dump.
     Frozen, as its sections are: nothing changes a run's settings once they are resolved."""
 
-    method: str = "cudfkd"
+    method: str = "cudfkd"   # the DFKD method (dfkd.list_methods())
     teacher: str | None = None        # checkpoint path
     teacher_model: str | None = None  # only for zoo checkpoints without dfkd metadata
     # The teacher's input normalisation (dfkd.data.normalization): None decides from the
@@ -52,16 +52,16 @@ class RunConfig:
     check_teacher: bool = True
     dataset: str | None = None        # evaluation data; default: the teacher's dataset
     eval_split: Literal["val", "test"] = "test"  # what the per-epoch metrics are computed on
-    data_root: str | None = None
-    student: str = "lenet5_half"
-    epochs: int = ranged(40, ge=1)
+    data_root: str | None = None   # the dataset files' folder; None: system folders, then cache
+    student: str = "lenet5_half"   # a model name (dfkd.list_models()), module:callable or timm:NAME
+    epochs: int = ranged(40, ge=1)   # epochs of `rounds` rounds each
     rounds: int = ranged(40, ge=1)    # rounds per epoch
     g_steps: int = ranged(1, ge=0)    # generator steps per round
     kd_steps: int = ranged(10, ge=1)  # student steps per round
     batch_size: int = ranged(256, ge=1)  # global synthetic batch
-    eval_batch_size: int = ranged(1024, ge=1)
-    seed: int = ranged(0, ge=0)
-    device: str = "auto"
+    eval_batch_size: int = ranged(1024, ge=1)  # batch of the per-epoch evaluation
+    seed: int = ranged(0, ge=0)   # seeds every random stream of the run
+    device: str = "auto"   # auto: CUDA when present, else CPU
     amp: bool = True                  # bf16 autocast, CUDA only
     channels_last: bool = True        # CUDA only
     compile: bool = False             # torch.compile the student and generator (opt-in)
@@ -92,7 +92,7 @@ class RunConfig:
     # (None: none). tracker_uri: MLflow's tracking URI (default: MLFLOW_TRACKING_URI, else
     # sqlite:///mlflow.db in the current folder).
     tracker: Any = None
-    tracker_uri: str | None = None
+    tracker_uri: str | None = None   # MLflow's tracking URI (see tracker above)
     student_optim: StudentOptimConfig = field(default_factory=StudentOptimConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     method_settings: Any = None       # the method's Settings instance (filled by load_config)

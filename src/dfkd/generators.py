@@ -29,11 +29,11 @@ class GeneratorConfig:
     """The ``generator:`` section of a run config (validated by :mod:`dfkd.config`)."""
 
     nz: int | None = ranged(None, ge=1)   # None: the image shape's default size
-    ngf: int | None = ranged(None, ge=1)
+    ngf: int | None = ranged(None, ge=1)   # channels of the last up-sampling stage
     width: int | None = ranged(None, ge=1)    # channels of the projected input, in units of ngf
     stages: int | None = ranged(None, ge=1)   # up-sampling stages (x2 each)
-    lr: float = ranged(1e-3, ge=0)
-    betas: tuple[float, float] = (0.9, 0.99)
+    lr: float = ranged(1e-3, ge=0)   # Adam learning rate of the generator
+    betas: tuple[float, float] = (0.9, 0.99)   # Adam betas of the generator
 
 
 class GeneratorSize(NamedTuple):

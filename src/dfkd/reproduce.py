@@ -119,6 +119,19 @@ def published_hours(pair: Pair, row: str) -> float | None:
     return number.value if number else None
 
 
+def planned_hours(runs: list[dict[str, Any]]) -> dict[str, tuple[int, float, int]]:
+    """The runs still to do (``new`` or ``resume``) by row: (how many, the sum of their
+    published hours per run, how many of them have no published figure)."""
+    plan: dict[str, tuple[int, float, int]] = {}
+    for run in runs:
+        if run["state"] == "done":
+            continue
+        hours = published_hours(PAIRS[run["pair"]], run["method"])
+        count, total, unknown = plan.get(run["method"], (0, 0.0, 0))
+        plan[run["method"]] = (count + 1, total + (hours or 0.0), unknown + (hours is None))
+    return plan
+
+
 def recipe_rows(pair: Pair) -> dict[str, Path]:
     """Every row with an official recipe for ``pair``, in the table's order."""
     root = recipes_dir()

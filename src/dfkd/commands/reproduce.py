@@ -55,8 +55,25 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return r
 
 
+def print_plan(plan: dict[str, tuple[int, float, int]]) -> None:
+    """The GPU hours of the runs to do, by the published hours per run."""
+    if not plan:
+        print("\nnothing to run: every run is done")
+        return
+    print("\nGPU hours of the runs to do, by the authors' published hours per run (their GPUs; "
+          "dfkd's own timings: docs/guides/reproduce-cifar.md):")
+    for row, (count, hours, unknown) in plan.items():
+        note = f" ({unknown} without a published figure)" if unknown else ""
+        print(f"  {row:<14} {count:>3} runs  {hours:8.1f} h{note}")
+    count = sum(c for c, _, _ in plan.values())
+    unknown = sum(u for _, _, u in plan.values())
+    hours = sum(h for _, h, _ in plan.values())
+    note = f" ({unknown} without a published figure)" if unknown else ""
+    print(f"  {'total':<14} {count:>3} runs  {hours:8.1f} h{note}")
+
+
 def handle(args) -> int:
-    from dfkd.reproduce import run_reproduce
+    from dfkd.reproduce import planned_hours, run_reproduce
 
     if not args.data_root and not (args.dry_run or args.report_only):
         raise ConfigError("--data-root DIR is required: the folder holding the official "
@@ -71,6 +88,7 @@ def handle(args) -> int:
         for run in runs:
             print(f"{run['state']:>6}  {run['pair']}  {run['method']} seed {run['seed']}  "
                   f"-> {run['folder']}")
+        print_plan(planned_hours(runs))
     else:
         print((Path(args.out) / "table.md").read_text())
     return 0
