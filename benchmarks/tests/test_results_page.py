@@ -30,6 +30,24 @@ def test_results_page_is_what_the_committed_data_make():
     assert committed == page, "docs/results.md is stale: run python benchmarks/results_page.py"
 
 
+def test_which_method_page_is_what_the_committed_data_make():
+    page = results_page.which_method_page(TABLES)
+    committed = (DOCS / "which-method.md").read_text()
+    assert committed == page, "docs/which-method.md is stale: run benchmarks/results_page.py"
+
+
+def test_cost_ratios_are_to_the_yardstick_timed_beside_them(tmp_path):
+    def costs(name: str, **hours: float) -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps({"rows": [{"row": r, "projected_hours": h}
+                                             for r, h in hours.items()]}))
+        return path
+
+    ratios = results_page.cost_ratios([costs("a.json", cmi=200.0, fast=100.0),
+                                       costs("b.json", nayer=30.0, fast=20.0)])
+    assert ratios == {"nayer": 1.5, "cmi": 2.0}   # cheapest first, fast itself left out
+
+
 def test_results_page_follows_the_data(tmp_path):
     """A changed figure in the data changes the page: the page is not a fixed text."""
     tables = tmp_path / "tables"
