@@ -54,17 +54,17 @@ class AdaDFKDSettings:
     # CuDFKD's terms and schedule, with the defaults of the AdaDFKD C10 R34->R18 script
     tau: float = ranged(20.0, gt=0)   # temperature of H(p_bar) and of the KL KD loss (--T)
     w_ent: float = -20.0       # negative: generation maximises class balance
-    w_oh: float = 1.0
+    w_oh: float = 1.0          # confidence: CE(t, argmax t)
     w_bn: float = 1.0          # BatchNorm statistics term (0: off; a teacher without BN)
-    w_adv0: float = 1.0
+    w_adv0: float = 1.0        # the adversarial weight at the start
     grad_adv: float = 0.0      # added to w_adv after each epoch e, E*begin < e < E*end
-    begin: float = ranged(0.25, ge=0, le=1)
-    end: float = ranged(0.75, ge=0, le=1)
+    begin: float = ranged(0.25, ge=0, le=1)   # share of the epochs where the ramp starts
+    end: float = ranged(0.75, ge=0, le=1)     # ... and where it ends
     adv_tau: float = ranged(3.0, gt=0)   # temperature of the (unmasked) adversarial KL
     lambda_0: float = 2.2      # pace: lambda_k = lambda_0 + pace * k (student steps k)
-    pace: float = 1e-4
-    kd_loss: Literal["l1", "kl"] = "kl"
-    curriculum: Literal["none", "hard", "soft", "log"] = "log"
+    pace: float = 1e-4         # lambda's growth per student step
+    kd_loss: Literal["l1", "kl"] = "kl"   # the student's loss: L1 of logits or KL at tau
+    curriculum: Literal["none", "hard", "soft", "log"] = "log"   # self-paced regulariser
     # batch: one weight for the batch-mean loss (official code); sample: one per sample
     weighting: Literal["batch", "sample"] = "batch"
     w_hard: float = ranged(0.1, ge=0)     # the generator's L_NCE (0: off; --hard)

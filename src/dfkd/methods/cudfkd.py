@@ -79,35 +79,35 @@ class CuDFKDSettings:
     # sees the classes G's images fall in, which a high tau's flat probabilities hide
     ent_tau: float | None = ranged(None, gt=0)
     w_ent: float = -20.0       # negative: generation maximises class balance
-    w_oh: float = 1.0
+    w_oh: float = 1.0          # confidence: CE(t, argmax t)
     w_bn: float = 1.0          # BatchNorm statistics term (0: off; a teacher without BN)
-    w_adv0: float = 0.0
+    w_adv0: float = 0.0        # the adversarial weight at the start
     grad_adv: float = 0.5      # added to w_adv after each epoch e, E*begin < e < E*end
-    begin: float = ranged(0.25, ge=0, le=1)
-    end: float = ranged(0.75, ge=0, le=1)
+    begin: float = ranged(0.25, ge=0, le=1)   # share of the epochs where the ramp starts
+    end: float = ranged(0.75, ge=0, le=1)     # ... and where it ends
     adv_tau: float = ranged(3.0, gt=0)  # temperature of the masked adversarial KL
     lambda_0: float = 2.0      # pace: lambda_k = lambda_0 + pace * k
-    pace: float = 1e-4
-    kd_loss: Literal["l1", "kl"] = "l1"
-    curriculum: Literal["none", "hard", "soft", "log"] = "log"
+    pace: float = 1e-4         # lambda's growth per student step
+    kd_loss: Literal["l1", "kl"] = "l1"   # the student's loss: L1 of logits or KL at tau
+    curriculum: Literal["none", "hard", "soft", "log"] = "log"   # self-paced regulariser
     # batch: one weight for the batch-mean loss (official code);
     # sample: one weight per sample (the paper's self-paced framing)
     weighting: Literal["batch", "sample"] = "batch"
     # linear: lambda_k = lambda_0 + pace k (paper); quantile: lambda = q-quantile of the
     # last `window` losses, q from q0 to q_end over the epochs (scale-free; not in the paper)
     pace_mode: Literal["linear", "quantile"] = "linear"
-    q0: float = ranged(0.5, gt=0, le=1)
-    q_end: float = ranged(0.9, gt=0, le=1)
-    window: int = ranged(4096, ge=1)
+    q0: float = ranged(0.5, gt=0, le=1)      # quantile pace: q in the first epoch
+    q_end: float = ranged(0.9, gt=0, le=1)   # ... and in the last
+    window: int = ranged(4096, ge=1)         # ... over the last `window` losses
     replay: int = ranged(0, ge=0)  # images kept for replay (0 = off; not in the paper)
     # share of each student batch drawn from the replay pool
     replay_frac: float = ranged(0.5, ge=0, lt=1)
     augment: bool = False      # per-sample crop (pad `padding`) + flip for the student
-    padding: int = ranged(2, ge=0)
-    flip: bool = True
+    padding: int = ranged(2, ge=0)   # augment: zero padding before the crop
+    flip: bool = True                # augment: random horizontal flip
     mixup: float = ranged(0.0, ge=0)  # Beta(mixup, mixup) mixing of the student's batch (0 = off)
     class_balance: bool = False  # weight samples by 1/K over their class's running share
-    balance_decay: float = ranged(0.99, ge=0, lt=1)
+    balance_decay: float = ranged(0.99, ge=0, lt=1)   # decay of the running class shares
     # class codes: the first K latent dims of each z carry a one-hot class y ~ U{0..K-1}
     # (scaled to the norm of the rest of z) and the generator's confidence term is
     # CE(t, y), not CE(t, argmax t), so every class is made as often (not in the paper)
@@ -122,15 +122,15 @@ class CuDFKDSettings:
     # (e.g. 0.75, the ramp's end: only the end of the run slows G); g_cosine_end: the share
     # at which the rate reaches 0 and stays there (G frozen; equal to the start: at once).
     g_cosine: bool = False
-    g_cosine_start: float = ranged(0.0, ge=0, lt=1)
-    g_cosine_end: float = ranged(1.0, ge=0, le=1)
+    g_cosine_start: float = ranged(0.0, ge=0, lt=1)   # see g_cosine
+    g_cosine_end: float = ranged(1.0, ge=0, le=1)     # see g_cosine
     # attention transfer from the teacher's features in the student's loss (0: off; ZSKT's
     # beta is 250) and its layer pairs (None: the ends of the stages of equal spatial size,
     # as in zskt; with none, the term is skipped with one warning)
     at_weight: float = ranged(0.0, ge=0)
     at_until: float | None = ranged(None, gt=0, le=1)  # None: constant; u: linear to 0 at u * E
-    at_teacher_layers: list[str] | None = None
-    at_student_layers: list[str] | None = None
+    at_teacher_layers: list[str] | None = None   # the teacher's layers of the pairs
+    at_student_layers: list[str] | None = None   # ... and the student's, as many
     # the term on those layers: ZSKT's attention maps, or the similarity-preserving KD's
     # (B, B) similarities of the batch's activations
     feature_match: Literal["attention", "similarity"] = "attention"

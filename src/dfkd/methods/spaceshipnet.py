@@ -68,7 +68,7 @@ class SpaceshipNetSettings:
     exchange_p: float = ranged(0.7, ge=0, le=1)  # share of student batches feature-exchanged
     levels: list[int] | None = None   # generator levels to keep and draw (None: all)
     teacher_layers: list[str] | None = None  # Grad-CAM pairs; None: the stage ends
-    student_layers: list[str] | None = None
+    student_layers: list[str] | None = None  # ... and the student's, as many
     padding: int = ranged(4, ge=0)   # synthesis view and student batches: zero pad + crop
     flip: bool = True        # ... and random horizontal flip, per sample
     bank_size: int = ranged(0, ge=0)  # rows kept per level; 0 keeps every round's batch

@@ -56,7 +56,7 @@ class ZSKTSettings:
     kl_reduction: Literal["elementwise", "batch"] = "elementwise"  # see the module doc
     clip_g: float = ranged(5.0, ge=0)        # generator gradient-norm clip (0: none)
     teacher_layers: list[str] | None = None  # None: found automatically (see above)
-    student_layers: list[str] | None = None
+    student_layers: list[str] | None = None  # ... and the student's, as many
 
     def validate(self) -> None:
         check_layer_pairs(self.teacher_layers, self.student_layers,
