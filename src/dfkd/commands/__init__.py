@@ -18,7 +18,8 @@ EPILOG = """examples:
   dfkd train-teacher --dataset fashion_mnist --model lenet5 --epochs 10 --out runs/teacher.pt
   dfkd evaluate --checkpoint runs/teacher.pt
   dfkd distill --teacher runs/teacher.pt --student lenet5_half --method cudfkd --out runs/cudfkd
-  dfkd distill --config configs/fashion_mnist/cudfkd_lenet5.yaml --set epochs=1 --out runs/smoke
+  dfkd distill --config configs/fashion_mnist/cudfkd_lenet5.yaml --teacher runs/teacher.pt \\
+      --set epochs=1 --out runs/smoke
   dfkd distill --resume runs/cudfkd
   dfkd evaluate runs/cudfkd                  # the run's student (runs/cudfkd/student.pt)
   dfkd export runs/cudfkd --format onnx --out student.onnx
