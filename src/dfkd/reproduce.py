@@ -119,6 +119,26 @@ def published_hours(pair: Pair, row: str) -> float | None:
     return number.value if number else None
 
 
+def published_table() -> str:
+    """The published numbers of every column on every pair, as Markdown: test Acc@1 % and,
+    in parentheses, hours per run; "no recipe" where the authors' scripts cover no such pair
+    (the reproduce guide's table; tests/test_reproduce.py keeps that copy equal to this)."""
+    rows = list(official_rows())
+    lines = ["| pair | teacher | " + " | ".join(label(r) for r in rows) + " |",
+             "|---|---|" + "---|" * len(rows)]
+    for pair in PAIRS.values():
+        have = recipe_rows(pair)
+        cells = []
+        for row in rows:
+            acc, hours = published(pair, row), published_hours(pair, row)
+            cell = "-" if acc is None else f"{acc:.2f}"
+            cell += "" if hours is None else f" ({hours:g} h)"
+            cells.append(cell if row in have else "no recipe")
+        lines.append(f"| {pair.label} | {pair.teacher_acc1.value:.2f} | " + " | ".join(cells)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
 def planned_hours(runs: list[dict[str, Any]]) -> dict[str, tuple[int, float, int]]:
     """The runs still to do (``new`` or ``resume``) by row: (how many, the sum of their
     published hours per run, how many of them have no published figure)."""
