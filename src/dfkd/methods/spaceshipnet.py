@@ -252,20 +252,21 @@ class SpaceshipNet(BankMethod):
                               f"(its input map and {levels - 1} up-sampling stages); got "
                               f"{s.levels}")
         self.banks = {k: SampleBank(s.bank_size) for k in self.levels}
-        self.bank = self.banks[self.levels[0]]   # what status() counts
+        self.bank = self.banks[self.levels[0]]   # what BankMethod.status() counts
         self.targets = class_balanced(ctx.batch_size, ctx.num_classes).to(ctx.device)
-        self.cam = self._term(ClassActivation(ctx), s.w_cam)
-        self.gradcam = self._term(AttentionPairs(
+        # Each term's hooks, or None when it is off or cannot run (one warning says why).
+        self.cam = self._term(lambda: ClassActivation(ctx), s.w_cam)
+        self.gradcam = self._term(lambda: AttentionPairs(
             ctx, s.teacher_layers, s.student_layers,
             ("spaceshipnet.teacher_layers", "spaceshipnet.student_layers"),
-            off="spaceshipnet.w_gradcam=0") if s.w_gradcam > 0 else None, s.w_gradcam)
+            off="spaceshipnet.w_gradcam=0"), s.w_gradcam)
         self.best: LowestLoss | None = None
 
     @staticmethod
-    def _term(term, weight: float):
-        """The hooked term, or None when it is off or cannot run (one warning says why)."""
-        if term is None or weight == 0:
+    def _term(make, weight: float):
+        if weight == 0:
             return None
+        term = make()
         if term.skipped:
             warn(term.skipped)
             return None
@@ -358,9 +359,6 @@ class SpaceshipNet(BankMethod):
             terms["gradcam"] = gradcam.detach()
         self._forget()
         return loss, {"loss_s": loss.detach(), **terms}
-
-    def status(self) -> dict[str, float]:
-        return {"bank": float(len(self.bank))}
 
     @torch.no_grad()
     def preview(self, n: int, seed: int = 0) -> torch.Tensor:
