@@ -25,8 +25,8 @@ LAYERS: dict[str, set[str]] = {
     # trackers sit between the run config and the loop that feeds them
     "trackers": {"trackers"},
     "loop": {"run"},
-    "top": {"commands", "api", "bench", "tune", "reproduce", "export", "supervised", "__init__",
-            "__main__"},
+    "top": {"commands", "api", "bench", "tune", "reproduce", "export", "supervised", "reference",
+            "__init__", "__main__"},
 }
 # The modules of dfkd/methods/ that are not a method: the interface, the registry, and
 # what reads the registry.
