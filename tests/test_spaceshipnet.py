@@ -58,6 +58,14 @@ def resnet_method(batch: int = 4, **settings) -> SpaceshipNet:
     return SpaceshipNet(ctx, SpaceshipNetSettings(**settings))
 
 
+def synthesise(method: SpaceshipNet, steps: int = 1) -> None:
+    """One round's synthesis: ``steps`` generator steps, the best maps into the banks."""
+    method.start_synthesis()
+    for _ in range(steps):
+        method.generator_step()
+    method.end_synthesis()
+
+
 # ------------------------------------------------------------------ the generator
 def test_maps_of_every_level_render_back_to_the_same_images():
     """Level 0 is the projected input after its BN, level j stage j's output; G in eval mode
@@ -157,10 +165,7 @@ def test_the_student_loss_is_its_terms_by_hand():
     the Grad-CAM MSE summed over the four stage ends, computed again with plain hooks."""
     method = resnet_method(padding=0, flip=False)
     ctx = method.ctx
-    method.start_synthesis()
-    for _ in range(2):
-        method.generator_step()
-    method.end_synthesis()
+    synthesise(method, steps=2)
     rng = torch.get_rng_state()
     loss, terms = method.student_loss()
     torch.set_rng_state(rng)
@@ -206,9 +211,7 @@ def test_student_batches_come_from_one_level_exchanged_as_often_as_asked(fmnist_
     trainer = fmnist_trainer(fmnist_teacher, tmp_path, levels=[1], exchange_p=0.0,
                              padding=0, flip=False)
     method = trainer.method
-    method.start_synthesis()
-    method.generator_step()
-    method.end_synthesis()
+    synthesise(method)
     assert list(method.banks) == [1]
     # p 0: the bank's own maps, rendered from level 1
     torch.manual_seed(0)
@@ -224,9 +227,7 @@ def test_student_batches_are_rendered_then_cropped_and_flipped(fmnist_teacher, t
                                                                monkeypatch):
     import dfkd.methods.spaceshipnet as module
     method = fmnist_trainer(fmnist_teacher, tmp_path).method
-    method.start_synthesis()
-    method.generator_step()
-    method.end_synthesis()
+    synthesise(method)
     calls, original = [], module.random_crop_flip
 
     def spy(images, padding, flip=True):
@@ -252,9 +253,7 @@ def test_a_model_without_a_class_activation_map_gets_one_warning(fmnist_teacher,
     method = trainer.method
     assert method.cam is None
     assert [t for t, _ in method.gradcam.layers] == ["bn1", "bn2"]
-    method.start_synthesis()
-    method.generator_step()
-    method.end_synthesis()
+    synthesise(method)
     terms = method.student_loss()[1]
     assert "gradcam" in terms and "cam" not in terms
 
@@ -334,9 +333,7 @@ def test_the_generator_and_the_student_terms_equal_the_official_code(monkeypatch
     t_official.load_state_dict(ctx.teacher.model.state_dict())
     s_official.load_state_dict(ctx.student_raw.state_dict())
     t_official.eval()
-    method.start_synthesis()
-    method.generator_step()
-    method.end_synthesis()
+    synthesise(method)
     rng = torch.get_rng_state()
     _, terms = method.student_loss()
     torch.set_rng_state(rng)
