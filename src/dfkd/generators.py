@@ -100,8 +100,12 @@ class Generator(nn.Module):
                 nn.init.zeros_(m.bias)
                 m.reset_running_stats()
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def input_map(self, z: torch.Tensor) -> torch.Tensor:
+        """The projected codes as the body's input map, (N, width*ngf, base, base)."""
         x = self.project(z).view(z.shape[0], self.in_channels, *self.base)
         # channels_last on every device: on CPU, nearest upsampling and oneDNN convolutions
         # are several times faster in this layout than in NCHW (measured).
-        return self.body(x.contiguous(memory_format=torch.channels_last))
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.body(self.input_map(z))

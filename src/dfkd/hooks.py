@@ -57,6 +57,11 @@ def eval_forward(model: nn.Module, x: torch.Tensor) -> Any:
         model.train(training)
 
 
+def last_linear(model: nn.Module) -> nn.Linear | None:
+    """The model's last Linear layer (its classifier, for the models dfkd knows), if any."""
+    return next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+
+
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 

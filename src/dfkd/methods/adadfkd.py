@@ -41,6 +41,7 @@ from torch import nn
 from dfkd import curriculum as cur
 from dfkd import distributed
 from dfkd.errors import ConfigError
+from dfkd.hooks import last_linear
 from dfkd.losses import entropy_of_mean, kd_kl, kd_l1, onehot_ce
 from dfkd.methods import register_method
 from dfkd.methods.base import GeneratorMethod, OfficialRecipes, Published
@@ -83,12 +84,12 @@ class AdaDFKDSettings:
 
 def classifier_layer(model: nn.Module, role: str) -> nn.Linear:
     """The model's last Linear layer: its input is the feature AdaDFKD reads."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
+    classifier = last_linear(model)
+    if classifier is None:
         raise ConfigError(f"adadfkd reads the {role}'s classifier features (the input of its "
                           f"last Linear layer), but the {role} has no Linear layer; set "
                           "adadfkd.w_hard=0 and adadfkd.s_nce=0 to run without them")
-    return linears[-1]
+    return classifier
 
 
 class ClassifierInputs:

@@ -48,7 +48,7 @@ from dfkd.bank import LowestLoss, SampleBank
 from dfkd.errors import ConfigError
 from dfkd.frozen_teacher import user_model
 from dfkd.generators import Generator
-from dfkd.hooks import FeatureHook, ForwardHooks, eval_forward
+from dfkd.hooks import FeatureHook, ForwardHooks, eval_forward, last_linear
 from dfkd.losses import kd_kl
 from dfkd.methods import register_method
 from dfkd.methods.base import BankMethod, OfficialRecipes, Published, warn
@@ -112,11 +112,9 @@ class LevelGenerator(nn.Module):
         return len(self.ends)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        g = self.generator
-        x = g.project(z).view(z.shape[0], g.in_channels, *g.base)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = self.generator.input_map(z)
         maps = []
-        for i, module in enumerate(g.body):
+        for i, module in enumerate(self.generator.body):
             x = module(x)
             if i in self.ends:
                 maps.append(x)
@@ -164,10 +162,10 @@ def classifier_map(model: nn.Module, image_shape: tuple[int, ...], device
     """The module whose output the classifier pools, and the classifier: the last Linear
     layer, and the last (N, C, H, W) output (more than one position, a module called once)
     with that layer's input channels. None when there is no such pair."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
+    classifier = last_linear(model)
+    if classifier is None:
         return None
-    width = linears[-1].in_features
+    width = classifier.in_features
     names = {m: n for n, m in model.named_modules() if n}
     calls: dict[str, int] = {}
     found: list[str] = []
@@ -182,7 +180,7 @@ def classifier_map(model: nn.Module, image_shape: tuple[int, ...], device
     with ForwardHooks(names, record):
         eval_forward(model, torch.zeros(1, *image_shape, device=device))
     found = [n for n in found if calls[n] == 1]
-    return (found[-1], linears[-1]) if found else None
+    return (found[-1], classifier) if found else None
 
 
 class ClassActivation:
