@@ -28,9 +28,19 @@ from dfkd.registry import did_you_mean
 
 @dataclass(frozen=True)
 class StudentOptimConfig:
-    lr: float = ranged(0.1, ge=0)               # SGD learning rate (cosine to 0 over the epochs)
+    lr: float = ranged(0.1, ge=0)               # SGD learning rate (its schedule: below)
     momentum: float = ranged(0.9, ge=0, le=1)   # SGD momentum
     weight_decay: float = ranged(1e-4, ge=0)    # SGD weight decay
+    # The rate's schedule over the epochs: "cosine" to 0, or "multistep": times gamma at the
+    # start of epoch int(f * epochs) (1-based) for each fraction f of milestones (DFME's).
+    schedule: Literal["cosine", "multistep"] = "cosine"
+    milestones: tuple[float, ...] = (0.1, 0.3, 0.5)   # multistep: fractions of the epochs
+    gamma: float = ranged(0.3, gt=0, le=1)   # multistep: the factor at each milestone
+
+    def validate(self) -> None:
+        if any(not 0 < f <= 1 for f in self.milestones):
+            raise ConfigError("'student_optim.milestones' are fractions of the epochs, each in "
+                              f"(0, 1], got {list(self.milestones)}")
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,14 @@ class RunConfig:
     method: str = "cudfkd"   # the DFKD method (dfkd.list_methods())
     teacher: str | None = None        # checkpoint path
     teacher_model: str | None = None  # only for zoo checkpoints without dfkd metadata
+    # Use the teacher through its answers only (dfkd.teachers): an .onnx file through ONNX
+    # Runtime, a file.py:callable as the function that answers a batch of images. Only
+    # methods that need no gradient through the teacher can use it (dfme).
+    teacher_blackbox: bool = False
+    # End the run once the teacher has answered this many training queries (images), before
+    # a round that would go past it; None: no budget. Queries are counted either way
+    # (teacher_queries in metrics.jsonl and the summary).
+    query_budget: int | None = ranged(None, ge=1)
     # The teacher's input normalisation (dfkd.data.normalization): None decides from the
     # teacher (its checkpoint's, the CIFAR zoo's for a bare CIFAR state dict, else the
     # dataset's); "zoo", "dataset", or {mean: [...], std: [...]} choose it.
@@ -101,7 +119,9 @@ class RunConfig:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if f.name != "method_settings"
                and not (f.name in _WRITTEN_WHEN_SET and getattr(self, f.name) == f.default)}
-        out["student_optim"] = dataclasses.asdict(self.student_optim)
+        out["student_optim"] = {k: list(v) if isinstance(v, tuple) else v
+                                for k, v in dataclasses.asdict(self.student_optim).items()
+                                if _OPTIM_WRITTEN_WHEN_SET.get(k, "<always>") != v}
         out["generator"] = dataclasses.asdict(self.generator)
         out["generator"]["betas"] = list(self.generator.betas)
         if self.method_settings is not None:
@@ -116,7 +136,10 @@ class RunConfig:
 # included, so a new key need not be listed here.
 _WRITTEN_WHEN_SET = frozenset({"synthetic_probe", "base_recipe", "batched_g",
                                "teacher_graph", "student_ema", "teacher_norm",
-                               "check_teacher", "tracker", "tracker_uri"})
+                               "check_teacher", "tracker", "tracker_uri", "teacher_blackbox",
+                               "query_budget"})
+# student_optim's keys added after runs were stored, written likewise.
+_OPTIM_WRITTEN_WHEN_SET = {"schedule": "cosine", "milestones": (0.1, 0.3, 0.5), "gamma": 0.3}
 
 _CHOICES: dict[str, tuple[str, ...]] = {"device": ("auto", "cpu", "cuda")}
 
@@ -137,6 +160,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0])
+    if origin is tuple and typing.get_args(hint)[-1:] == (Ellipsis,):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{key}' must be a list, got {value!r}")
+        return tuple(_coerce(v, typing.get_args(hint)[0], key) for v in value)
     if origin is tuple:
         args = typing.get_args(hint)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):

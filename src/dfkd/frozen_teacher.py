@@ -16,16 +16,19 @@ from torch import nn
 
 class FrozenTeacher(nn.Module):
     """The teacher, frozen: no gradients, and eval mode whatever ``train()`` is called
-    with, so its BN statistics never drift on synthetic data."""
+    with, so its BN statistics never drift on synthetic data. ``queries`` counts the
+    images it has answered (the trainer reads it around each round)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
+        self.queries = 0
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         return self
 
     def forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
+        self.queries += x.shape[0]
         return self.model(x, **kwargs)
 
 
@@ -67,9 +70,12 @@ class GraphedForward:
             return self.module(x)
         self.static_in.copy_(x)
         self.graph.replay()
+        if isinstance(self.module, FrozenTeacher):   # a replay answers as a forward would
+            self.module.queries += x.shape[0]
         return self.static_out.clone()
 
     def _capture(self, x: torch.Tensor, key: tuple) -> None:
+        queries = getattr(self.module, "queries", None)   # warm-up and capture: no answer
         self.static_in = x.clone()
         current = torch.cuda.current_stream(x.device)
         side = torch.cuda.Stream(x.device)
@@ -84,3 +90,5 @@ class GraphedForward:
                 torch.cuda.graph(graph):
             self.static_out = self.module(self.static_in)
         self.graph, self.key = graph, key
+        if queries is not None:
+            self.module.queries = queries

@@ -78,6 +78,9 @@ class MethodContext:
     # The teacher's no-grad forward in student steps (a CUDA graph under teacher_graph);
     # None: the teacher itself.
     teacher_infer: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # The student's learning rate at an epoch over its base rate (its schedule): for a
+    # method whose generator follows the student's schedule (DFME).
+    lr_factor: Callable[[int], float] = lambda epoch: 1.0
 
     def make_generator(self) -> Generator:
         """A generator of the configured size (or the default for the image shape), on device."""
@@ -122,6 +125,9 @@ class Method:
     needs_bn: ClassVar[bool] = False
     # What else it reads inside the teacher, beyond its logits, in words (the docs' table).
     reads_layers: ClassVar[str] = ""
+    # Needs more of the teacher than its answers to a batch (a gradient through it, its
+    # layers or BatchNorm statistics): False for a method that can use a black-box teacher.
+    needs_white_box: ClassVar[bool] = True
     # Fewest generator steps per round the method works with: a bank method synthesises
     # each round's batch in its g_steps, so it needs at least one (config.load_config).
     min_g_steps: ClassVar[int] = 0
@@ -212,7 +218,7 @@ class GeneratorMethod(Method):
 
     def __init__(self, ctx: MethodContext, settings: Any) -> None:
         super().__init__(ctx, settings)
-        self.generator = ctx.make_generator()
+        self.generator = self.build_generator()
         self.nz = self.generator.nz
         if ctx.channels_last:
             self.generator.to(memory_format=torch.channels_last)
@@ -222,6 +228,11 @@ class GeneratorMethod(Method):
         self.bn_hook = self.make_bn_hook() if self.needs_bn else None
         # batched_g: this round's student batches, made by one G forward, not yet used.
         self._queued: list[torch.Tensor] = []
+
+    def build_generator(self) -> nn.Module:
+        """The run's generator, on the device (with an ``nz`` attribute): by default dfkd's
+        generator of the configured size (``MethodContext.make_generator``)."""
+        return self.ctx.make_generator()
 
     def compile_modules(self, compile: Callable[[nn.Module], nn.Module]) -> None:
         self.generator_ddp = compile(self.generator_ddp)

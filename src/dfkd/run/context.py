@@ -15,6 +15,7 @@ from dfkd.methods import Method, MethodContext, bn_free_methods, get_method
 from dfkd.methods.base import warn
 from dfkd.run.device import Placement
 from dfkd.run.spec import ImageSpec
+from dfkd.run.student import schedule_factor
 
 
 def build_method(cfg: RunConfig, spec: ImageSpec, place: Placement, teacher: FrozenTeacher,
@@ -35,7 +36,8 @@ def build_method(cfg: RunConfig, spec: ImageSpec, place: Placement, teacher: Fro
         autocast=place.autocast,
         channels_last=place.channels_last,
         # CUDA only; on CPU the teacher runs as usual (documented, like amp).
-        teacher_infer=GraphedForward(teacher) if place.cuda and cfg.teacher_graph else None)
+        teacher_infer=GraphedForward(teacher) if place.cuda and cfg.teacher_graph else None,
+        lr_factor=lambda epoch: schedule_factor(cfg.student_optim, cfg.epochs, epoch))
     method = method_cls(ctx, cfg.method_settings)
     if method.warmup_epochs >= cfg.epochs:
         warn(f"{cfg.method}.warmup is {method.warmup_epochs} epochs and the run has "

@@ -1,5 +1,5 @@
-"""How the student learns: SGD with a cosine schedule over the epochs after the method's
-warm-up, an optional weight average (``student_ema``), and what a resume with other
+"""How the student learns: SGD with a cosine (or multistep) schedule over the epochs after
+the method's warm-up, an optional weight average (``student_ema``), and what a resume with other
 settings does to the schedule."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dfkd.config import RunConfig
 
 
 class StudentOptimiser:
-    """The student's SGD, its cosine schedule and its weight average (``ema``, or None)."""
+    """The student's SGD, its schedule and its weight average (``ema``, or None)."""
 
     def __init__(self, student: nn.Module, cfg: RunConfig, warmup_epochs: int,
                  cuda: bool) -> None:
@@ -24,8 +24,12 @@ class StudentOptimiser:
         self.opt = torch.optim.SGD(student.parameters(), lr=opt.lr, momentum=opt.momentum,
                                    weight_decay=opt.weight_decay,
                                    foreach=None if not cuda else True)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.opt, T_max=learning_epochs(cfg.epochs, warmup_epochs))
+        epochs = learning_epochs(cfg.epochs, warmup_epochs)
+        if opt.schedule == "multistep":
+            self.sched = torch.optim.lr_scheduler.LambdaLR(
+                self.opt, lambda epoch: schedule_factor(opt, epochs, epoch))
+        else:
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=epochs)
         # student_ema: an average of the weights and BN buffers, the student that is kept.
         self.ema = None if not cfg.student_ema else AveragedModel(
             student, multi_avg_fn=_ema_update(cfg.student_ema), use_buffers=True)
@@ -80,8 +84,9 @@ class StudentOptimiser:
         uninterrupted run of that length would be at this step (without this, it would stay
         at its end and rise again)."""
         sched = self.sched
-        if sched.T_max == epochs:
-            return
+        if not isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR) \
+                or sched.T_max == epochs:
+            return   # a multistep schedule keeps the milestones of the run's first length
         sched.T_max = epochs
         at = (1 + math.cos(math.pi * min(sched.last_epoch, epochs) / epochs)) / 2
         for group, base in zip(self.opt.param_groups, sched.base_lrs):
@@ -92,6 +97,16 @@ class StudentOptimiser:
 def learning_epochs(epochs: int, warmup_epochs: int) -> int:
     """The epochs the student's cosine schedule spans: those after the method's warm-up."""
     return max(1, epochs - warmup_epochs)
+
+
+def schedule_factor(opt: Any, epochs: int, epoch: int) -> float:
+    """The learning rate at (0-based) ``epoch`` of the schedule, over its base rate, for a
+    run whose schedule spans ``epochs``: cosine, or multistep (times ``gamma`` from 1-based
+    epoch ``int(f * epochs)`` on, for each milestone fraction ``f``, as DFME's official
+    loop, which steps its MultiStepLR at the start of each epoch)."""
+    if opt.schedule == "multistep":
+        return opt.gamma ** sum(int(f * epochs) <= epoch + 1 for f in opt.milestones)
+    return (1 + math.cos(math.pi * min(epoch, epochs) / epochs)) / 2
 
 
 def kept_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -68,6 +68,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.sums: dict[str, float] = {}
         self.timers = {"synthesis_seconds": 0.0, "student_seconds": 0.0, "elapsed_seconds": 0.0}
+        # The teacher's answers in training rounds (all processes), and the last round's:
+        # measuring the teacher on the eval split or making the probe is not counted.
+        self.queries = {"total": 0, "last_round": 0}
         self._call("setup")
 
     def _call(self, hook: str, *args: Any) -> None:
@@ -109,17 +112,17 @@ class Trainer:
         end = cfg.epochs if stop_after_epoch is None else min(stop_after_epoch, cfg.epochs)
         self._call("on_fit_start")
         with StopFlag() as stop:
-            while self.epoch < end:
+            while self.epoch < end and not self.budget_spent:
                 self.method.on_epoch_start(self.epoch)
                 self._call("on_epoch_start")
-                while self.round < cfg.rounds:
+                while self.round < cfg.rounds and not self.budget_spent:
                     self._round()
                     if distributed.any_rank(stop.signum is not None, self.device):
                         stop.signum = stop.signum or signal.SIGTERM
                         if self.round < cfg.rounds:
                             break
-                if self.round == cfg.rounds:
-                    self._end_epoch()
+                if self.round == cfg.rounds or (self.budget_spent and self.round):
+                    self._end_epoch()   # with the budget spent, a last, shorter epoch
                 self.save_checkpoint()
                 if stop.signum is not None:
                     raise interrupted(stop.signum, self.epoch, self.round, cfg.epochs,
@@ -128,6 +131,14 @@ class Trainer:
         summary = self.summary()
         self._call("on_fit_end", summary)
         return summary
+
+    @property
+    def budget_spent(self) -> bool:
+        """``query_budget`` cannot pay for another round at the last round's cost (as
+        DFME's official loop decides): the run ends before it."""
+        budget = self.cfg.query_budget
+        return budget is not None and \
+            self.queries["total"] + max(self.queries["last_round"], 1) > budget
 
     def _round(self) -> None:
         values = self._run_round()
@@ -149,6 +160,7 @@ class Trainer:
                 terms[k] = terms[k] + v.float() if k in terms else v.float()
 
         t0 = time.perf_counter()
+        asked = self.teacher.queries
         self.method.start_synthesis()
         for _ in range(g_steps):
             add(self.method.generator_step())
@@ -167,10 +179,14 @@ class Trainer:
         distributed.broadcast_buffers(self.student)
         if self.kept_student is not self.student:
             distributed.broadcast_buffers(self.kept_student)
-        # One host-device transfer (and one all-reduce under DDP) per round, not per step.
+        # One host-device transfer (and one all-reduce under DDP) per round, not per step;
+        # the last value is the round's queries, as a mean over the processes.
         names = list(terms)
-        values = distributed.all_reduce_mean(torch.stack([terms[k] for k in names])).tolist() \
-            if names else []
+        queries = torch.tensor(float(self.teacher.queries - asked), device=self.device)
+        values = distributed.all_reduce_mean(
+            torch.stack([*(terms[k] for k in names), queries])).tolist()
+        self.queries["last_round"] = round(values.pop() * self.dist.world_size)
+        self.queries["total"] += self.queries["last_round"]
         t2 = time.perf_counter()
         self.timers["synthesis_seconds"] += t1 - t0
         self.timers["student_seconds"] += t2 - t1
@@ -185,8 +201,9 @@ class Trainer:
         for callback in self.callbacks:
             row.update(callback.measure(self))
         row.update({"lr": lr, **self.method.status()})
-        row.update({k: v / self.cfg.rounds for k, v in sorted(self.sums.items())})
+        row.update({k: v / self.round for k, v in sorted(self.sums.items())})
         row.update({k: round(v, 3) for k, v in self.timers.items()})
+        row["teacher_queries"] = self.queries["total"]
         row["peak_memory_mb"] = round(peak_memory_mb(self.device), 1)
         self.history.append(row)
         self.sums = {}
@@ -201,6 +218,7 @@ class Trainer:
             "student": self.student.state_dict(), **self.optimiser.state_dict(),
             "method": self.method.state_dict(), "history": self.history, "sums": self.sums,
             "timers": self.timers, "teacher_acc1": self.teacher_acc1,
+            "teacher_queries": self.queries,
             **{c.state_key: c.state_dict() for c in self.callbacks if c.state_key},
         }
         state["rng"] = distributed.all_gather_objects(rng_state())  # one per rank
@@ -220,6 +238,8 @@ class Trainer:
         self.history = list(state["history"])
         self.sums = dict(state["sums"])
         self.timers = dict(state["timers"])
+        # Checkpoints made before queries were counted: none counted.
+        self.queries = dict(state.get("teacher_queries", {"total": 0, "last_round": 0}))
         for callback in self.callbacks:
             if callback.state_key:
                 callback.load_state_dict(state.get(callback.state_key))

@@ -73,6 +73,10 @@ def summarize_run(trainer: Trainer) -> dict[str, Any]:
     return {
         **out, "eval_split": trainer.eval_split, **run_summary(acc, elapsed),
         "teacher_acc1": trainer.teacher_acc1,
+        # The teacher's answers in training (not its eval-split measurement, nor the probe's);
+        # stopped_by "query_budget": the run ended when query_budget could not pay a round.
+        "teacher_queries": trainer.queries["total"],
+        **({"stopped_by": "query_budget"} if trainer.budget_spent else {}),
         "normalization": trainer.spec.normalization_record(),
         **{k: round(v, 3) for k, v in timers.items()},
         "student_samples_per_second": samples / max(timers["student_seconds"], 1e-9),
