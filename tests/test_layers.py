@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "dfkd"
 LAYERS: dict[str, set[str]] = {
     # what methods and the loop share: no loop, no method, no run config
     "blocks": {"errors", "registry", "ranges", "distributed", "hooks", "losses", "generators",
-               "curriculum", "metrics", "attention", "augment", "bank", "frozen_teacher",
+               "curriculum", "metrics", "attention", "augment", "bank", "frozen_teacher", "teachers",
                "models", "data", "checkpoint", "report", "runlock", "probe", "health",
                "launcher_watch"},
     "methods": {"methods"},

@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,7 +21,6 @@ from dfkd.checkpoint import (
     STUDENT,
     STUDENT_SAFETENSORS,
     SUMMARY,
-    load_model_checkpoint,
     safe_load,
 )
 from dfkd.config import RunConfig, load_config, merge, read_yaml
@@ -37,6 +37,7 @@ from dfkd.run.seeding import seed_everything
 from dfkd.run.sizing import ROUND_SETTINGS, size_for_cpu
 from dfkd.run.spec import EvalData, ImageSpec
 from dfkd.run.trainer import Trainer
+from dfkd.teachers import as_teacher, is_blackbox, load_teacher
 from dfkd.trackers import check_trackers
 
 
@@ -97,7 +98,7 @@ def say(line: str) -> None:
             print(f"dfkd: {part}", file=sys.stderr, flush=True)
 
 
-def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
+def distill(teacher: nn.Module | Callable, student: nn.Module, *, num_classes: int,
             image_shape: tuple[int, int, int], mean: tuple[float, ...], std: tuple[float, ...],
             method: str | None = None, recipe: str | os.PathLike | None = "auto",
             test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -105,6 +106,10 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
             overwrite: bool = False, progress: bool | None = None,
             **settings: Any) -> tuple[dict[str, Any], nn.Module]:
     """Distil ``student`` from ``teacher`` with no training data.
+
+    ``teacher`` is a module, or a black box: any other callable that answers a batch of
+    pixels in [0, 1] (N, C, H, W) with probabilities or logits (:mod:`dfkd.teachers`; only
+    ``dfme`` learns from one, and it is the method a black box gets when none is named).
 
     ``mean`` and ``std`` (per channel, in [0, 1] pixel units) are the input normalisation the
     teacher was trained with: the generator's images, the student and the evaluation are
@@ -144,6 +149,7 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
     named by the ``dataset=`` setting or the known one these classes, image shape, mean and
     std are.
     """
+    teacher = as_teacher(teacher, num_classes)
     state, lines = None, []
     if resume:
         if out_dir is None:
@@ -162,6 +168,7 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
                           "for teacher checkpoints)")
     spec = ImageSpec(num_classes, tuple(image_shape), tuple(mean), tuple(std),
                      dataset=cfg.dataset or dataset_like(num_classes, image_shape, mean, std))
+    ready_blackbox(teacher, spec)
     trainer = _assemble(
         cfg, teacher, student, spec, EvalData(*test_data) if test_data is not None else None,
         out_dir, resume=resume, state=state, overwrite=overwrite, progress=progress,
@@ -171,6 +178,18 @@ def distill(teacher: nn.Module, student: nn.Module, *, num_classes: int,
     if trainer.kept_student is not student:  # student_ema: your module gets the average
         student.load_state_dict(trainer.kept_student.state_dict())
     return summary, student
+
+
+def ready_blackbox(teacher: nn.Module, spec: ImageSpec) -> None:
+    """A black-box teacher learns the run's normalisation (to hand a box pixels) and answers
+    two images, so that a box that answers wrongly is refused before any work."""
+    if not is_blackbox(teacher):
+        return
+    if teacher.num_classes is None:
+        teacher.num_classes = spec.num_classes
+    teacher.set_normalization(spec.mean, spec.std)
+    with torch.random.fork_rng(devices=[]):   # the run's random numbers stay untouched
+        teacher(torch.randn(2, *spec.image_shape))
 
 
 def rebuild_spec(model: nn.Module, num_classes: int, in_channels: int) -> str | None:
@@ -268,15 +287,17 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
                           "the config)")
     given = set(raw)   # the user's own keys: a recipe's are the ones not in it
     info_hint = dataset_info(cfg.dataset) if cfg.dataset else None
-    teacher, meta = load_model_checkpoint(
-        cfg.teacher, arch=cfg.teacher_model,
+    teacher, meta = load_teacher(
+        cfg.teacher, blackbox=cfg.teacher_blackbox, arch=cfg.teacher_model,
         num_classes=info_hint.num_classes if info_hint else None,
-        in_channels=info_hint.image_shape[0] if info_hint else None)
+        in_channels=info_hint.image_shape[0] if info_hint else None,
+        image_shape=info_hint.image_shape if info_hint else None)
     dataset = cfg.dataset or meta.get("dataset")
     if dataset is None:
         raise ConfigError(f"the teacher '{cfg.teacher}' does not name its dataset; pass "
                           "--dataset NAME")
     info = dataset_info(dataset)
+    meta.setdefault("num_classes", info.num_classes)   # a callable black box says nothing
     if meta["num_classes"] != info.num_classes:
         raise DfkdError(f"the teacher has {meta['num_classes']} classes but {info.name} has "
                         f"{info.num_classes}")
@@ -297,6 +318,7 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
         say(describe_normalization(norm, info.name))
     spec = ImageSpec(info.num_classes, info.image_shape, norm.mean, norm.std, info.name,
                      normalization=norm.source)
+    ready_blackbox(teacher, spec)
     return _assemble(cfg, teacher, student, spec, eval_data, out_dir, resume=resume,
                      state=state, overwrite=overwrite, progress=progress,
                      own=given if base_recipe and cfg.base_recipe else ROUND_SETTINGS,

@@ -108,7 +108,9 @@ def _check(kind: str, diff: float) -> str:
 
 
 def export_onnx(model: nn.Module, meta: dict[str, Any], out: Path,
-                opset: int | None = None) -> list[str]:
+                opset: int | None = None, keep_batchnorm: bool = False) -> list[str]:
+    """``keep_batchnorm``: no graph optimisation, whose passes fuse BatchNorm into the
+    convolutions (the file then holds no BatchNorm statistics for a BN-prior method)."""
     onnx, ort = _onnx_modules()
     example = _inputs(meta, EXAMPLE_BATCH, seed=0)
     batch = torch.export.Dim("batch", min=1)
@@ -118,7 +120,8 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], out: Path,
                 torch.onnx.export(model, (example,), str(tmp), dynamo=True,
                                   input_names=["input"], output_names=["logits"],
                                   dynamic_shapes=({0: batch},), opset_version=opset,
-                                  external_data=False, verbose=False)
+                                  external_data=False, verbose=False,
+                                  optimize=not keep_batchnorm)
         except Exception as exc:  # noqa: BLE001  (the exporter raises many kinds)
             raise DfkdError(f"ONNX export of '{meta.get('arch')}' failed: "
                             f"{_first_line(exc)} (--debug shows the traceback)") from exc
@@ -178,7 +181,8 @@ def export_safetensors(model: nn.Module, meta: dict[str, Any], out: Path) -> lis
 
 def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike,
                  model_spec: str | None = None, dataset: str | None = None,
-                 opset: int | None = None, norm: Any = None) -> list[str]:
+                 opset: int | None = None, norm: Any = None,
+                 keep_batchnorm: bool = False) -> list[str]:
     """Export ``checkpoint`` (a model checkpoint or a run folder) as ``fmt`` to ``out``;
     returns the lines to print (what was written, and the check's result). ``norm``: the
     input normalisation recorded for a file without dfkd metadata
@@ -205,7 +209,7 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
     model = model.float().eval()
     out = Path(out)
     if fmt == "onnx":
-        return export_onnx(model, meta, out, opset)
+        return export_onnx(model, meta, out, opset, keep_batchnorm)
     if fmt == "torchscript":
         return export_torchscript(model, meta, out)
     return export_safetensors(model, meta, out)

@@ -32,6 +32,7 @@ from dfkd.errors import ConfigError
 from dfkd.hooks import batchnorm_layers
 from dfkd.methods import list_methods
 from dfkd.registry import did_you_mean
+from dfkd.teachers import is_blackbox
 
 # What names the pair, the data and where to run: never taken from a base recipe.
 PAIR_KEYS = frozenset({"teacher", "teacher_model", "student", "dataset", "data_root",
@@ -213,6 +214,8 @@ def _describe(image_shape: tuple[int, int, int]) -> str:
 # 19.38, 18.56, 20.02 after epochs 1-4.
 BN_FREE_METHOD = "dafl"
 BN_FREE_SETTINGS: dict[str, Any] = {}
+# The default method for a black-box teacher: the one method that needs only its answers.
+BLACKBOX_METHOD = "dfme"
 
 
 def _named(raw: dict[str, Any]) -> bool:
@@ -225,8 +228,15 @@ def _named(raw: dict[str, Any]) -> bool:
 
 def bn_free_default(teacher: nn.Module, raw: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     """``raw`` with the method for a teacher without BatchNorm when it names none, and the
-    line that tells the user; ``raw`` unchanged (and no line) otherwise."""
-    if _named(raw) or batchnorm_layers(teacher):
+    line that tells the user; ``raw`` unchanged (and no line) otherwise. A black-box teacher
+    (:mod:`dfkd.teachers`) gets the method that needs nothing but its answers."""
+    if _named(raw):
+        return raw, None
+    if is_blackbox(teacher):
+        return {**raw, "method": BLACKBOX_METHOD}, (
+            f"the teacher is a black box (it only answers queries): running "
+            f"{BLACKBOX_METHOD}, the method that learns from its answers alone")
+    if batchnorm_layers(teacher):
         return raw, None
     chosen = {**raw, "method": BN_FREE_METHOD}
     if BN_FREE_SETTINGS:

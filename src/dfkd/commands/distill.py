@@ -47,8 +47,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "working folder")
     d.add_argument("--teacher", metavar="CKPT",
                    help="teacher checkpoint: train-teacher's .pt, a distilled student (a run "
-                        "folder, its student.pt or student.safetensors), or a zoo file with "
-                        "--teacher-model")
+                        "folder, its student.pt or student.safetensors), a zoo file with "
+                        "--teacher-model, or an ONNX file (model.onnx: converted to PyTorch, "
+                        "or used as a black box with --teacher-blackbox); with "
+                        "--teacher-blackbox also path/to/file.py:answer, a function that "
+                        "answers a batch of pixels in [0, 1] with probabilities or logits")
+    d.add_argument("--teacher-blackbox", action="store_true", default=None,
+                   help="use the teacher through its answers only (ONNX Runtime for an .onnx "
+                        "file): for graphs the converter cannot take, and services. Only dfme "
+                        "learns from a black box, and it is the default method for one")
+    d.add_argument("--query-budget", type=int, metavar="N",
+                   help="end the run once the teacher has answered N training queries "
+                        "(images), before a round that would go past it; every run counts "
+                        "them (teacher_queries in metrics.jsonl and summary.json). With "
+                        "--resume, a larger N continues a run that spent its budget")
     d.add_argument("--teacher-model", metavar="SPEC",
                    help="teacher architecture, only for checkpoints that do not name theirs (a "
                         "zoo file, a timm or own model's state_dict, a student built in Python): "
@@ -107,6 +119,7 @@ def handle(args) -> int:
             ("--teacher-model", args.teacher_model), ("--teacher-norm", args.teacher_norm),
             ("--student", args.student), ("--method", args.method), ("--dataset", args.dataset),
             ("--eval-split", args.eval_split), ("--epochs", args.epochs), ("--seed", args.seed),
+            ("--teacher-blackbox", args.teacher_blackbox),
             ("--overwrite", args.overwrite or None)) if value is not None]
         if unused:
             raise ConfigError(f"--resume DIR continues the run as DIR/config.yaml recorded it, "
@@ -119,6 +132,8 @@ def handle(args) -> int:
         # and reads its data may change too (another machine).
         raw = merge(dict(state["config"]),
                     parse_overrides([*place_sets(args), *args.set, *tracker_sets(args)]))
+        if args.query_budget is not None:
+            raw["query_budget"] = args.query_budget
         out, resume = args.resume, True
     else:
         if not args.out:
@@ -129,7 +144,8 @@ def handle(args) -> int:
                  "epochs": args.epochs, "seed": args.seed, "device": args.device,
                  "eval_split": args.eval_split, "teacher_norm": args.teacher_norm,
                  "data_root": args.data_root, "tracker": args.tracker,
-                 "tracker_uri": args.tracker_uri}
+                 "tracker_uri": args.tracker_uri, "teacher_blackbox": args.teacher_blackbox,
+                 "query_budget": args.query_budget}
         raw = merge(raw, {k: v for k, v in flags.items() if v is not None})
         overrides = parse_overrides(args.set)
         if args.config and "base_recipe" in overrides:

@@ -32,6 +32,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     x.add_argument("--norm", metavar="NORM", default=None,
                    help=f"for checkpoints without dfkd metadata: {NORM_HELP}")
     x.add_argument("--opset", type=int, default=None, help="ONNX opset (default: PyTorch's)")
+    x.add_argument("--keep-batchnorm", action="store_true",
+                   help="ONNX: keep the BatchNorm layers (not fused into the convolutions), so "
+                        "that the file given back as --teacher keeps the BatchNorm statistics "
+                        "that the default method and the BN-prior methods read")
     debug(x)
     return x
 
@@ -41,6 +45,7 @@ def handle(args) -> int:
 
     require_rebuild_flags(model_path(args), args, needs_data=False)
     for line in export_model(model_path(args), args.format, args.out, model_spec=args.model,
-                             dataset=args.dataset, opset=args.opset, norm=args.norm):
+                             dataset=args.dataset, opset=args.opset, norm=args.norm,
+                             keep_batchnorm=args.keep_batchnorm):
         print(line)
     return 0

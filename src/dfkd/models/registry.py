@@ -143,6 +143,18 @@ def _call(fn: Callable, spec: str, num_classes: int, in_channels: int) -> nn.Mod
     return model
 
 
+def load_callable(spec: str) -> Callable:
+    """The callable a ``package.module:callable`` or ``path/to/file.py:callable`` spec
+    names, not called (a black-box teacher: :mod:`dfkd.teachers`)."""
+    parts = _split_spec(spec)
+    if parts is None:
+        raise DfkdError(f"'{spec}' does not name a callable: give it as "
+                        "path/to/file.py:callable or package.module:callable")
+    target, attr, is_file = parts
+    module = _load_file(target, spec) if is_file else _load_module(target, spec)
+    return _find_callable(module, target, attr, spec)
+
+
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """Build a registered architecture, timm's from ``timm:NAME``, or the user's from
     ``module:callable`` or ``file.py:callable``; a bad name or spec is a one-line user

@@ -11,16 +11,23 @@ from dfkd.config import RunConfig
 from dfkd.errors import DfkdError
 from dfkd.frozen_teacher import FrozenTeacher, GraphedForward
 from dfkd.hooks import batchnorm_layers
-from dfkd.methods import Method, MethodContext, bn_free_methods, get_method
+from dfkd.methods import Method, MethodContext, bn_free_methods, get_method, list_methods
 from dfkd.methods.base import warn
 from dfkd.run.device import Placement
 from dfkd.run.spec import ImageSpec
 from dfkd.run.student import schedule_factor
+from dfkd.teachers import is_blackbox
 
 
 def build_method(cfg: RunConfig, spec: ImageSpec, place: Placement, teacher: FrozenTeacher,
                  student: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> Method:
     method_cls = get_method(cfg.method)
+    if method_cls.needs_white_box and is_blackbox(teacher):
+        able = [n for n in list_methods() if not get_method(n).needs_white_box]
+        raise DfkdError(f"method '{cfg.method}' needs more of the teacher than its answers (a "
+                        "gradient through it, or its layers), and this teacher is a black box; "
+                        f"the methods that can learn from one: {', '.join(able)} (--method "
+                        f"{able[0]}, or name no method)")
     if method_cls.uses_bn(cfg.method_settings) and not batchnorm_layers(teacher):
         raise DfkdError(f"method '{cfg.method}' matches the teacher's BatchNorm statistics, "
                         "but the teacher has no BatchNorm layer; set "

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from dfkd.probe import NOTICE_SECONDS, SyntheticProbe, expected_seconds
 from dfkd.run.callbacks.base import Callback
 from dfkd.run.spec import pixels_transform
+from dfkd.teachers import is_blackbox
 
 if TYPE_CHECKING:
     from dfkd.run.trainer import Trainer
@@ -31,6 +32,12 @@ class Probe(Callback):
         the untrained student on it (the warnings' baseline)."""
         size = trainer.cfg.synthetic_probe
         if self.probe is not None or not size:
+            return
+        if is_blackbox(trainer.teacher):   # the probe is optimised through the teacher
+            if trainer.is_main and trainer.epoch == 0 and trainer.round == 0:
+                tqdm.write("dfkd: no synthetic probe (the data-free signal) for a black-box "
+                           "teacher: making it needs gradients through the teacher",
+                           file=sys.stderr)
             return
         shape, spec = tuple(trainer.spec.image_shape), trainer.spec
         seconds = expected_seconds(trainer.teacher, shape, trainer.mean, trainer.std,
