@@ -17,8 +17,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "dfkd"
 LAYERS: dict[str, set[str]] = {
     # what methods and the loop share: no loop, no method, no run config
     "blocks": {"errors", "registry", "ranges", "distributed", "hooks", "losses", "generators",
-               "curriculum", "metrics", "attention", "augment", "bank", "frozen_teacher", "teachers",
-               "models", "data", "checkpoint", "report", "runlock", "probe", "health",
+               "curriculum", "metrics", "attention", "augment", "bank", "frozen_teacher",
+               "teachers", "models", "data", "checkpoint", "report", "runlock", "probe", "health",
                "launcher_watch"},
     "methods": {"methods"},
     "config": {"config", "recipes"},

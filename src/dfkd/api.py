@@ -6,8 +6,8 @@ import dataclasses
 import os
 import shutil
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
