@@ -58,7 +58,7 @@ from dfkd.trackers import SETTINGS as TRACKER_SETTINGS
 REFERENCES = ("scratch", "kd_with_data")
 COLUMNS = ["final_acc1", "final_agreement", "final_loyalty", "final_loyalty_official",
            "acc1_mean", "acc1_var", "epochs_to_90pct", "seconds_to_90pct", "synthesis_seconds",
-           "student_seconds", "peak_memory_mb"]
+           "student_seconds", "peak_memory_mb", "teacher_queries"]
 # Two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond 30).
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
          9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131,
@@ -473,7 +473,7 @@ def write_results(out: Path, rows: list[dict[str, Any]],
         value = row[col]
         if value is None:
             return "-"
-        digits = 3 if "loyalty" in col else 2
+        digits = 3 if "loyalty" in col else 0 if col == "teacher_queries" else 2
         text = f"{value:.{digits}f} ± {row[col + '_std']:.{digits}f}"
         half = row[col + "_ci95"]
         return text if math.isnan(half) else f"{text} [±{half:.{digits}f}]"

@@ -28,6 +28,8 @@ def documented() -> list[type[Method]]:
 
 def reads(cls: type[Method]) -> str:
     """What the method reads inside the teacher, beyond its logits."""
+    if not cls.needs_white_box:
+        return "nothing: its answers only (a black box will do)"
     parts = ["BatchNorm statistics"] if cls.needs_bn else []
     parts += [cls.reads_layers] if cls.reads_layers else []
     return "; ".join(parts) or "its logits only"

@@ -143,7 +143,6 @@ class DFME(GeneratorMethod):
     code = ("[cake-lab/datafree-model-extraction]"
             "(https://github.com/cake-lab/datafree-model-extraction)")
     docs = "dfme.md"
-    reads_layers = "nothing: its answers only (a black box)"
     needs_white_box = False
     # The official repository publishes no accuracy (the paper's is on docs/methods/dfme.md).
     official = (OfficialRecipes("dfme", "DFME", column=13),)
