@@ -11,9 +11,10 @@ V=.venv-timm
 if [ ! -x $V/bin/python ]; then
     "$PY" -m venv $V
 fi
-if ! $V/bin/python -c "import dfkd, pytest, timm, torchvision" 2>/dev/null; then
+# onnx: a timm model exported to ONNX as a teacher (tests/test_teachers.py)
+if ! $V/bin/python -c "import dfkd, pytest, timm, torchvision, onnx2torch, onnxruntime, onnxscript" 2>/dev/null; then
     # shellcheck disable=SC2086  # the spec is a list of requirements
-    $V/bin/pip install -q ${TIMM_TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1} -e ".[dev,timm]"
+    $V/bin/pip install -q ${TIMM_TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1} -e ".[dev,timm,onnx,export]"
 fi
 # a timm that does not import would make every test below skip: fail here instead
 $V/bin/python -c "import timm, torchvision, torch; print('timm', timm.__version__, \

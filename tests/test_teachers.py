@@ -18,6 +18,7 @@ from dfkd.api import build_trainer, distill
 from dfkd.checkpoint import load_model_checkpoint
 from dfkd.errors import DfkdError
 from dfkd.teachers import BlackBoxTeacher, load_onnx_teacher, load_teacher
+from test_any_model import needs_timm
 from test_cli import assert_user_error, dfkd
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -254,3 +255,32 @@ def test_a_killed_dfme_run_resumes_to_the_same_metrics_and_queries(fmnist_teache
                 for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert rows(tmp_path / "a") == rows(tmp_path / "b")
     assert summary["teacher_queries"] == straight.queries["total"] == 3 * 3 * (16 + 16)
+
+
+# ------------------------------------------------------------------ a timm model as ONNX
+@needs_timm
+@pytest.mark.parametrize("name", ["timm:resnet18", "timm:mobilenetv3_small_100"])
+def test_a_timm_model_exported_by_torch_is_a_white_and_a_black_box_teacher(name, tmp_path):
+    """torch's exporter, BatchNorm kept (optimize=False): onnx2torch's module has the model's
+    BatchNorm layers and answers as the model; ONNX Runtime's black box does too."""
+    from dfkd.hooks import batchnorm_layers
+    from dfkd.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, 10, 1).train()
+    with torch.no_grad():
+        model(torch.randn(16, 1, 32, 32))   # BatchNorm statistics off their defaults
+    model.eval()
+    path = tmp_path / "timm.onnx"
+    torch.onnx.export(model, (torch.randn(2, 1, 32, 32),), str(path), dynamo=True,
+                      dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                      external_data=False, verbose=False, optimize=False)
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+        converted, meta = load_teacher(str(path))
+        assert meta["num_classes"] == 10 and meta["image_shape"] == [1, 32, 32]
+        assert len(batchnorm_layers(converted)) == len(batchnorm_layers(model))
+        torch.testing.assert_close(converted(x), want, atol=1e-4, rtol=1e-4)
+        boxed, _ = load_teacher(str(path), blackbox=True)
+        torch.testing.assert_close(boxed(x), want, atol=1e-4, rtol=1e-4)
