@@ -12,14 +12,14 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from test_any_model import needs_timm
+from test_cli import assert_user_error, dfkd
 from torch import nn
 
 from dfkd.api import build_trainer, distill
 from dfkd.checkpoint import load_model_checkpoint
 from dfkd.errors import DfkdError
 from dfkd.teachers import BlackBoxTeacher, load_onnx_teacher, load_teacher
-from test_any_model import needs_timm
-from test_cli import assert_user_error, dfkd
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 pytest.importorskip("onnxruntime")

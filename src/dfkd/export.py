@@ -126,6 +126,10 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], out: Path,
             raise DfkdError(f"ONNX export of '{meta.get('arch')}' failed: "
                             f"{_first_line(exc)} (--debug shows the traceback)") from exc
         proto = onnx.load(str(tmp))
+        if keep_batchnorm:   # the constants computed, as the optimiser would, BatchNorm kept
+            from dfkd.teachers import fold_constants
+
+            proto = fold_constants(proto)
         for key, value in metadata_strings(meta).items():
             prop = proto.metadata_props.add()
             prop.key, prop.value = key, value

@@ -226,28 +226,70 @@ def onnx_runtime(proto: Any, meta: dict[str, Any]) -> Callable[[torch.Tensor], n
     return answer
 
 
-# The newest opset whose operator versions onnx2torch converts (Reshape-19 it does not).
-CONVERTER_OPSET = 18
+# The newest opset whose operator versions onnx2torch converts (not Reshape-19, nor the
+# Reduce ops of opset 18, which take their axes as an input).
+CONVERTER_OPSET = 17
+
+
+def fold_constants(proto: Any) -> Any:
+    """The graph with its constant subgraphs computed (onnxscript's constant folding, which
+    fuses nothing: BatchNorm layers stay), as an optimised export has them; the graph as it
+    is when onnxscript is not installed."""
+    try:
+        import onnx_ir as ir
+        from onnxscript import optimizer
+    except ImportError:
+        return proto
+    model = ir.from_proto(proto)
+    optimizer.fold_constants(model)
+    optimizer.remove_unused_nodes(model)
+    return ir.to_proto(model)
 
 
 def for_converter(proto: Any) -> Any:
-    """The graph as onnx2torch takes it, computing the same function: a newer opset taken
-    down to :data:`CONVERTER_OPSET` by ONNX's own version converter, and ``allowzero=1`` on a
-    Reshape (torch's exporter writes it; onnx2torch does not implement it) set to 0 where the
-    target shape holds no literal 0, the one case where the two differ."""
+    """The graph as onnx2torch takes it, computing the same function: its constants folded; a
+    newer opset taken down to :data:`CONVERTER_OPSET` by ONNX's own version converter (a Reduce
+    op's ``noop_with_empty_axes`` at its default dropped first, which that converter
+    mishandles); ``CastLike`` written as the ``Cast`` it is; ``Constant`` nodes as
+    initializers; and ``allowzero=1`` on a Reshape (torch's exporter writes it; onnx2torch
+    does not implement it) set to 0 where the target shape holds no literal 0, the one case
+    where the two differ."""
     import onnx
     from onnx import numpy_helper, version_converter
 
+    proto = fold_constants(proto)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset > CONVERTER_OPSET:
+        for node in proto.graph.node:   # at its default, 0 (the converter would keep it)
+            if node.op_type.startswith("Reduce"):
+                kept = [a for a in node.attribute
+                        if not (a.name == "noop_with_empty_axes" and a.i == 0)]
+                del node.attribute[:]
+                node.attribute.extend(kept)
         proto = version_converter.convert_version(proto, CONVERTER_OPSET)
     graph = proto.graph
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    # CastLike (opset 15; left in an unoptimised export) is a Cast to the type of its second
+    # input, which shape inference knows.
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    types_of = {v.name: v.type.tensor_type.elem_type for v in
+                [*inferred.input, *inferred.value_info, *inferred.output]}
+    types_of.update({t.name: t.data_type for t in graph.initializer})
     for node in graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    constants[node.output[0]] = numpy_helper.to_array(attr.t)
+        if node.op_type == "CastLike" and types_of.get(node.input[1]):
+            cast = onnx.helper.make_node("Cast", [node.input[0]], list(node.output),
+                                         to=types_of[node.input[1]], name=node.name)
+            node.CopyFrom(cast)
+    # Constant nodes (left in an unoptimised export) as the initializers some of onnx2torch's
+    # converters look their arguments up in.
+    for node in [n for n in graph.node if n.op_type == "Constant"]:
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        if value is not None:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+            graph.node.remove(node)
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     for node in graph.node:
         if node.op_type != "Reshape":
             continue
