@@ -108,7 +108,7 @@ def distill(teacher: nn.Module | Callable, student: nn.Module, *, num_classes: i
     """Distil ``student`` from ``teacher`` with no training data.
 
     ``teacher`` is a module, or a black box: any other callable that answers a batch of
-    pixels in [0, 1] (N, C, H, W) with probabilities or logits (:mod:`dfkd.teachers`; only
+    pixels in [0, 1] (N, C, H, W) with probabilities or logits (see dfkd.teachers; only
     ``dfme`` learns from one, and it is the method a black box gets when none is named).
 
     ``mean`` and ``std`` (per channel, in [0, 1] pixel units) are the input normalisation the

@@ -31,16 +31,16 @@ class StudentOptimConfig:
     lr: float = ranged(0.1, ge=0)               # SGD learning rate (its schedule: below)
     momentum: float = ranged(0.9, ge=0, le=1)   # SGD momentum
     weight_decay: float = ranged(1e-4, ge=0)    # SGD weight decay
-    # The rate's schedule over the epochs: "cosine" to 0, or "multistep": times gamma at the
-    # start of epoch int(f * epochs) (1-based) for each fraction f of milestones (DFME's).
+    # The rate's schedule over the epochs: "cosine" to 0, or "multistep": times decay from
+    # the start of epoch int(f * epochs) (1-based) on, for each fraction f of decay_at (DFME's).
     schedule: Literal["cosine", "multistep"] = "cosine"
-    milestones: tuple[float, ...] = (0.1, 0.3, 0.5)   # multistep: fractions of the epochs
-    gamma: float = ranged(0.3, gt=0, le=1)   # multistep: the factor at each milestone
+    decay_at: tuple[float, ...] = (0.1, 0.3, 0.5)   # multistep: fractions of the epochs
+    decay: float = ranged(0.3, gt=0, le=1)   # multistep: the factor at each of them
 
     def validate(self) -> None:
-        if any(not 0 < f <= 1 for f in self.milestones):
-            raise ConfigError("'student_optim.milestones' are fractions of the epochs, each in "
-                              f"(0, 1], got {list(self.milestones)}")
+        if any(not 0 < f <= 1 for f in self.decay_at):
+            raise ConfigError("'student_optim.decay_at' are fractions of the epochs, each in "
+                              f"(0, 1], got {list(self.decay_at)}")
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ _WRITTEN_WHEN_SET = frozenset({"synthetic_probe", "base_recipe", "batched_g",
                                "check_teacher", "tracker", "tracker_uri", "teacher_blackbox",
                                "query_budget"})
 # student_optim's keys added after runs were stored, written likewise.
-_OPTIM_WRITTEN_WHEN_SET = {"schedule": "cosine", "milestones": (0.1, 0.3, 0.5), "gamma": 0.3}
+_OPTIM_WRITTEN_WHEN_SET = {"schedule": "cosine", "decay_at": (0.1, 0.3, 0.5), "decay": 0.3}
 
 _CHOICES: dict[str, tuple[str, ...]] = {"device": ("auto", "cpu", "cuda")}
 

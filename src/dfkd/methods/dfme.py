@@ -21,8 +21,8 @@ no gradient flows through it. Read from cake-lab/datafree-model-extraction @525b
   ``N (m + 1)`` teacher queries.
 * **Student step**: a fresh batch of G in train mode, detached; L_S = l1(S, recovered
   logits), mean over all entries (or KL with batchmean).
-* **Schedule**: G (Adam) and S (SGD) share the multistep schedule: x ``gamma`` at the
-  milestones (the student's ``student_optim.schedule``; G's rate follows it).
+* **Schedule**: G (Adam) and S (SGD) share the multistep schedule: x ``decay`` at 10%,
+  30% and 50% of the epochs (the student's ``student_optim.schedule``; G's rate follows it).
 
 Departures: the directions come from torch's random stream (the official code uses numpy's);
 the estimate's forwards always run in float32 (a finite difference of eps 1e-3 does not

@@ -86,7 +86,7 @@ class StudentOptimiser:
         sched = self.sched
         if not isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR) \
                 or sched.T_max == epochs:
-            return   # a multistep schedule keeps the milestones of the run's first length
+            return   # a multistep schedule keeps the epochs it decays at
         sched.T_max = epochs
         at = (1 + math.cos(math.pi * min(sched.last_epoch, epochs) / epochs)) / 2
         for group, base in zip(self.opt.param_groups, sched.base_lrs):
@@ -101,11 +101,11 @@ def learning_epochs(epochs: int, warmup_epochs: int) -> int:
 
 def schedule_factor(opt: Any, epochs: int, epoch: int) -> float:
     """The learning rate at (0-based) ``epoch`` of the schedule, over its base rate, for a
-    run whose schedule spans ``epochs``: cosine, or multistep (times ``gamma`` from 1-based
-    epoch ``int(f * epochs)`` on, for each milestone fraction ``f``, as DFME's official
+    run whose schedule spans ``epochs``: cosine, or multistep (times ``decay`` from 1-based
+    epoch ``int(f * epochs)`` on, for each fraction ``f`` of ``decay_at``, as DFME's official
     loop, which steps its MultiStepLR at the start of each epoch)."""
     if opt.schedule == "multistep":
-        return opt.gamma ** sum(int(f * epochs) <= epoch + 1 for f in opt.milestones)
+        return opt.decay ** sum(int(f * epochs) <= epoch + 1 for f in opt.decay_at)
     return (1 + math.cos(math.pi * min(epoch, epochs) / epochs)) / 2
 
 
