@@ -14,7 +14,8 @@ what they mean in the docs and nothing is written into the checkout:
   parsed, by the real parser, after its subcommand's ``--help`` runs (``parse_only_reason``).
 
 What a command reads but the docs make elsewhere is put in its folder first: ``runs/*.pt`` is
-the committed Fashion-MNIST teacher (results/tables/teacher.pt), another ``runs/...`` path a
+the committed Fashion-MNIST teacher (results/tables/teacher.pt), ``--teacher NAME.onnx`` that
+teacher exported to ONNX, another ``runs/...`` path a
 finished run folder of a tiny ``dfkd distill`` (an interrupted one after ``--resume``),
 ``--teachers DIR`` a folder holding the zoo's files by the names the reproduce guide gives,
 and a ``# file.py`` code block of the same page that file. Placeholders (``RECIPE.yaml``,
@@ -281,8 +282,8 @@ def tiny_run(out: Path, teacher: Path, *extra: str) -> Path:
 
 def reads(argv: list[str]) -> list[tuple[int, str, str]]:
     """(index in argv, kind, path) of what the test puts in place before a command runs:
-    zoo (a --teachers folder), own (a teacher file of the page's own model), teacher (the
-    committed teacher as runs/NAME.pt), run or interrupted (a run folder, for a run folder or
+    zoo (a --teachers folder), own (a teacher file of the page's own model), onnx (the
+    committed teacher exported as NAME.onnx), teacher (the committed teacher as runs/NAME.pt), run or interrupted (a run folder, for a run folder or
     a file in one)."""
     out = []
     for i, word in enumerate(argv):
@@ -293,6 +294,8 @@ def reads(argv: list[str]) -> list[tuple[int, str, str]]:
             out.append((i, "zoo", word))
         elif before == "--teacher" and word in OWN_TEACHERS:
             out.append((i, "own", word))
+        elif before == "--teacher" and word.endswith(".onnx"):
+            out.append((i, "onnx", word))
         elif in_run_folder(word):
             path = Path(word)
             folder = str(path.parent) if path.suffix in (".pt", ".safetensors") else word
@@ -400,6 +403,10 @@ class Materials:
                     (target / name).write_bytes(b"")
             elif kind == "own":
                 self.own_teacher(ws / OWN_TEACHERS[word], target)
+            elif kind == "onnx":
+                from dfkd.export import export_model
+
+                export_model(self.teacher, "onnx", target, keep_batchnorm=True)
             elif kind == "teacher":
                 shutil.copy(self.teacher, target)
             else:
