@@ -138,6 +138,10 @@ def _method_config(config: dict[str, Any], name: str, seed: int) -> dict[str, An
 
 def _reference_settings(config: dict[str, Any], kind: str, seed: int) -> SupervisedSettings:
     base = config.get("base", {})
+    if str(base["teacher"]).lower().endswith(".onnx") or base.get("teacher_blackbox"):
+        raise DfkdError(f"the reference rows ({', '.join(REFERENCES)}) train on real data "
+                        "with the teacher as a PyTorch checkpoint; with an ONNX or black-box "
+                        "teacher, leave them out of --methods")
     _, meta = load_model_checkpoint(base["teacher"])
     return SupervisedSettings(
         dataset=dataset_info(meta["dataset"]).name, model=base.get("student", "lenet5_half"),
