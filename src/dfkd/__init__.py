@@ -6,7 +6,8 @@ from dfkd.config import RunConfig, load_config
 from dfkd.errors import ConfigError, DatasetError, DfkdError
 from dfkd.methods import get_method, list_methods
 from dfkd.models import create_model, list_models
+from dfkd.teachers import BlackBoxTeacher
 
 __version__ = "0.2.0"
-__all__ = ["ConfigError", "DatasetError", "DfkdError", "RunConfig", "create_model", "distill",
-           "get_method", "list_methods", "list_models", "load_config"]
+__all__ = ["BlackBoxTeacher", "ConfigError", "DatasetError", "DfkdError", "RunConfig",
+           "create_model", "distill", "get_method", "list_methods", "list_models", "load_config"]

@@ -55,10 +55,13 @@ def _first_line(exc: BaseException) -> str:
 
 class BlackBoxTeacher(nn.Module):
     """A teacher known only through its answers: ``answer(images)`` -> probabilities or
-    logits (N, classes). ``pixels``: it is handed pixels in [0, 1] (the run's normalised
-    inputs times ``std`` plus ``mean``, set by :meth:`set_normalization`); else the
-    normalised inputs themselves (an ONNX graph exported by dfkd takes those). Returns
-    logits, or the log of probabilities; never a gradient."""
+    logits (N, classes), as a tensor, an array or nested lists. ``pixels``: it is handed
+    pixels in [0, 1], float32 on the CPU (the run's normalised inputs times ``std`` plus
+    ``mean``, which a run sets with ``set_normalization``); else the normalised inputs
+    themselves (an ONNX graph exported by dfkd takes those). Its forward returns logits, or
+    the log of probabilities, and never a gradient; a wrong answer (labels only, another
+    shape, NaN, an exception) is a one-line ``DfkdError``. ``dfkd.distill`` wraps any
+    callable that is not a module in one; only ``dfme`` learns from it."""
 
     blackbox = True
 
