@@ -44,6 +44,7 @@ LABELS = {
     "dafl": "DAFL",
     "zskt": "ZSKT",
     "dfad": "DFAD",
+    "dfme": "DFME (black box)",
     "scratch": "real data, from scratch",
     "kd_with_data": "real data, KD from the teacher",
 }
@@ -55,7 +56,7 @@ COLOURS = {
     "cudfkd": "#d62728", "cudfkd_paper": "#ff7f0e", "cmi": "#1f77b4", "fast": "#2ca02c",
     "deepinv": "#9467bd", "dfq": "#8c564b", "dafl": "#e377c2", "zskt": "#7f7f7f",
     "dfad": "#bcbd22", "scratch": "#17becf", "kd_with_data": "#000000",
-    "nayer": "#393b79", "adadfkd": "#e6550d", "spaceshipnet": "#31a354",
+    "nayer": "#393b79", "adadfkd": "#e6550d", "spaceshipnet": "#31a354", "dfme": "#843c39",
 }
 
 # Where the runs ran: not in the data (a run records its device, not the CPU model), so it
@@ -67,8 +68,8 @@ HARDWARE = (
     "teachers, and the `cmi`, `fast` and `dafl` rows of the 20% teacher, ran on the Intel Xeon; "
     "the other rows of the 20% and 40% teachers on the AMD EPYC; the clean teacher's other rows "
     "on VMs of either model; the `nayer`, `adadfkd` and `spaceshipnet` rows of all three "
-    "teachers (added 2026-12-07) on the AMD EPYC. The same run can end up to about 1.4 points "
-    "apart on the two models, so a pair of rows from two machines carries that much machine "
+    "teachers (added 2026-12-07) and the `dfme` rows (added 2026-12-08) on the AMD EPYC. The "
+    "same run can end up to about 1.4 points apart on the two models, so a pair of rows from two machines carries that much machine "
     "noise, and seconds compare only roughly between rows."
 )
 
