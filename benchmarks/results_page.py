@@ -69,8 +69,9 @@ HARDWARE = (
     "the other rows of the 20% and 40% teachers on the AMD EPYC; the clean teacher's other rows "
     "on VMs of either model; the `nayer`, `adadfkd` and `spaceshipnet` rows of all three "
     "teachers (added 2026-12-07) and the `dfme` rows (added 2026-12-08) on the AMD EPYC. The "
-    "same run can end up to about 1.4 points apart on the two models, so a pair of rows from two machines carries that much machine "
-    "noise, and seconds compare only roughly between rows."
+    "same run can end up to about 1.4 points apart on the two models, so a pair of rows from "
+    "two machines carries that much machine noise, and seconds compare only roughly between "
+    "rows."
 )
 
 FIGURES = {

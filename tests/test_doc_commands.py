@@ -283,8 +283,8 @@ def tiny_run(out: Path, teacher: Path, *extra: str) -> Path:
 def reads(argv: list[str]) -> list[tuple[int, str, str]]:
     """(index in argv, kind, path) of what the test puts in place before a command runs:
     zoo (a --teachers folder), own (a teacher file of the page's own model), onnx (the
-    committed teacher exported as NAME.onnx), teacher (the committed teacher as runs/NAME.pt), run or interrupted (a run folder, for a run folder or
-    a file in one)."""
+    committed teacher exported as NAME.onnx), teacher (the committed teacher as runs/NAME.pt),
+    run or interrupted (a run folder, for a run folder or a file in one)."""
     out = []
     for i, word in enumerate(argv):
         before = argv[i - 1] if i else ""
