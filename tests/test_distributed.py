@@ -80,11 +80,13 @@ def test_bank_methods_share_one_bank_over_two_processes(fmnist_teacher, tmp_path
                "nayer.synthesis_batch=32", "nayer.g_life=1", "nayer.bank_size=80"]),
     ("adadfkd", ["adadfkd.negatives=48", "adadfkd.begin=0", "adadfkd.end=1"]),
     ("spaceshipnet", ["spaceshipnet.bank_size=80", "spaceshipnet.w_cam=0"]),
+    ("dfme", ["dfme.grad_m=2", "query_budget=100000"]),
 ])
 def test_the_newer_methods_resume_exactly_over_two_processes(fmnist_teacher, tmp_path,
                                                              method, settings):
-    """NAYER's per-rank generators, AdaDFKD's common queue and SpaceshipNet's common
-    generator (DDP) and banks of maps are in the checkpoint: a run
+    """NAYER's per-rank generators, AdaDFKD's common queue, SpaceshipNet's common
+    generator (DDP) and banks of maps, and DFME's generator (DDP through its pre-tanh
+    forward) and query count are in the checkpoint: a run
     stopped after epoch 1 and resumed on two processes ends as the straight run."""
     run = [*RUN, "--method", method, "--set", "g_steps=2",
            *[x for kv in settings for x in ("--set", kv)]]

@@ -120,8 +120,7 @@ class RunConfig:
                if f.name != "method_settings"
                and not (f.name in _WRITTEN_WHEN_SET and getattr(self, f.name) == f.default)}
         out["student_optim"] = {k: list(v) if isinstance(v, tuple) else v
-                                for k, v in dataclasses.asdict(self.student_optim).items()
-                                if _OPTIM_WRITTEN_WHEN_SET.get(k, "<always>") != v}
+                                for k, v in dataclasses.asdict(self.student_optim).items()}
         out["generator"] = dataclasses.asdict(self.generator)
         out["generator"]["betas"] = list(self.generator.betas)
         if self.method_settings is not None:
@@ -138,8 +137,6 @@ _WRITTEN_WHEN_SET = frozenset({"synthetic_probe", "base_recipe", "batched_g",
                                "teacher_graph", "student_ema", "teacher_norm",
                                "check_teacher", "tracker", "tracker_uri", "teacher_blackbox",
                                "query_budget"})
-# student_optim's keys added after runs were stored, written likewise.
-_OPTIM_WRITTEN_WHEN_SET = {"schedule": "cosine", "decay_at": (0.1, 0.3, 0.5), "decay": 0.3}
 
 _CHOICES: dict[str, tuple[str, ...]] = {"device": ("auto", "cpu", "cuda")}
 
