@@ -284,3 +284,14 @@ def test_a_timm_model_exported_by_torch_is_a_white_and_a_black_box_teacher(name,
         torch.testing.assert_close(converted(x), want, atol=1e-4, rtol=1e-4)
         boxed, _ = load_teacher(str(path), blackbox=True)
         torch.testing.assert_close(boxed(x), want, atol=1e-4, rtol=1e-4)
+
+
+def test_an_onnx_file_of_another_layout_is_one_line(tmp_path):
+    """A graph that takes (batch, height, width, channels) is refused before any work."""
+    class Nhwc(nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :10]
+    path = onnx_of(Nhwc(), tmp_path / "nhwc.onnx", shape=(2, 32, 32, 1))
+    out = dfkd("distill", "--teacher", str(path), "--dataset", "fashion_mnist",
+               "--method", "dafl", "--out", str(tmp_path / "run"), *small_run())
+    assert_user_error(out, "takes images of shape (32, 32, 1)", "are (1, 32, 32)")

@@ -298,6 +298,11 @@ def build_trainer(raw: dict[str, Any], out_dir: str | os.PathLike, resume: bool 
                           "--dataset NAME")
     info = dataset_info(dataset)
     meta.setdefault("num_classes", info.num_classes)   # a callable black box says nothing
+    shape = meta.get("image_shape")
+    if shape and tuple(shape) != tuple(info.image_shape):
+        raise DfkdError(f"the teacher takes images of shape {tuple(shape)}, but {info.name}'s "
+                        f"are {tuple(info.image_shape)} (channels, height, width); give a "
+                        "teacher that takes the dataset's images in that layout")
     if meta["num_classes"] != info.num_classes:
         raise DfkdError(f"the teacher has {meta['num_classes']} classes but {info.name} has "
                         f"{info.num_classes}")
