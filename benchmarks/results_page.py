@@ -334,6 +334,33 @@ def cost_ratios(files: list[Path]) -> dict[str, float]:
     return dict(sorted(ratios.items(), key=lambda item: item[1]))
 
 
+def blackbox_advice(tables: Path) -> list[str]:
+    """The which-method section for a teacher that can only be queried: what the black-box
+    methods reached with the clean teacher, beside the most accurate method."""
+    from dfkd.methods import get_method, list_methods
+
+    rows = {r["method"]: r for r in read_json(tables / "clean" / "results.json")["methods"]}
+    boxes = [m for m in list_methods() if not get_method(m).needs_white_box and m in rows]
+    if not boxes:
+        return []
+    best = max((m for m in DATA_FREE if m in rows), key=lambda m: rows[m]["final_acc1"])
+    reached = ", ".join(
+        f"`{m}` {rows[m]['final_acc1']:.2f}% ({rows[m]['seeds']} seeds, "
+        f"{rows[m]['teacher_queries']:,.0f} queries a run)" for m in boxes)
+    return [
+        "## A teacher you can only query",
+        "",
+        "An ONNX file that onnx2torch converts is a white-box teacher: every method above runs "
+        "on it. A graph the converter cannot take, or a service that only answers queries, is "
+        "a black box, and only " + ", ".join(f"`{m}`" for m in boxes) + " learns from one "
+        "(with no `--method`, a black box gets it). With the clean teacher, used through its "
+        f"answers only: {reached}, against {rows[best]['final_acc1']:.2f}% for "
+        f"{LABELS[best]} with the teacher's gradients and BatchNorm statistics "
+        "([a teacher as ONNX or a service](guides/onnx-and-services.md)).",
+        "",
+    ]
+
+
 def which_method_page(tables: Path) -> str:
     from dfkd.methods import bn_free_methods
     from dfkd.recipes import BN_FREE_METHOD
@@ -377,6 +404,7 @@ def which_method_page(tables: Path) -> str:
         "with that line. `BENCHMARKS.md` (\"Any model a user brings\") has what the default "
         "reached under a LayerNorm and a GroupNorm teacher.",
         "",
+        *blackbox_advice(tables),
         "## A CPU or a GPU",
         "",
         "On a CPU, Fashion-MNIST-sized pairs take minutes to an hour (the seconds of the "
