@@ -15,7 +15,10 @@ fi
 if ! .venv/bin/python -c "import dfkd, pytest, ruff, hypothesis, optuna, matplotlib, safetensors, onnx, onnxruntime, onnxscript, mkdocs, tensorboard, mlflow, wandb" 2>/dev/null \
         || ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('onnx2torch') is None)" \
         || ! .venv/bin/dfkd --help >/dev/null 2>&1; then   # an install older than the entry point
-    .venv/bin/pip install -q -e ".[dev,plot,tune,export,onnx,docs,tensorboard,mlflow,wandb]"
+    .venv/bin/pip install -q -e ".[dev,plot,tune,export,docs,tensorboard,mlflow,wandb]"
+    # The onnx extra without its torchvision: onnx2torch names torchvision, whose newest
+    # wheel here wants another (CUDA, multi-GB) torch; dfkd runs onnx2torch without it.
+    .venv/bin/pip install -q --no-deps "onnx2torch>=1.5"
 fi
 FMNIST=/usr/share/datasets/fashion-mnist
 if [ ! -e "$FMNIST/t10k-labels-idx1-ubyte.gz" ] && [ ! -e "$FMNIST/t10k-labels-idx1-ubyte" ]; then
