@@ -101,8 +101,10 @@ def test_a_callable_black_box_runs_dfme_by_default(fmnist_teacher, tmp_path):
     assert "no synthetic probe" in out.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["method"] == "dfme"
-    # dfme's Fashion-MNIST recipe: 1 generator step of 16 x 2 points and 5 student steps.
-    assert summary["teacher_queries"] == 2 * (16 * 2 + 5 * 16)
+    # dfme's Fashion-MNIST recipe: 1 generator step of 16 x (grad_m + 1) points and 5
+    # student steps of 16, a round.
+    m = summary["config"]["dfme"]["grad_m"]
+    assert summary["teacher_queries"] == 2 * (16 * (m + 1) + 5 * 16)
 
 
 def test_a_method_that_needs_gradients_refuses_a_black_box(fmnist_teacher, tmp_path):
@@ -134,7 +136,8 @@ def test_the_api_takes_a_plain_callable_as_a_black_box(fmnist_teacher):
                          std=tuple(meta["std"]), epochs=1, rounds=1, batch_size=8,
                          synthetic_probe=0, sample_grid=0, progress=False)
     assert summary["method"] == "dfme"
-    assert summary["teacher_queries"] == 8 * 2 + 5 * 8
+    m = summary["config"]["dfme"]["grad_m"]
+    assert summary["teacher_queries"] == 8 * (m + 1) + 5 * 8
     assert 8 in asked
 
 
@@ -185,9 +188,10 @@ def test_an_onnx_teacher_runs_as_the_pt_teacher_does(fmnist_teacher, onnx_teache
     assert rows[0]["teacher_queries"] == rows[1]["teacher_queries"]
 
 
-def onnx_of(model: nn.Module, path, shape=(1, 1, 8, 8)):
+def onnx_of(model: nn.Module, path, shape=(1, 1, 8, 8), dynamic: bool = False):
+    batch = ({0: torch.export.Dim("batch", min=1)},) if dynamic else None
     torch.onnx.export(model.eval(), (torch.randn(*shape),), str(path), dynamo=True,
-                      external_data=False, verbose=False)
+                      dynamic_shapes=batch, external_data=False, verbose=False)
     return path
 
 
@@ -213,7 +217,7 @@ def test_a_graph_the_converter_cannot_take_suggests_the_black_box(onnx_teacher, 
         load_teacher(str(onnx_teacher))
 
 
-def test_a_fixed_batch_graph_answers_any_batch(tmp_path):
+def test_a_fixed_batch_graph_answers_any_batch_as_a_black_box_only(tmp_path):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     path = onnx_of(model, tmp_path / "fixed.onnx", shape=(4, 1, 8, 8))
     boxed, meta = load_onnx_teacher(path, blackbox=True)
@@ -221,6 +225,8 @@ def test_a_fixed_batch_graph_answers_any_batch(tmp_path):
     x = torch.randn(6, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(boxed(x), model(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(DfkdError, match="takes a fixed batch of 4 images.*--teacher-blackbox"):
+        load_onnx_teacher(path, blackbox=False)
 
 
 # ------------------------------------------------------------------ queries
@@ -291,7 +297,7 @@ def test_an_onnx_file_of_another_layout_is_one_line(tmp_path):
     class Nhwc(nn.Module):
         def forward(self, x):
             return x.flatten(1)[:, :10]
-    path = onnx_of(Nhwc(), tmp_path / "nhwc.onnx", shape=(2, 32, 32, 1))
+    path = onnx_of(Nhwc(), tmp_path / "nhwc.onnx", shape=(2, 32, 32, 1), dynamic=True)
     out = dfkd("distill", "--teacher", str(path), "--dataset", "fashion_mnist",
                "--method", "dafl", "--out", str(tmp_path / "run"), *small_run())
     assert_user_error(out, "takes images of shape (32, 32, 1)", "are (1, 32, 32)")

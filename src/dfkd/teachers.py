@@ -315,6 +315,10 @@ def load_onnx_teacher(path: str | Path, blackbox: bool, image_shape=None
     if blackbox:
         return BlackBoxTeacher(answer, meta.get("num_classes"), pixels=False,
                                name=f"the ONNX teacher '{path.name}'"), meta
+    if meta["batch"]:
+        raise DfkdError(f"'{path}' takes a fixed batch of {meta['batch']} images, and a run's "
+                        "batches have other sizes; export it with a dynamic batch axis, or use "
+                        f"it as a black box: {BLACKBOX_HINT}")
     onnx2torch = _import_onnx2torch()
     try:
         model = onnx2torch.convert(for_converter(proto))
@@ -325,9 +329,14 @@ def load_onnx_teacher(path: str | Path, blackbox: bool, image_shape=None
     shape = meta.get("image_shape") or image_shape
     if shape:   # the converted module must answer as ONNX Runtime does
         x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            got = model.eval()(x).float()
-        want = torch.from_numpy(np.asarray(answer(x))).float()
+        try:
+            with torch.no_grad():
+                got = model.eval()(x).float()
+            want = torch.from_numpy(np.asarray(answer(x))).float()
+        except Exception as exc:  # noqa: BLE001  (the converted graph may raise anything)
+            raise DfkdError(f"the PyTorch module onnx2torch made of '{path}' does not run on "
+                            f"a batch of 3 images of shape {tuple(shape)} ({_first_line(exc)}); "
+                            f"use it as a black box: {BLACKBOX_HINT}") from exc
         diff = (got - want).abs().max().item()
         if not diff <= CONVERSION_TOLERANCE * max(1.0, want.abs().max().item()):
             raise DfkdError(f"the PyTorch module onnx2torch made of '{path}' differs from ONNX "
