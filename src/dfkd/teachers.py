@@ -40,17 +40,13 @@ from torch import nn
 from dfkd.checkpoint import load_model_checkpoint, metadata_from_strings
 from dfkd.errors import DfkdError
 from dfkd.frozen_teacher import user_model
+from dfkd.models.registry import _first_line
 
 ONNX_EXTRA = "pip install 'dfkd[onnx]'"
 # The largest difference of logits from ONNX Runtime's that a converted model may show,
 # relative to the largest logit (float32 kernels differ in their order of summation).
 CONVERSION_TOLERANCE = 1e-4
 BLACKBOX_HINT = "--teacher-blackbox (--set teacher_blackbox=true in a config, bench or tune)"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 class BlackBoxTeacher(nn.Module):
