@@ -143,11 +143,15 @@ def test_a_generator_step_backpropagates_the_estimate_into_g(fmnist_teacher, tmp
     trainer = dfme_trainer(fmnist_teacher, tmp_path)
     method = trainer.method
     before = [p.detach().clone() for p in method.generator.parameters()]
+    student = {k: v.clone() for k, v in method.ctx.student_raw.state_dict().items()}
     torch.manual_seed(3)
     logs = method.generator_step()
     assert logs["loss_g"] == pytest.approx(-logs["g_disagreement"])
     assert any(not torch.equal(a, b) for a, b in zip(before, method.generator.parameters()))
-    # The student's weights and its BN statistics are untouched by the generator step.
+    # The student's weights and its BN statistics are untouched by the generator step, and
+    # it is back in train mode.
+    after = method.ctx.student_raw.state_dict()
+    assert all(torch.equal(student[k], after[k]) for k in student)
     assert method.ctx.student_raw.training
 
 

@@ -184,15 +184,17 @@ class Method:
         """The student's loss on a fresh batch, and named detached terms to log."""
         raise NotImplementedError
 
-    def frozen_student(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
+    def frozen_student(self, x: torch.Tensor, train: bool = False,
+                       amp: bool = True) -> torch.Tensor:
         """S's logits inside a generator step: the bare module (no DDP sync), eval mode,
         and no gradient to S's weights, so only the sample source (G or the inputs) learns.
         ``train``: train mode instead, so S's BatchNorm layers use the batch's statistics
-        and update their running ones (NAYER's official code, after a round's first loop)."""
+        and update their running ones (NAYER's official code, after a round's first loop).
+        ``amp=False``: in float32 even under ``amp`` (DFME's finite differences)."""
         student = self.ctx.student_raw
         student.train(train).requires_grad_(False)
         try:
-            with self.ctx.autocast():
+            with self.ctx.autocast() if amp else contextlib.nullcontext():
                 return student(x)
         finally:
             student.requires_grad_(True).train()

@@ -32,6 +32,7 @@ survive bf16); the student batches are one G forward per step, whatever ``batche
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -108,7 +109,7 @@ def disagreement(student: torch.Tensor, teacher: torch.Tensor, loss: str,
 def sphere_directions(n: int, m: int, shape: tuple[int, ...], device: torch.device
                       ) -> torch.Tensor:
     """(n, m, *shape) directions, each uniform on the unit sphere of prod(shape) dims."""
-    u = torch.randn(n, m, int(torch.tensor(shape).prod()), device=device)
+    u = torch.randn(n, m, math.prod(shape), device=device)
     return (u / u.norm(dim=2, keepdim=True)).view(n, m, *shape)
 
 
@@ -160,8 +161,7 @@ class DFME(GeneratorMethod):
 
     def _query(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """S's logits (eval mode, no gradient) and T's answers, in float32."""
-        with torch.autocast(self.ctx.device.type, enabled=False):
-            return self.frozen_student(images), self.ctx.teacher(images)
+        return self.frozen_student(images, amp=False), self.ctx.teacher(images)
 
     def generator_step(self) -> dict[str, torch.Tensor]:
         s, ctx = self.settings, self.ctx
@@ -204,7 +204,5 @@ class DFME(GeneratorMethod):
     @torch.no_grad()
     def preview(self, n: int, seed: int = 0) -> torch.Tensor:
         z = torch.randn(n, self.nz, generator=torch.Generator().manual_seed(seed))
-        self.generator.eval()
-        x = self.generator(z.to(self.ctx.device)).float()
-        self.generator.train()
+        x = self._eval_forward(z.to(self.ctx.device))   # in the models' input space
         return (x * self.ctx.std + self.ctx.mean).clamp(0, 1).cpu()
